@@ -1,0 +1,29 @@
+"""DataCat: session-based instrumentation for Python.
+
+The front door: re-exports the public names. Importing it starts no thread and touches nothing.
+"""
+
+from __future__ import annotations
+
+from datacat.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    DatacatError,
+    NotFoundError,
+    ServerError,
+    TransportError,
+    ValidationError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthenticationError",
+    "ConfigurationError",
+    "DatacatError",
+    "NotFoundError",
+    "ServerError",
+    "TransportError",
+    "ValidationError",
+    "__version__",
+]

@@ -1,0 +1,45 @@
+"""The ``datacat`` command: one sub-command per front end.
+
+Each sub-command's work lives in the module that owns it; this module only parses arguments and
+imports that module lazily, so ``datacat --help`` stays fast and the client never imports the
+server package unless ``datacat server`` is asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+
+def _add_server(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("server", help="run the DataCat server (production WSGI server)")
+    p.add_argument("--host", help="interface to bind (DATACAT_SERVER_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (DATACAT_SERVER_PORT, default 9090)")
+    p.add_argument("--db", help="sqlite:///path or postgresql://... (DATACAT_SERVER_DB)")
+    p.add_argument("--workers", type=int, help="worker processes (DATACAT_SERVER_WORKERS)")
+    p.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        help="seconds without heartbeat before a session is suspended (default 60)",
+    )
+    p.set_defaults(handler="datacat_server.serve:main")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="datacat", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_server(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, func_name = args.handler.split(":")
+    handler = getattr(importlib.import_module(module_name), func_name)
+    return int(handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

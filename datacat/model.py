@@ -1,0 +1,398 @@
+"""The data model shared by client and server: events, metrics, batch operations.
+
+Each ``parse_*`` function takes a decoded JSON body (anything ``json.loads`` may return), checks
+it against the contract in the README ("API decisions") and returns a normalised ``dict`` or
+raises ``ValidationError`` naming the field. Timestamps are Unix seconds (float) inside the model;
+the wire accepts a number or an ISO 8601 string and the server answers ISO 8601 UTC strings.
+Stdlib only; no I/O.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from datacat.errors import ValidationError
+
+JSONDict = dict[str, Any]
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+METRIC_TYPES = ("gauge", "counter", "histogram", "timer")
+OPERATIONS = ("create", "state", "event", "metric", "heartbeat", "end", "crash")
+
+#: Upper bounds in seconds of the default histogram buckets; an overflow bucket follows.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+)
+
+MAX_NAME = 200
+MAX_BATCH_OPERATIONS = 10_000
+
+HUNG_EVENT = "application_appears_hung"
+RECOVERED_EVENT = "application_recovered"
+CRASH_EVENT = "session_crashed_detected"
+
+_EVENT_TEXT = (
+    "category",
+    "message",
+    "exception_type",
+    "exception_msg",
+    "source_file",
+    "source_function",
+    "trace_id",
+    "span_id",
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One discrete occurrence in a session."""
+
+    name: str
+    level: str = "info"
+    timestamp: float = 0.0
+    category: str | None = None
+    labels: list[str] = field(default_factory=list)
+    message: str | None = None
+    data: JSONDict = field(default_factory=dict)
+    stacktrace: list[str] = field(default_factory=list)
+    exception_type: str | None = None
+    exception_msg: str | None = None
+    source_file: str | None = None
+    source_line: int | None = None
+    source_function: str | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+
+    def to_dict(self) -> JSONDict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, body: Any) -> Event:
+        return cls(**parse_event(body))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One numeric measurement; histogram and timer aggregates carry count/min/max/buckets."""
+
+    name: str
+    value: float
+    type: str = "gauge"
+    timestamp: float = 0.0
+    unit: str | None = None
+    count: int | None = None
+    min: float | None = None
+    max: float | None = None
+    buckets: list[float] | None = None
+    bucket_counts: list[int] | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    metadata: JSONDict = field(default_factory=dict)
+
+    def to_dict(self) -> JSONDict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, body: Any) -> Metric:
+        return cls(**parse_metric(body))
+
+
+def now() -> float:
+    """Current time as Unix seconds."""
+    return datetime.now(UTC).timestamp()
+
+
+def iso(ts: float | None) -> str | None:
+    """Unix seconds as an ISO 8601 UTC string with microseconds (``...Z``)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def parse_timestamp(value: Any, name: str = "timestamp") -> float:
+    """A wire timestamp (number of Unix seconds, or ISO 8601 string) as Unix seconds."""
+    if isinstance(value, bool):
+        raise ValidationError("invalid field", f"{name} must be a number or ISO 8601 string")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValidationError("invalid field", f"{name} must be a finite, positive number")
+        return float(value)
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValidationError("invalid field", f"{name} is not ISO 8601: {value!r}") from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+    raise ValidationError("invalid field", f"{name} must be a number or ISO 8601 string")
+
+
+def parse_uuid(value: Any, name: str = "id") -> str:
+    """A UUID in canonical lower-case form."""
+    if not isinstance(value, str):
+        raise ValidationError("invalid field", f"{name} must be a UUID string")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ValidationError("invalid field", f"{name} is not a UUID: {value!r}") from None
+
+
+def parse_create(body: Any) -> JSONDict:
+    """Body of ``POST /api/sessions``: product, version, optional id, machine, state."""
+    body = _object(body, "session")
+    out: JSONDict = {
+        "product": _text(body, "product", required=True),
+        "version": _text(body, "version", required=True),
+        "machine_id": _text(body, "machine_id"),
+        "hostname": _text(body, "hostname"),
+        "state": _dict(body, "state"),
+        "timestamp": _timestamp(body),
+    }
+    out["id"] = parse_uuid(body["id"]) if body.get("id") is not None else None
+    return out
+
+
+def parse_state(body: Any) -> tuple[JSONDict, float]:
+    """Body of a state update: the state itself, or ``{"state": {...}, "timestamp": ...}``."""
+    body = _object(body, "state update")
+    if isinstance(body.get("state"), dict) and set(body) <= {"state", "timestamp"}:
+        return body["state"], _timestamp(body)
+    return body, now()
+
+
+def parse_event(body: Any) -> JSONDict:
+    """Body of ``POST /api/sessions/{id}/events``."""
+    body = _object(body, "event")
+    level = body.get("level", "error" if body.get("exception_type") else "info")
+    if level not in LEVELS:
+        raise ValidationError("invalid field", f"level must be one of {', '.join(LEVELS)}")
+    out: JSONDict = {"name": _name(body), "level": level, "timestamp": _timestamp(body)}
+    for key in _EVENT_TEXT:
+        out[key] = _text(body, key)
+    out["labels"] = _string_list(body, "labels")
+    out["stacktrace"] = _stacktrace(body)
+    out["data"] = _dict(body, "data")
+    out["source_line"] = _int(body, "source_line")
+    return out
+
+
+def parse_metric(body: Any) -> JSONDict:
+    """Body of ``POST /api/sessions/{id}/metrics``."""
+    body = _object(body, "metric")
+    kind = body.get("type", "gauge")
+    if kind not in METRIC_TYPES:
+        raise ValidationError("invalid field", f"type must be one of {', '.join(METRIC_TYPES)}")
+    out: JSONDict = {
+        "name": _name(body),
+        "value": _number(body, "value", required=True),
+        "type": kind,
+        "timestamp": _timestamp(body),
+        "unit": _text(body, "unit"),
+        "count": _int(body, "count"),
+        "min": _number(body, "min"),
+        "max": _number(body, "max"),
+        "tags": _tags(body),
+        "metadata": _dict(body, "metadata"),
+    }
+    out.update(_buckets(body))
+    return out
+
+
+def parse_heartbeat(body: Any) -> JSONDict:
+    """Body of a heartbeat (may be empty)."""
+    body = {} if body is None else _object(body, "heartbeat")
+    return {"timestamp": _timestamp(body)}
+
+
+def parse_crash(body: Any) -> JSONDict:
+    """Body of ``/crash``: optional reason and data."""
+    body = {} if body is None else _object(body, "crash")
+    return {
+        "reason": _text(body, "reason") or "unknown",
+        "data": _dict(body, "data"),
+        "timestamp": _timestamp(body),
+    }
+
+
+def parse_end(body: Any) -> JSONDict:
+    """Body of ``/end`` (may be empty)."""
+    body = {} if body is None else _object(body, "end")
+    return {"timestamp": _timestamp(body)}
+
+
+_PARSERS = {
+    "create": parse_create,
+    "event": parse_event,
+    "metric": parse_metric,
+    "heartbeat": parse_heartbeat,
+    "end": parse_end,
+    "crash": parse_crash,
+}
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One item of ``POST /api/batch``: ``{"op_id", "op", "session_id", "data"}``."""
+
+    op_id: str
+    op: str
+    session_id: str
+    data: Any
+
+
+def parse_batch(body: Any) -> list[Operation | ValidationError]:
+    """The operations of a batch; a malformed envelope raises, a malformed item is returned
+    as its ``ValidationError`` so the rest of the batch still applies."""
+    body = _object(body, "batch")
+    items = body.get("operations")
+    if not isinstance(items, list):
+        raise ValidationError("invalid field", "operations must be a list")
+    if len(items) > MAX_BATCH_OPERATIONS:
+        raise ValidationError("batch too large", f"at most {MAX_BATCH_OPERATIONS} operations")
+    return [_operation_or_error(item) for item in items]
+
+
+def parse_operation_data(op: Operation) -> Any:
+    """Validate an operation's ``data`` with the parser of its kind."""
+    if op.op == "state":
+        return parse_state(op.data)
+    return _PARSERS[op.op](op.data)
+
+
+def _operation_or_error(item: Any) -> Operation | ValidationError:
+    try:
+        item = _object(item, "operation")
+        op = item.get("op")
+        if op not in OPERATIONS:
+            raise ValidationError("invalid field", f"op must be one of {', '.join(OPERATIONS)}")
+        return Operation(
+            parse_uuid(item.get("op_id"), "op_id"),
+            op,
+            parse_uuid(item.get("session_id"), "session_id"),
+            item.get("data"),
+        )
+    except ValidationError as exc:
+        return exc
+
+
+def _object(body: Any, what: str) -> JSONDict:
+    if not isinstance(body, dict):
+        raise ValidationError("invalid body", f"{what} must be a JSON object")
+    return body
+
+
+def _name(body: JSONDict) -> str:
+    name = _text(body, "name", required=True)
+    assert name is not None
+    if not name.strip():
+        raise ValidationError("invalid field", "name must not be empty")
+    if len(name) > MAX_NAME:
+        raise ValidationError("invalid field", f"name is longer than {MAX_NAME} characters")
+    return name
+
+
+def _text(body: JSONDict, key: str, required: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise ValidationError("missing field", f"{key} is required")
+        return None
+    if not isinstance(value, str):
+        raise ValidationError("invalid field", f"{key} must be a string")
+    return value
+
+
+def _number(body: JSONDict, key: str, required: bool = False) -> float | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise ValidationError("missing field", f"{key} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError("invalid field", f"{key} must be a number")
+    if not math.isfinite(value):
+        raise ValidationError("invalid field", f"{key} must be finite")
+    return float(value)
+
+
+def _int(body: JSONDict, key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError("invalid field", f"{key} must be an integer")
+    return value
+
+
+def _dict(body: JSONDict, key: str) -> JSONDict:
+    value = body.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValidationError("invalid field", f"{key} must be an object")
+    return value
+
+
+def _string_list(body: JSONDict, key: str) -> list[str]:
+    value = body.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError("invalid field", f"{key} must be a list of strings")
+    return value
+
+
+def _stacktrace(body: JSONDict) -> list[str]:
+    value = body.get("stacktrace")
+    if isinstance(value, str):
+        return value.splitlines()
+    return _string_list(body, "stacktrace")
+
+
+def _tags(body: JSONDict) -> dict[str, str]:
+    tags = _dict(body, "tags")
+    if not all(isinstance(v, str | int | float | bool) for v in tags.values()):
+        raise ValidationError("invalid field", "tags must map names to strings")
+    return {k: str(v) for k, v in tags.items()}
+
+
+def _timestamp(body: JSONDict) -> float:
+    value = body.get("timestamp")
+    return now() if value is None else parse_timestamp(value)
+
+
+def _buckets(body: JSONDict) -> JSONDict:
+    bounds, counts = body.get("buckets"), body.get("bucket_counts")
+    if bounds is None and counts is None:
+        return {"buckets": None, "bucket_counts": None}
+    if not isinstance(bounds, list) or not isinstance(counts, list):
+        raise ValidationError("invalid field", "buckets and bucket_counts go together as lists")
+    if not all(
+        isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bounds
+    ) or bounds != sorted(bounds):
+        raise ValidationError("invalid field", "buckets must be increasing finite numbers")
+    if len(counts) != len(bounds) + 1 or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts
+    ):
+        raise ValidationError(
+            "invalid field", "bucket_counts must hold len(buckets) + 1 non-negative integers"
+        )
+    return {"buckets": [float(b) for b in bounds], "bucket_counts": counts}

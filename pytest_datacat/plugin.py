@@ -1,0 +1,1 @@
+"""pytest plugin: records a test run as one DataCat session (being written)."""
