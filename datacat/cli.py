@@ -27,10 +27,28 @@ def _add_server(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="datacat_server.serve:main")
 
 
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a Python program instrumented (datacat run -- CMD ...)")
+    p.add_argument("--product", help="product name (DATACAT_PRODUCT, default: program name)")
+    p.add_argument("--version", help="product version (DATACAT_VERSION)")
+    p.add_argument("--url", help="DataCat server URL (DATACAT_URL)")
+    p.add_argument("--daemon", action="store_true", help="send through the local daemon")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS ...]")
+    p.set_defaults(handler="datacat.runner:main")
+
+
+def _add_daemon(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("daemon", help="local daemon reading batches on stdin (client-started)")
+    p.add_argument("--log-file", help="where the daemon logs (default: nowhere)")
+    p.set_defaults(handler="datacat.daemon:main")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="datacat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_server(sub)
+    _add_run(sub)
+    _add_daemon(sub)
     return parser
 
 
