@@ -33,7 +33,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--version", help="product version (DATACAT_VERSION)")
     p.add_argument("--url", help="DataCat server URL (DATACAT_URL)")
     p.add_argument("--daemon", action="store_true", help="send through the local daemon")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS ...]")
+    p.add_argument("program", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="and its args")
     p.set_defaults(handler="datacat.runner:main")
 
 

@@ -42,7 +42,7 @@ def environment(args: argparse.Namespace, base: Mapping[str, str]) -> dict[str, 
 
 def command_of(args: argparse.Namespace) -> list[str]:
     """The program's command line (argparse keeps a leading ``--``)."""
-    command: Sequence[str] = args.command or []
+    command: Sequence[str] = args.program or []
     return list(command[1:] if command[:1] == ["--"] else command)
 
 
