@@ -1,0 +1,54 @@
+"""The DataCat server: ``create_app(config)`` builds the Flask application.
+
+The app owns one ``Storage`` (in ``app.extensions["datacat"]``), the ``/api`` blueprint, the JSON
+error handlers, ``/health`` and ``/openapi.json``. Further blueprints (the dashboard) register on
+the returned app the same way; the API claims only ``/api``, ``/health`` and ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask, Response, current_app, jsonify
+
+from datacat_server import api, errors
+from datacat_server.storage import Storage
+
+DEFAULTS: dict[str, Any] = {
+    "DATACAT_DB": "sqlite:///datacat.db",
+    "DATACAT_HEARTBEAT_TIMEOUT": 60.0,
+    "DATACAT_API_KEY": None,
+    "DATACAT_MAX_BODY": 16 * 1024 * 1024,
+}
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    """A configured app; ``config`` overrides ``DEFAULTS`` (keys ``DATACAT_*``)."""
+    app = Flask(__name__)
+    app.config.from_mapping(DEFAULTS)
+    app.config.from_mapping(config or {})
+    app.config["MAX_CONTENT_LENGTH"] = int(app.config["DATACAT_MAX_BODY"])
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["datacat"] = Storage(
+        app.config["DATACAT_DB"], float(app.config["DATACAT_HEARTBEAT_TIMEOUT"])
+    )
+    app.register_blueprint(api.bp)
+    app.add_url_rule("/health", view_func=_health)
+    app.add_url_rule("/openapi.json", view_func=_openapi)
+    errors.register(app)
+    return app
+
+
+def _health() -> Response:
+    store: Storage = current_app.extensions["datacat"]
+    with store.read() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    return jsonify({"status": "ok", "database": store.engine.dialect.name})
+
+
+def _openapi() -> Response:
+    document = resources.files(__package__).joinpath("openapi.json").read_bytes()
+    return Response(document, mimetype="application/json")

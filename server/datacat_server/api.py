@@ -1,0 +1,243 @@
+"""The REST blueprint under ``/api``: parse and validate, call storage, shape responses.
+
+Views stay thin: bodies are validated by ``datacat.model`` (the shared core), writes go through
+``storage`` inside one transaction, reads through ``queries``. Errors are raised, never returned;
+``datacat_server.errors`` turns them into the JSON error shape.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import Unauthorized
+
+from datacat import model
+from datacat.errors import ValidationError
+from datacat_server import batch, queries, storage
+from datacat_server.schema import events, metrics
+
+bp = Blueprint("api", __name__, url_prefix="/api")
+
+_SUCCESS = b'{"success":true}\n'
+_CRASH_OK = b'{"status":"ok"}\n'
+MAX_LIMIT = 10_000
+
+
+def _store() -> storage.Storage:
+    store: storage.Storage = current_app.extensions["datacat"]
+    return store
+
+
+def _clock() -> queries.Clock:
+    return queries.Clock(model.now(), _store().heartbeat_timeout)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+def _body() -> Any:
+    """The request body as JSON; an empty body is ``None``."""
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ValidationError("invalid JSON", str(exc)[:200]) from None
+
+
+def _json(raw: bytes, status: int = 200) -> Response:
+    return Response(raw, status=status, mimetype="application/json")
+
+
+@bp.before_request
+def _check_api_key() -> None:
+    """With ``DATACAT_API_KEY`` set, every ``/api`` request needs it (Bearer or X-API-Key)."""
+    expected = current_app.config.get("DATACAT_API_KEY")
+    if not expected:
+        return
+    given = request.headers.get("X-API-Key") or ""
+    auth = request.headers.get("Authorization", "")
+    if auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    if not hmac.compare_digest(given.encode(), str(expected).encode()):
+        raise Unauthorized("missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
+
+
+@bp.post("/sessions")
+def create_session() -> tuple[Response, int]:
+    data = model.parse_create(_body())
+    data["id"] = data["id"] or str(uuid.uuid4())
+    store = _store()
+    with store.write() as conn:
+        created = storage.create_session(conn, data, store.heartbeat_timeout)
+    return jsonify(_get(data["id"])), 201 if created else 200
+
+
+def _get(session_id: str) -> model.JSONDict:
+    with _store().read() as conn:
+        session = queries.get_session(conn, session_id, _clock())
+    if session is None:
+        raise storage.NotFound(session_id)
+    return session
+
+
+@bp.get("/sessions/<session_id>")
+def get_session(session_id: str) -> Response:
+    return jsonify(_get(session_id))
+
+
+@bp.post("/sessions/<session_id>/state")
+def update_state(session_id: str) -> Response:
+    update, ts = model.parse_state(_body())
+    with _store().write() as conn:
+        storage.update_state(conn, session_id, update, ts)
+    return _json(_SUCCESS)
+
+
+@bp.post("/sessions/<session_id>/events")
+def add_event(session_id: str) -> Response:
+    event = model.parse_event(_body())
+    with _store().write() as conn:
+        storage.add_event(conn, session_id, event)
+    return _json(_SUCCESS)
+
+
+@bp.post("/sessions/<session_id>/metrics")
+def add_metric(session_id: str) -> Response:
+    metric = model.parse_metric(_body())
+    with _store().write() as conn:
+        storage.add_metrics(conn, [storage.metric_row(session_id, metric)])
+    return _json(_SUCCESS)
+
+
+@bp.post("/sessions/<session_id>/heartbeat")
+def heartbeat(session_id: str) -> Response:
+    data = model.parse_heartbeat(_body())
+    with _store().write() as conn:
+        storage.heartbeat(conn, session_id, data["timestamp"])
+    return _json(_SUCCESS)
+
+
+@bp.post("/sessions/<session_id>/end")
+def end(session_id: str) -> Response:
+    data = model.parse_end(_body())
+    with _store().write() as conn:
+        storage.end(conn, session_id, data["timestamp"])
+    return _json(_SUCCESS)
+
+
+@bp.post("/sessions/<session_id>/crash")
+def crash(session_id: str) -> Response:
+    data = model.parse_crash(_body())
+    with _store().write() as conn:
+        storage.crash(conn, session_id, data["reason"], data["data"], data["timestamp"])
+    return _json(_CRASH_OK)
+
+
+@bp.post("/batch")
+def apply_batch() -> Response:
+    items = model.parse_batch(_body())
+    return jsonify(batch.apply_batch(_store(), items))
+
+
+@bp.get("/data/sessions")
+def list_sessions() -> Response:
+    args = request.args
+    status = args.get("status")
+    if status is not None and status not in queries.STATUSES:
+        raise ValidationError("invalid parameter", f"status must be one of {queries.STATUSES}")
+    flt = queries.SessionFilter(
+        product=args.get("product"),
+        version=args.get("version"),
+        status=status,
+        machine_id=args.get("machine_id"),
+        created_after=_time_arg("created_after"),
+        created_before=_time_arg("created_before"),
+        state=_state_args(),
+        summary=_flag_arg("summary"),
+        limit=_int_arg("limit", 100),
+        cursor=args.get("cursor"),
+    )
+    with _store().read() as conn:
+        page, cursor = queries.list_sessions(conn, flt, _clock())
+    return _page(page, cursor)
+
+
+@bp.get("/sessions/<session_id>/events")
+def list_events(session_id: str) -> Response:
+    level = request.args.get("level")
+    if level is not None and level not in model.LEVELS:
+        raise ValidationError("invalid parameter", f"level must be one of {model.LEVELS}")
+    return _list_rows(events, session_id, level)
+
+
+@bp.get("/sessions/<session_id>/metrics")
+def list_metrics(session_id: str) -> Response:
+    kind = request.args.get("type")
+    if kind is not None and kind not in model.METRIC_TYPES:
+        raise ValidationError("invalid parameter", f"type must be one of {model.METRIC_TYPES}")
+    return _list_rows(metrics, session_id, kind)
+
+
+def _list_rows(table: sa.Table, session_id: str, kind: str | None) -> Response:
+    flt = queries.RowFilter(
+        name=request.args.get("name"),
+        kind=kind,
+        since=_time_arg("since"),
+        limit=_int_arg("limit", 1000),
+        cursor=request.args.get("cursor"),
+    )
+    with _store().read() as conn:
+        result = queries.list_rows(conn, table, session_id, flt)
+    if result is None:
+        raise storage.NotFound(session_id)
+    return _page(*result)
+
+
+def _page(items: list[model.JSONDict], cursor: str | None) -> Response:
+    """A JSON array; the next page's cursor travels in ``X-Next-Cursor`` (absent at the end)."""
+    response = jsonify(items)
+    if cursor:
+        response.headers["X-Next-Cursor"] = cursor
+    return response
+
+
+def _state_args() -> list[tuple[str, str]]:
+    """``?state.player.level=3`` pairs: (``player.level``, ``3``)."""
+    pairs = request.args.items(multi=True)
+    return [(k.removeprefix("state."), v) for k, v in pairs if k.startswith("state.")]
+
+
+def _int_arg(name: str, default: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise ValidationError("invalid parameter", f"{name} must be an integer in 1..{MAX_LIMIT}")
+    return int(raw)
+
+
+def _flag_arg(name: str) -> bool:
+    return request.args.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _time_arg(name: str) -> float | None:
+    """A query-string time: Unix seconds or ISO 8601."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        number = float(raw)
+    except ValueError:
+        return model.parse_timestamp(raw, name)
+    if not math.isfinite(number):
+        raise ValidationError("invalid parameter", f"{name} must be finite")
+    return model.parse_timestamp(number, name)

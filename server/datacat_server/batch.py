@@ -1,0 +1,132 @@
+"""``POST /api/batch``: many operations for many sessions, applied in order in one transaction.
+
+Each operation carries a client-made ``op_id``; ids already applied (in an earlier batch or
+earlier in this one) are skipped, so a retried batch never duplicates data. Runs of plain events
+and metrics are inserted with one ``executemany`` each, which is what makes batching fast.
+Validation and unknown-session failures are reported per operation; the rest still applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from datacat.errors import ValidationError
+from datacat.model import JSONDict, Operation, now, parse_operation_data
+from datacat_server import storage
+from datacat_server.schema import applied_ops, sessions
+
+_CHUNK = 500  # bound the number of bound parameters of one IN (...) query
+
+
+@dataclass
+class _Run:
+    """State of one batch while it applies."""
+
+    conn: Connection
+    heartbeat_timeout: float
+    known: set[str]
+    seen: set[str]
+    applied: list[str] = field(default_factory=list)
+    duplicates: int = 0
+    failed: list[JSONDict] = field(default_factory=list)
+    event_rows: list[JSONDict] = field(default_factory=list)
+    metric_rows: list[JSONDict] = field(default_factory=list)
+
+    def fail(self, index: int, op_id: str | None, status: int, error: str, details: str) -> None:
+        self.failed.append(
+            {"index": index, "op_id": op_id, "status": status, "error": error, "details": details}
+        )
+
+    def flush(self) -> None:
+        storage.add_events(self.conn, self.event_rows)
+        storage.add_metrics(self.conn, self.metric_rows)
+        self.event_rows, self.metric_rows = [], []
+
+
+def apply_batch(store: storage.Storage, items: list[Operation | ValidationError]) -> JSONDict:
+    """Apply the parsed operations; answer the ``POST /api/batch`` body."""
+    ops = [item for item in items if isinstance(item, Operation)]
+    with store.write() as conn:
+        run = _Run(
+            conn,
+            store.heartbeat_timeout,
+            known=_existing(conn, sessions.c.id, {op.session_id for op in ops}),
+            seen=_existing(conn, applied_ops.c.op_id, {op.op_id for op in ops}),
+        )
+        for index, item in enumerate(items):
+            _apply_item(run, index, item)
+        run.flush()
+        stamp = now()
+        if run.applied:
+            rows = [{"op_id": op_id, "applied_at": stamp} for op_id in run.applied]
+            conn.execute(applied_ops.insert(), rows)
+    return {
+        "success": not run.failed,
+        "applied": len(run.applied),
+        "duplicates": run.duplicates,
+        "failed": run.failed,
+    }
+
+
+def _existing(conn: Connection, column: sa.Column[Any], values: Iterable[str]) -> set[str]:
+    wanted = sorted(values)
+    found: set[str] = set()
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        found.update(v for (v,) in conn.execute(sa.select(column).where(column.in_(chunk))))
+    return found
+
+
+def _apply_item(run: _Run, index: int, item: Operation | ValidationError) -> None:
+    if isinstance(item, ValidationError):
+        run.fail(index, None, 400, item.message, item.details)
+        return
+    if item.op_id in run.seen:
+        run.duplicates += 1
+        return
+    try:
+        data = parse_operation_data(item)
+    except ValidationError as exc:
+        run.fail(index, item.op_id, 400, exc.message, exc.details)
+        return
+    if item.op == "create" and data["id"] not in (None, item.session_id):
+        run.fail(index, item.op_id, 400, "invalid field", "data.id differs from session_id")
+        return
+    if item.op != "create" and item.session_id not in run.known:
+        run.fail(index, item.op_id, 404, "session not found", item.session_id)
+        return
+    _apply_op(run, item, data)
+    run.seen.add(item.op_id)
+    run.applied.append(item.op_id)
+
+
+def _apply_op(run: _Run, op: Operation, data: Any) -> None:
+    """Apply one valid operation; plain events and metrics are queued for ``executemany``."""
+    sid = op.session_id
+    if op.op == "event" and not storage.is_special(data):
+        run.event_rows.append(storage.event_row(sid, data))
+    elif op.op == "metric":
+        run.metric_rows.append(storage.metric_row(sid, data))
+    elif op.op == "create":
+        run.flush()  # everything else may depend on what came before it
+        storage.create_session(run.conn, {**data, "id": sid}, run.heartbeat_timeout)
+        run.known.add(sid)
+    else:
+        run.flush()
+        _APPLY[op.op](run.conn, sid, data)
+
+
+_APPLY: dict[str, Any] = {
+    "state": lambda conn, sid, data: storage.update_state(conn, sid, data[0], data[1]),
+    "event": storage.add_event,
+    "heartbeat": lambda conn, sid, data: storage.heartbeat(conn, sid, data["timestamp"]),
+    "end": lambda conn, sid, data: storage.end(conn, sid, data["timestamp"]),
+    "crash": lambda conn, sid, data: storage.crash(
+        conn, sid, data["reason"], data["data"], data["timestamp"]
+    ),
+}

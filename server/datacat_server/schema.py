@@ -1,0 +1,134 @@
+"""The database schema (SQLAlchemy Core tables) and the engine that reaches it.
+
+One code path for SQLite and PostgreSQL. Sessions are one row each; everything that grows with a
+session (events, metrics, state updates) is an append-only row in its own table, so the cost of a
+write never depends on the size of the session. ``state_values`` records every (path, value) leaf
+a session's state ever held, as one hash, so "sessions that ever had ``player.level = 3``" is an
+exact, indexed lookup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+metadata = sa.MetaData()
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("product", sa.Text, nullable=False),
+    sa.Column("version", sa.Text, nullable=False),
+    sa.Column("machine_id", sa.Text),
+    sa.Column("hostname", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("crashed_at", sa.Float),
+    sa.Column("crash_reason", sa.Text),
+    sa.Column("last_heartbeat", sa.Float),
+    sa.Column("hung", sa.Boolean, nullable=False, default=False),
+    sa.Column("state", sa.Text, nullable=False),
+    sa.Index("ix_sessions_created", "created_at", "id"),
+    sa.Index("ix_sessions_product", "product", "version"),
+    sa.Index("ix_sessions_machine", "machine_id"),
+)
+
+
+def _session_fk() -> sa.Column[Any]:
+    return sa.Column(
+        "session_id", sa.String(36), sa.ForeignKey("sessions.id"), nullable=False, index=False
+    )
+
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _session_fk(),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("level", sa.String(16), nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("ix_events_session", "session_id", "id"),
+)
+
+metrics = sa.Table(
+    "metrics",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _session_fk(),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("type", sa.String(16), nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("ix_metrics_session", "session_id", "id"),
+)
+
+state_updates = sa.Table(
+    "state_updates",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    _session_fk(),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Index("ix_state_updates_session", "session_id", "id"),
+)
+
+# key = sha256 of "path\0canonical JSON value": bounded size, so any value is indexable.
+state_values = sa.Table(
+    "state_values",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), primary_key=True),
+)
+
+applied_ops = sa.Table(
+    "applied_ops",
+    metadata,
+    sa.Column("op_id", sa.String(36), primary_key=True),
+    sa.Column("applied_at", sa.Float, nullable=False),
+)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``sqlite:///path`` or ``postgresql://...``, with the schema created."""
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+    engine = sa.create_engine(url, pool_pre_ping=False)
+    if engine.dialect.name == "sqlite":
+        _tune_sqlite(engine)
+    metadata.create_all(engine)
+    return engine
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    """WAL + synchronous=NORMAL keeps every commit across ``kill -9`` while staying fast.
+
+    pysqlite's own transaction handling would start transactions lazily and as readers, so two
+    writers could both read a state and the second merge would lose the first. We take over:
+    every write transaction is ``BEGIN IMMEDIATE`` (it holds the write lock from its first read),
+    and connections flagged ``readonly`` begin a plain deferred transaction.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "busy_timeout=10000",
+            "foreign_keys=ON",
+        ):
+            cursor.execute(f"PRAGMA {pragma}")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        readonly = conn.get_execution_options().get("readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")

@@ -1,0 +1,102 @@
+"""``datacat server``: resolve options, build the app, serve it with gunicorn.
+
+Options resolve as command-line argument > ``DATACAT_SERVER_*`` environment variable > default.
+gunicorn's master loads the app once (schema created before any worker starts), forks the
+workers (each then opens its own database connections), prints the URL when ready, and shuts
+down cleanly on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from datacat.errors import ConfigurationError
+from datacat_server import DEFAULTS, create_app
+from datacat_server.storage import Storage
+
+OPTIONS: dict[str, tuple[Any, type]] = {
+    "host": ("127.0.0.1", str),
+    "port": (9090, int),
+    "db": (DEFAULTS["DATACAT_DB"], str),
+    "workers": (2, int),
+    "threads": (4, int),
+    "heartbeat_timeout": (DEFAULTS["DATACAT_HEARTBEAT_TIMEOUT"], float),
+    "api_key": (None, str),
+    "max_body": (DEFAULTS["DATACAT_MAX_BODY"], int),
+}
+
+
+def resolve(
+    args: argparse.Namespace | None, environ: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Every option's value: argument, else ``DATACAT_SERVER_<NAME>``, else the default."""
+    environ = dict(os.environ if environ is None else environ)
+    resolved: dict[str, Any] = {}
+    for name, (default, kind) in OPTIONS.items():
+        value = getattr(args, name, None)
+        if value is None:
+            value = environ.get(f"DATACAT_SERVER_{name.upper()}") or None
+        try:
+            resolved[name] = default if value is None else kind(value)
+        except ValueError:
+            raise ConfigurationError(f"{name}: {value!r} is not a valid {kind.__name__}") from None
+    return resolved
+
+
+class _Gunicorn(BaseApplication):
+    """gunicorn serving an app object we built ourselves (no import string, no config file)."""
+
+    def __init__(self, app: Flask, options: dict[str, Any]) -> None:
+        self.application = app
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        return self.application
+
+
+def gunicorn_options(opts: dict[str, Any], app: Flask) -> dict[str, Any]:
+    url = f"http://{opts['host']}:{opts['port']}"
+    store: Storage = app.extensions["datacat"]
+    return {
+        "bind": f"{opts['host']}:{opts['port']}",
+        "workers": opts["workers"],
+        "worker_class": "gthread",
+        "threads": opts["threads"],
+        "keepalive": 30,
+        "graceful_timeout": 5,
+        "timeout": 60,
+        "accesslog": None,
+        "loglevel": "warning",
+        "post_fork": lambda _server, _worker: store.dispose(),
+        "when_ready": lambda _server: print(f"DataCat server on {url}", flush=True),
+    }
+
+
+def main(args: argparse.Namespace | None = None) -> int:
+    """Run the server until SIGINT/SIGTERM; the exit status is 0 after a clean shutdown."""
+    try:
+        opts = resolve(args)
+    except ConfigurationError as exc:
+        print(f"datacat server: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(
+        {
+            "DATACAT_DB": opts["db"],
+            "DATACAT_HEARTBEAT_TIMEOUT": opts["heartbeat_timeout"],
+            "DATACAT_API_KEY": opts["api_key"],
+            "DATACAT_MAX_BODY": opts["max_body"],
+        }
+    )
+    _Gunicorn(app, gunicorn_options(opts, app)).run()
+    return 0

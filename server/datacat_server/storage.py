@@ -1,0 +1,251 @@
+"""Writes: every change to stored data goes through this module, inside one transaction.
+
+Each function takes a ``Connection`` already inside a write transaction (``Storage.write()``), so a
+single endpoint and a whole ``POST /api/batch`` share the same code. Events and metrics are single
+``INSERT``\\ s (the session's existence is checked by the foreign key, not by a read); a state
+update reads and rewrites one small row under the write lock (``BEGIN IMMEDIATE`` on SQLite,
+``SELECT ... FOR UPDATE`` on PostgreSQL), so concurrent writers never lose a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from datacat.merge import deep_merge
+from datacat.model import CRASH_EVENT, HUNG_EVENT, RECOVERED_EVENT, JSONDict
+from datacat_server.schema import (
+    events,
+    make_engine,
+    metrics,
+    sessions,
+    state_updates,
+    state_values,
+)
+
+
+class NotFound(Exception):
+    """The session does not exist."""
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON as stored in the database."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+class Storage:
+    """The engine plus the server's status rule (heartbeat timeout)."""
+
+    def __init__(self, url: str, heartbeat_timeout: float = 60.0) -> None:
+        self.engine = make_engine(url)
+        self.heartbeat_timeout = heartbeat_timeout
+        self._readonly = self.engine.execution_options(readonly=True)
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self._readonly.connect() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        """Forget pooled connections (after ``fork``: a child must open its own)."""
+        self.engine.dispose(close=False)
+
+
+def create_session(conn: Connection, data: JSONDict, heartbeat_timeout: float) -> bool:
+    """Insert the session ``data["id"]``; False when it already existed (idempotent create)."""
+    if conn.execute(sa.select(sessions.c.id).where(sessions.c.id == data["id"])).first():
+        return False
+    ts = data["timestamp"]
+    state = deep_merge(data["state"], {"product": data["product"], "version": data["version"]})
+    if data["machine_id"]:
+        _crash_abandoned(conn, data["machine_id"], ts - heartbeat_timeout, ts)
+    conn.execute(
+        sessions.insert(),
+        {
+            "id": data["id"],
+            "product": data["product"],
+            "version": data["version"],
+            "machine_id": data["machine_id"],
+            "hostname": data["hostname"],
+            "created_at": ts,
+            "updated_at": ts,
+            "hung": False,
+            "state": dumps(state),
+        },
+    )
+    _record_state(conn, data["id"], state, ts)
+    return True
+
+
+def _crash_abandoned(conn: Connection, machine_id: str, stale_before: float, ts: float) -> None:
+    """The machine is back with a new session: its older suspended sessions died with it."""
+    open_stale = sa.select(sessions.c.id).where(
+        sessions.c.machine_id == machine_id,
+        sessions.c.ended_at.is_(None),
+        sessions.c.last_heartbeat < stale_before,
+    )
+    for (sid,) in conn.execute(open_stale).all():
+        crash(conn, sid, "machine came back without this session (it stopped heartbeating)", {}, ts)
+
+
+def update_state(conn: Connection, session_id: str, update: JSONDict, ts: float) -> None:
+    """Deep-merge ``update`` into the session's state under the write lock."""
+    query = sa.select(sessions.c.state).where(sessions.c.id == session_id).with_for_update()
+    row = conn.execute(query).first()
+    if row is None:
+        raise NotFound(session_id)
+    state = deep_merge(json.loads(row.state), update)
+    values = {"state": dumps(state), "updated_at": ts}
+    conn.execute(sessions.update().where(sessions.c.id == session_id).values(values))
+    _record_state(conn, session_id, update, ts)
+
+
+def _record_state(conn: Connection, session_id: str, update: JSONDict, ts: float) -> None:
+    """Append the update to the history and index every leaf it wrote."""
+    row = {"session_id": session_id, "ts": ts, "body": dumps(update)}
+    conn.execute(state_updates.insert(), row)
+    keys = [{"key": value_key(p, v), "session_id": session_id} for p, v in leaves(update)]
+    if keys:
+        conn.execute(_insert_ignore(conn, state_values), keys)
+
+
+def leaves(document: JSONDict, prefix: str = "") -> Iterable[tuple[str, Any]]:
+    """(dotted path, value) of every non-null leaf; arrays count as one leaf."""
+    for key, value in document.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from leaves(value, path + ".")
+        elif value is not None:
+            yield path, value
+
+
+def value_key(path: str, value: Any) -> str:
+    """The indexed key of ``path = value``; integral floats equal their ints (3.0 == 3)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = path + "\0" + json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing()
+
+
+def event_row(session_id: str, event: JSONDict) -> JSONDict:
+    body = {k: v for k, v in event.items() if v is not None and k != "timestamp"}
+    return {
+        "session_id": session_id,
+        "ts": event["timestamp"],
+        "name": event["name"],
+        "level": event["level"],
+        "body": dumps(body),
+    }
+
+
+def metric_row(session_id: str, metric: JSONDict) -> JSONDict:
+    body = {k: v for k, v in metric.items() if v is not None and k != "timestamp"}
+    return {
+        "session_id": session_id,
+        "ts": metric["timestamp"],
+        "name": metric["name"],
+        "type": metric["type"],
+        "value": metric["value"],
+        "body": dumps(body),
+    }
+
+
+def is_special(event: JSONDict) -> bool:
+    """Events that change the session's hung flag, so they are not plain appends."""
+    return event["name"] in (HUNG_EVENT, RECOVERED_EVENT)
+
+
+def add_events(conn: Connection, rows: list[JSONDict]) -> None:
+    """Append event rows (``event_row``); an unknown session raises ``NotFound``."""
+    _append(conn, events, rows)
+
+
+def add_metrics(conn: Connection, rows: list[JSONDict]) -> None:
+    """Append metric rows (``metric_row``); an unknown session raises ``NotFound``."""
+    _append(conn, metrics, rows)
+
+
+def _append(conn: Connection, table: sa.Table, rows: list[JSONDict]) -> None:
+    if not rows:
+        return
+    try:
+        conn.execute(table.insert(), rows)
+    except sa.exc.IntegrityError as exc:
+        raise NotFound(rows[0]["session_id"]) from exc
+
+
+def add_event(conn: Connection, session_id: str, event: JSONDict) -> None:
+    """One event; hang and recovery events also set or clear the session's hung flag."""
+    add_events(conn, [event_row(session_id, event)])
+    if is_special(event):
+        hung = event["name"] == HUNG_EVENT
+        values = {"hung": hung, "updated_at": event["timestamp"]}
+        conn.execute(sessions.update().where(sessions.c.id == session_id).values(values))
+
+
+def heartbeat(conn: Connection, session_id: str, ts: float) -> None:
+    """Record a heartbeat; one after a hang logs ``application_recovered`` and clears it."""
+    row = conn.execute(_locked(sessions.c.hung, session_id)).first()
+    if row is None:
+        raise NotFound(session_id)
+    if row.hung:
+        add_event(conn, session_id, _server_event(RECOVERED_EVENT, ts, "heartbeat after a hang"))
+    values = {"last_heartbeat": ts, "updated_at": ts}
+    conn.execute(sessions.update().where(sessions.c.id == session_id).values(values))
+
+
+def end(conn: Connection, session_id: str, ts: float) -> None:
+    """End the session; ending an ended (or crashed) session changes nothing."""
+    row = conn.execute(_locked(sessions.c.ended_at, session_id)).first()
+    if row is None:
+        raise NotFound(session_id)
+    if row.ended_at is None:
+        values = {"ended_at": ts, "updated_at": ts}
+        conn.execute(sessions.update().where(sessions.c.id == session_id).values(values))
+
+
+def crash(conn: Connection, session_id: str, reason: str, data: JSONDict, ts: float) -> None:
+    """Mark the session crashed and log ``session_crashed_detected``; an ended one stays as is."""
+    row = conn.execute(_locked(sessions.c.ended_at, session_id)).first()
+    if row is None:
+        raise NotFound(session_id)
+    if row.ended_at is not None:
+        return
+    values = {"ended_at": ts, "crashed_at": ts, "crash_reason": reason, "updated_at": ts}
+    conn.execute(sessions.update().where(sessions.c.id == session_id).values(values))
+    event = _server_event(CRASH_EVENT, ts, reason, level="critical", data=data)
+    add_events(conn, [event_row(session_id, event)])
+
+
+def _locked(column: sa.Column[Any], session_id: str) -> sa.Select[Any]:
+    return sa.select(column).where(sessions.c.id == session_id).with_for_update()
+
+
+def _server_event(
+    name: str, ts: float, message: str, level: str = "info", **extra: Any
+) -> JSONDict:
+    return {
+        "name": name,
+        "level": level,
+        "timestamp": ts,
+        "category": "datacat",
+        "message": message,
+        **extra,
+    }
