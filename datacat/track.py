@@ -1,0 +1,457 @@
+"""``@datacat.track``, ``datacat.session()``, ``datacat.timer`` and the current session.
+
+Owns the wrapt wrapper that times the real lifetime of the seven kinds of callable (functions,
+methods, classmethods, staticmethods, coroutines, generators, async generators) and turns
+exceptions into events recorded once per exception; the current session (a contextvar, so
+asyncio tasks and copied contexts see it); and the process-wide default session, created lazily
+from configuration the first time something needs it. With no session anywhere a tracked call
+costs the wrapt proxy, one contextvar lookup and a flag check. Nothing here raises into the host.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import threading
+import types
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
+from contextvars import ContextVar, Token
+from time import perf_counter
+from typing import Any, Protocol, TypeVar, cast, overload
+
+import wrapt
+
+from datacat._internal import logger, swallow
+from datacat.errors import ConfigurationError
+
+F = TypeVar("F", bound=Callable[..., Any])
+Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
+
+#: Attribute set on an exception object: ids of the sessions it was already recorded into.
+RECORDED_ATTR = "_datacat_recorded"
+
+
+class SessionLike(Protocol):
+    """The part of ``datacat.Session`` this module uses."""
+
+    @property
+    def id(self) -> str: ...
+
+    def observe(self, name: str, value: float, *, type: str = ..., tags: Any = ...) -> None: ...
+
+    def log_exception(self, exc: BaseException | None = ..., *, data: Any = ...) -> None: ...
+
+    def end(self) -> None: ...
+
+    def crash(self, reason: str, data: Any = ...) -> None: ...
+
+
+_current: ContextVar[SessionLike | None] = ContextVar("datacat_current_session", default=None)
+
+# The default session: _UNRESOLVED until first use, then a session or None (no URL configured).
+_UNRESOLVED: Any = object()
+_default: Any = _UNRESOLVED
+_default_lock = threading.Lock()
+
+
+def current_session() -> SessionLike | None:
+    """The session tracked calls record into here: the innermost ``with datacat.session()``,
+    else the process-wide default session (created on first use when ``DATACAT_URL`` is set),
+    else None."""
+    return _resolve(None)
+
+
+def _resolve(explicit: SessionLike | None) -> SessionLike | None:
+    if explicit is not None:
+        return explicit
+    session = _current.get()
+    if session is None:
+        session = _default if _default is not _UNRESOLVED else _create_default()
+    return session
+
+
+def _create_default() -> SessionLike | None:
+    global _default
+    with _default_lock:
+        if _default is _UNRESOLVED:
+            _default = _open_default()
+    return cast("SessionLike | None", _default)
+
+
+@swallow(default=None)
+def _open_default() -> SessionLike | None:
+    # Only an explicitly configured URL turns tracking on; the client's fallback URL does not.
+    if not os.environ.get("DATACAT_URL"):
+        return None
+    from datacat.session import create_session  # the client; imported only when needed
+
+    return cast(SessionLike, create_session())
+
+
+# -- recording ------------------------------------------------------------------------------
+
+
+class _Spec:
+    """What one decoration asked for, precomputed so the hot path only reads attributes."""
+
+    __slots__ = ("error_tags", "exceptions", "name", "ok_tags", "rate", "session", "timing")
+
+    def __init__(
+        self,
+        name: str,
+        session: SessionLike | None,
+        tags: Mapping[str, str] | None,
+        timing: bool,
+        exceptions: bool,
+        rate: float,
+    ) -> None:
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigurationError(f"sample_rate must be within [0, 1], not {rate!r}")
+        base = {str(k): str(v) for k, v in (tags or {}).items()}
+        if rate < 1.0:
+            base["sample_rate"] = repr(rate)  # lets readers scale sampled counts back up
+        self.name, self.session, self.timing, self.exceptions = name, session, timing, exceptions
+        self.rate = rate
+        self.ok_tags = {**base, "outcome": "ok"}
+        self.error_tags = {**base, "outcome": "error"}
+
+    def timed(self) -> bool:
+        """Whether this call's timing is recorded (sampling decides per call)."""
+        return self.timing and (self.rate >= 1.0 or random.random() < self.rate)
+
+
+def _observe(session: SessionLike, spec: _Spec, start: float, tags: dict[str, str]) -> None:
+    try:
+        session.observe(spec.name, perf_counter() - start, type="timer", tags=tags)
+    except Exception:
+        logger.debug("datacat: observe failed", exc_info=True)
+
+
+def _failed(session: SessionLike, spec: _Spec, exc: BaseException, start: float | None) -> None:
+    """Record a call that ended by ``exc``: an early close is a success, not an error."""
+    closed_early = isinstance(exc, GeneratorExit)
+    if start is not None:
+        _observe(session, spec, start, spec.ok_tags if closed_early else spec.error_tags)
+    if spec.exceptions and isinstance(exc, Exception):
+        record_exception(session, exc, function=spec.name)
+
+
+def record_exception(
+    session: SessionLike, exc: BaseException, *, function: str | None = None
+) -> bool:
+    """Log ``exc`` into ``session`` unless it was logged there already (it may pass through
+    several tracked frames); the mark lives on the exception object. True if logged now."""
+    try:
+        seen = getattr(exc, RECORDED_ATTR, None)
+        if not isinstance(seen, set):
+            seen = set()
+            setattr(exc, RECORDED_ATTR, seen)
+        if session.id in seen:
+            return False
+        seen.add(session.id)
+        session.log_exception(exc, data={"function": function} if function else None)
+        return True
+    except Exception:
+        logger.debug("datacat: could not record an exception", exc_info=True)
+        return False
+
+
+# -- one wrapper per kind of callable --------------------------------------------------------
+
+
+def _sync_wrapper(spec: _Spec) -> Wrapper:
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        session = spec.session
+        if session is None:
+            session = _current.get()
+            if session is None:
+                session = _default if _default is not _UNRESOLVED else _create_default()
+                if session is None:
+                    return wrapped(*args, **kwargs)
+        start = perf_counter() if spec.timed() else None
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _failed(session, spec, exc, start)
+            raise
+        if start is not None:
+            _observe(session, spec, start, spec.ok_tags)
+        return result
+
+    return wrapper
+
+
+def _lazy_wrapper(spec: _Spec, trace: Callable[..., Any]) -> Wrapper:
+    """Wrapper for kinds whose body runs later (coroutine, generator, async generator): the call
+    creates the object as usual, ``trace`` wraps it so the timer covers its whole run."""
+
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        made = wrapped(*args, **kwargs)
+        session = _resolve(spec.session)
+        if session is None:
+            return made
+        return trace(made, session, spec, spec.timed())
+
+    return wrapper
+
+
+async def _trace_coroutine(
+    coro: Coroutine[Any, Any, Any], session: SessionLike, spec: _Spec, timed: bool
+) -> Any:
+    start = perf_counter() if timed else None
+    try:
+        result = await coro
+    except BaseException as exc:
+        _failed(session, spec, exc, start)
+        raise
+    if start is not None:
+        _observe(session, spec, start, spec.ok_tags)
+    return result
+
+
+def _trace_generator(
+    gen: Generator[Any, Any, Any], session: SessionLike, spec: _Spec, timed: bool
+) -> Generator[Any, Any, Any]:
+    start = perf_counter() if timed else None
+    try:
+        result = yield from gen  # passes send(), throw() and close() through
+    except BaseException as exc:
+        _failed(session, spec, exc, start)
+        raise
+    if start is not None:
+        _observe(session, spec, start, spec.ok_tags)
+    return result
+
+
+async def _trace_async_generator(
+    agen: AsyncGenerator[Any, Any], session: SessionLike, spec: _Spec, timed: bool
+) -> AsyncGenerator[Any, Any]:
+    """``yield from`` for async generators, timed: passes ``asend``/``athrow``/``aclose`` on."""
+    start = perf_counter() if timed else None
+    try:
+        step = agen.asend(None)
+        while True:
+            try:
+                value = await step
+            except StopAsyncIteration:
+                break
+            try:
+                sent = yield value
+            except GeneratorExit:
+                await agen.aclose()
+                raise
+            except BaseException as exc:
+                step = agen.athrow(exc)
+            else:
+                step = agen.asend(sent)
+    except BaseException as exc:
+        _failed(session, spec, exc, start)
+        raise
+    if start is not None:
+        _observe(session, spec, start, spec.ok_tags)
+
+
+# -- the wrapt proxies -----------------------------------------------------------------------
+
+
+class _BoundTracked(wrapt.BoundFunctionWrapper):
+    """A tracked function bound to an instance or a class; pickles like a bound method."""
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        owner = self._self_instance if self._self_instance is not None else self._self_owner
+        return getattr, (owner, self.__name__)
+
+
+class _Unbound:
+    """Stands in for "no instance" on a tracked plain function (see ``_Tracked``)."""
+
+    __slots__ = ()
+
+
+_UNBOUND = _Unbound()
+
+
+class _Tracked(wrapt.FunctionWrapper):
+    """The object ``@track`` returns: keeps name, signature, docstring and kind of the wrapped
+    callable, binds like it, and pickles by reference like it."""
+
+    __bound_function_wrapper__ = _BoundTracked
+
+    def __init__(self, wrapped: Any, wrapper: Wrapper) -> None:
+        if type(wrapped) is types.FunctionType:
+            # Why: on each unbound call wrapt probes ``wrapped.__self__`` when its instance is
+            # None; for a plain function that raises and clears an AttributeError (~0.4 µs,
+            # most of the proxy's cost). A non-None instance skips the probe; binding to an
+            # instance or class is unaffected (wrapt passes the real one to bound wrappers).
+            super(wrapt.FunctionWrapper, self).__init__(  # type: ignore[call-arg]
+                wrapped, _UNBOUND, wrapper, None, "function"
+            )
+        else:
+            super().__init__(wrapped, wrapper)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__qualname__  # pickle resolves it in __module__ and checks identity
+
+
+def _kind_wrapper(wrapped: Any, spec: _Spec) -> Wrapper:
+    func = getattr(wrapped, "__func__", wrapped)  # classmethod, staticmethod, bound method
+    if inspect.isasyncgenfunction(func):
+        return _lazy_wrapper(spec, _trace_async_generator)
+    if inspect.iscoroutinefunction(func):
+        return _lazy_wrapper(spec, _trace_coroutine)
+    if inspect.isgeneratorfunction(func):
+        return _lazy_wrapper(spec, _trace_generator)
+    return _sync_wrapper(spec)
+
+
+def _metric_name(wrapped: Any) -> str:
+    func = getattr(wrapped, "__func__", wrapped)
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", repr(func))
+    module = getattr(func, "__module__", None)
+    return f"{module}.{qualname}" if module else str(qualname)
+
+
+@overload
+def track(name: F, /) -> F: ...
+
+
+@overload
+def track(
+    name: str | None = None,
+    /,
+    *,
+    session: SessionLike | None = None,
+    tags: Mapping[str, str] | None = None,
+    record_timing: bool = True,
+    record_exceptions: bool = True,
+    sample_rate: float = 1.0,
+) -> Callable[[F], F]: ...
+
+
+def track(
+    name: Any = None,
+    /,
+    *,
+    session: SessionLike | None = None,
+    tags: Mapping[str, str] | None = None,
+    record_timing: bool = True,
+    record_exceptions: bool = True,
+    sample_rate: float = 1.0,
+) -> Any:
+    """Decorator: time each call as the timer metric ``name`` (default ``module.qualname``,
+    tagged ``outcome=ok|error``) and log each exception once as an error event, into
+    ``session`` if given, else the current session, else the default session. Use it bare
+    (``@track``) or with options; on a classmethod it goes outside ``@classmethod``."""
+    if name is not None and not isinstance(name, str):  # bare @track (a classmethod object
+        return track()(name)  # is not callable, so callable() cannot tell)
+
+    def decorate(func: F) -> F:
+        spec = _Spec(
+            name or _metric_name(func),
+            session,
+            tags,
+            record_timing,
+            record_exceptions,
+            sample_rate,
+        )
+        return cast(F, _Tracked(func, _kind_wrapper(func, spec)))
+
+    return decorate
+
+
+# -- datacat.session() and datacat.timer() ---------------------------------------------------
+
+
+class SessionScope:
+    """``with datacat.session(...) as s:`` / ``async with``: a new session, current inside the
+    block, ended on normal exit, crashed when an exception escapes (which then propagates)."""
+
+    def __init__(
+        self,
+        url: str | None,
+        product: str | None,
+        version: str | None,
+        state: Mapping[str, Any] | None,
+        options: dict[str, Any],
+    ) -> None:
+        self._args = dict(options, url=url, product=product, version=version, state=state)
+        self._open: list[tuple[SessionLike, Token[SessionLike | None]]] = []
+
+    def __enter__(self) -> Any:
+        from datacat.session import create_session
+
+        session = cast(SessionLike, create_session(**self._args))
+        self._open.append((session, _current.set(session)))
+        return session
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        session, token = self._open.pop()
+        try:
+            _current.reset(token)
+        except ValueError:  # exited in another context than entered: restore by hand
+            _current.set(token.old_value if token.old_value is not Token.MISSING else None)
+        _close(session, exc)
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(kind, exc, tb)
+
+
+def session(
+    url: str | None = None,
+    product: str | None = None,
+    version: str | None = None,
+    state: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> SessionScope:
+    """A context manager (sync and async) running its block in a new session; ``options`` are
+    those of ``datacat.create_session``."""
+    return SessionScope(url, product, version, state, options)
+
+
+def _close(session: SessionLike, exc: BaseException | None) -> None:
+    try:
+        if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+            session.end()
+            return
+        record_exception(session, exc)
+        session.crash(f"{type(exc).__name__}: {exc}"[:500])
+    except Exception:
+        logger.debug("datacat: could not close a session", exc_info=True)
+
+
+class Timer:
+    """``with datacat.timer(name):`` records one timing of its block into the current session;
+    ``@datacat.timer(name)`` times each call of a function the same way."""
+
+    def __init__(self, name: str, tags: Mapping[str, str] | None = None) -> None:
+        self._spec = _Spec(name, None, tags, True, False, 1.0)
+        self._tags = tags
+        self._open: list[tuple[SessionLike | None, float]] = []
+
+    def __enter__(self) -> Timer:
+        self._open.append((_resolve(None), perf_counter()))
+        return self
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        session, start = self._open.pop()
+        if session is not None:
+            tags = self._spec.ok_tags if exc is None else self._spec.error_tags
+            _observe(session, self._spec, start, tags)
+
+    async def __aenter__(self) -> Timer:
+        return self.__enter__()
+
+    async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
+        self.__exit__(kind, exc, tb)
+
+    def __call__(self, func: F) -> F:
+        return track(self._spec.name, tags=self._tags, record_exceptions=False)(func)
+
+
+def timer(name: str, *, tags: Mapping[str, str] | None = None) -> Timer:
+    """Time a block or a function into the current session as the timer metric ``name``."""
+    return Timer(name, tags)
