@@ -16,12 +16,14 @@ import random
 import threading
 import types
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import ContextVar, Token
 from time import perf_counter
 from typing import Any, Protocol, TypeVar, cast, overload
 
 import wrapt
 
+from datacat import otel
 from datacat._internal import logger, swallow
 from datacat.errors import ConfigurationError
 
@@ -95,7 +97,7 @@ def _open_default() -> SessionLike | None:
 class _Spec:
     """What one decoration asked for, precomputed so the hot path only reads attributes."""
 
-    __slots__ = ("error_tags", "exceptions", "name", "ok_tags", "rate", "session", "timing")
+    __slots__ = ("error_tags", "exceptions", "name", "ok_tags", "rate", "session", "span", "timing")
 
     def __init__(
         self,
@@ -105,6 +107,7 @@ class _Spec:
         timing: bool,
         exceptions: bool,
         rate: float,
+        span: bool = False,
     ) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ConfigurationError(f"sample_rate must be within [0, 1], not {rate!r}")
@@ -112,7 +115,7 @@ class _Spec:
         if rate < 1.0:
             base["sample_rate"] = repr(rate)  # lets readers scale sampled counts back up
         self.name, self.session, self.timing, self.exceptions = name, session, timing, exceptions
-        self.rate = rate
+        self.rate, self.span = rate, span
         self.ok_tags = {**base, "outcome": "ok"}
         self.error_tags = {**base, "outcome": "error"}
 
@@ -121,19 +124,24 @@ class _Spec:
         return self.timing and (self.rate >= 1.0 or random.random() < self.rate)
 
 
-def _observe(session: SessionLike, spec: _Spec, start: float, tags: dict[str, str]) -> None:
+def _observe(
+    session: SessionLike | None, spec: _Spec, start: float | None, tags: dict[str, str]
+) -> None:
+    if session is None or start is None:
+        return
     try:
         session.observe(spec.name, perf_counter() - start, type="timer", tags=tags)
     except Exception:
         logger.debug("datacat: observe failed", exc_info=True)
 
 
-def _failed(session: SessionLike, spec: _Spec, exc: BaseException, start: float | None) -> None:
+def _failed(
+    session: SessionLike | None, spec: _Spec, exc: BaseException, start: float | None
+) -> None:
     """Record a call that ended by ``exc``: an early close is a success, not an error."""
     closed_early = isinstance(exc, GeneratorExit)
-    if start is not None:
-        _observe(session, spec, start, spec.ok_tags if closed_early else spec.error_tags)
-    if spec.exceptions and isinstance(exc, Exception):
+    _observe(session, spec, start, spec.ok_tags if closed_early else spec.error_tags)
+    if session is not None and spec.exceptions and isinstance(exc, Exception):
         record_exception(session, exc, function=spec.name)
 
 
@@ -175,9 +183,19 @@ def _sync_wrapper(spec: _Spec) -> Wrapper:
         except BaseException as exc:
             _failed(session, spec, exc, start)
             raise
-        if start is not None:
-            _observe(session, spec, start, spec.ok_tags)
+        _observe(session, spec, start, spec.ok_tags)
         return result
+
+    return wrapper
+
+
+def _span_wrapper(spec: _Spec, inner: Wrapper) -> Wrapper:
+    """A sync wrapper inside an OpenTelemetry span named like the metric (current while the
+    call runs, so its exception event carries the span's ids)."""
+
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        with otel.span(spec.name):
+            return inner(wrapped, instance, args, kwargs)
 
     return wrapper
 
@@ -189,67 +207,72 @@ def _lazy_wrapper(spec: _Spec, trace: Callable[..., Any]) -> Wrapper:
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         made = wrapped(*args, **kwargs)
         session = _resolve(spec.session)
-        if session is None:
+        if session is None and not spec.span:
             return made
         return trace(made, session, spec, spec.timed())
 
     return wrapper
 
 
+def _span(spec: _Spec, current: bool) -> AbstractContextManager[Any]:
+    return otel.span(spec.name, current=current) if spec.span else nullcontext()
+
+
 async def _trace_coroutine(
-    coro: Coroutine[Any, Any, Any], session: SessionLike, spec: _Spec, timed: bool
+    coro: Coroutine[Any, Any, Any], session: SessionLike | None, spec: _Spec, timed: bool
 ) -> Any:
     start = perf_counter() if timed else None
-    try:
-        result = await coro
-    except BaseException as exc:
-        _failed(session, spec, exc, start)
-        raise
-    if start is not None:
-        _observe(session, spec, start, spec.ok_tags)
+    with _span(spec, current=True):
+        try:
+            result = await coro
+        except BaseException as exc:
+            _failed(session, spec, exc, start)
+            raise
+    _observe(session, spec, start, spec.ok_tags)
     return result
 
 
 def _trace_generator(
-    gen: Generator[Any, Any, Any], session: SessionLike, spec: _Spec, timed: bool
+    gen: Generator[Any, Any, Any], session: SessionLike | None, spec: _Spec, timed: bool
 ) -> Generator[Any, Any, Any]:
+    # The span is not made current: each yield would leak it into the consumer's context.
     start = perf_counter() if timed else None
-    try:
-        result = yield from gen  # passes send(), throw() and close() through
-    except BaseException as exc:
-        _failed(session, spec, exc, start)
-        raise
-    if start is not None:
-        _observe(session, spec, start, spec.ok_tags)
+    with _span(spec, current=False):
+        try:
+            result = yield from gen  # passes send(), throw() and close() through
+        except BaseException as exc:
+            _failed(session, spec, exc, start)
+            raise
+    _observe(session, spec, start, spec.ok_tags)
     return result
 
 
 async def _trace_async_generator(
-    agen: AsyncGenerator[Any, Any], session: SessionLike, spec: _Spec, timed: bool
+    agen: AsyncGenerator[Any, Any], session: SessionLike | None, spec: _Spec, timed: bool
 ) -> AsyncGenerator[Any, Any]:
     """``yield from`` for async generators, timed: passes ``asend``/``athrow``/``aclose`` on."""
     start = perf_counter() if timed else None
-    try:
-        step = agen.asend(None)
-        while True:
-            try:
-                value = await step
-            except StopAsyncIteration:
-                break
-            try:
-                sent = yield value
-            except GeneratorExit:
-                await agen.aclose()
-                raise
-            except BaseException as exc:
-                step = agen.athrow(exc)
-            else:
-                step = agen.asend(sent)
-    except BaseException as exc:
-        _failed(session, spec, exc, start)
-        raise
-    if start is not None:
-        _observe(session, spec, start, spec.ok_tags)
+    with _span(spec, current=False):
+        try:
+            step = agen.asend(None)
+            while True:
+                try:
+                    value = await step
+                except StopAsyncIteration:
+                    break
+                try:
+                    sent = yield value
+                except GeneratorExit:
+                    await agen.aclose()
+                    raise
+                except BaseException as exc:
+                    step = agen.athrow(exc)
+                else:
+                    step = agen.asend(sent)
+        except BaseException as exc:
+            _failed(session, spec, exc, start)
+            raise
+    _observe(session, spec, start, spec.ok_tags)
 
 
 # -- the wrapt proxies -----------------------------------------------------------------------
@@ -302,7 +325,8 @@ def _kind_wrapper(wrapped: Any, spec: _Spec) -> Wrapper:
         return _lazy_wrapper(spec, _trace_coroutine)
     if inspect.isgeneratorfunction(func):
         return _lazy_wrapper(spec, _trace_generator)
-    return _sync_wrapper(spec)
+    inner = _sync_wrapper(spec)
+    return _span_wrapper(spec, inner) if spec.span else inner
 
 
 def _metric_name(wrapped: Any) -> str:
@@ -326,6 +350,7 @@ def track(
     record_timing: bool = True,
     record_exceptions: bool = True,
     sample_rate: float = 1.0,
+    span: bool | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -338,11 +363,14 @@ def track(
     record_timing: bool = True,
     record_exceptions: bool = True,
     sample_rate: float = 1.0,
+    span: bool | None = None,
 ) -> Any:
     """Decorator: time each call as the timer metric ``name`` (default ``module.qualname``,
     tagged ``outcome=ok|error``) and log each exception once as an error event, into
     ``session`` if given, else the current session, else the default session. Use it bare
-    (``@track``) or with options; on a classmethod it goes outside ``@classmethod``."""
+    (``@track``) or with options; on a classmethod it goes outside ``@classmethod``.
+    ``span=True`` (default: ``DATACAT_OTEL_SPANS``) also opens an OpenTelemetry span named
+    like the metric when the application has an SDK tracer provider."""
     if name is not None and not isinstance(name, str):  # bare @track (a classmethod object
         return track()(name)  # is not callable, so callable() cannot tell)
 
@@ -354,6 +382,7 @@ def track(
             record_timing,
             record_exceptions,
             sample_rate,
+            otel.spans_requested() if span is None else span,
         )
         return cast(F, _Tracked(func, _kind_wrapper(func, spec)))
 
