@@ -5,6 +5,7 @@ The front door: re-exports the public names. Importing it starts no thread and t
 
 from __future__ import annotations
 
+from datacat.client import DatacatClient
 from datacat.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -14,16 +15,21 @@ from datacat.errors import (
     TransportError,
     ValidationError,
 )
+from datacat.session import NoopSession, Session, create_session
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AuthenticationError",
     "ConfigurationError",
+    "DatacatClient",
     "DatacatError",
+    "NoopSession",
     "NotFoundError",
     "ServerError",
+    "Session",
     "TransportError",
     "ValidationError",
     "__version__",
+    "create_session",
 ]

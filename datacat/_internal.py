@@ -1,0 +1,125 @@
+"""Client internals that keep instrumentation from hurting the host.
+
+Owns: the ``datacat`` logger, log-once reporting of internal errors, the JSON-safe conversion of
+user values (repr for the unknown, truncation of oversized strings), and the process-wide
+"interpreter is shutting down" flag that forbids starting threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+logger = logging.getLogger("datacat")
+
+#: Strings longer than this are cut and marked, so one huge value cannot bloat a batch.
+MAX_STRING = 16 * 1024
+TRUNCATED = "…[truncated {} chars]"
+_MAX_DEPTH = 32
+
+_seen: set[str] = set()
+_seen_lock = threading.Lock()
+_shutting_down = False
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def log_once(key: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
+    """Log ``message`` the first time ``key`` is seen in this process; later calls are silent."""
+    with _seen_lock:
+        if key in _seen:
+            return
+        _seen.add(key)
+    logger.log(level, message, *args)
+
+
+def swallow(default: Any = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorator: an internal error is logged once (per function) and ``default`` returned."""
+
+    def wrap(func: Callable[P, R]) -> Callable[P, R]:
+        @functools.wraps(func)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return func(*args, **kwargs)
+            except Exception:
+                log_once(
+                    f"internal:{func.__qualname__}",
+                    "datacat: internal error in %s",
+                    func.__qualname__,
+                    level=logging.ERROR,
+                )
+                logger.debug("datacat internal error", exc_info=True)
+                return default
+
+        return guarded
+
+    return wrap
+
+
+def reset_after_fork() -> None:
+    """In a forked child: a lock another thread held at fork time would never be released."""
+    global _seen_lock
+    _seen_lock = threading.Lock()
+
+
+def mark_shutting_down() -> None:
+    """Called by the exit hook: from now on no thread may be started."""
+    global _shutting_down
+    _shutting_down = True
+
+
+def may_start_thread() -> bool:
+    """False during interpreter shutdown (Python 3.12+ refuses new threads then)."""
+    return not _shutting_down and not sys.is_finalizing()
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """``value`` as strict JSON data: unknown objects become ``repr``, long strings are cut,
+    non-finite floats become strings, and very deep nesting is cut off."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, str):
+        return truncate(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth >= _MAX_DEPTH:
+        return truncate(_safe_repr(value))
+    if isinstance(value, dict):
+        return {_key(k): jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v, depth + 1) for v in value]
+    return truncate(_safe_repr(value))
+
+
+def truncate(text: str, limit: int = MAX_STRING) -> str:
+    """``text`` cut to ``limit`` characters with a marker saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + TRUNCATED.format(len(text) - limit)
+
+
+def snapshot(value: Any) -> Any:
+    """A copy of nested dicts and lists, so later mutation by the caller cannot change what
+    was logged; leaves are shared (they are converted later, off the caller's thread)."""
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [snapshot(v) for v in value]
+    return value
+
+
+def _key(key: Any) -> str:
+    return key if isinstance(key, str) else truncate(str(key))
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"

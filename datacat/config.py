@@ -1,0 +1,140 @@
+"""Client configuration, resolved once: arguments > ``DATACAT_*`` environment > defaults.
+
+Owns the ``Config`` dataclass (every option of ``create_session``), the parsing of environment
+values, and the default per-user spool directory. Pure apart from reading the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from datacat.errors import ConfigurationError
+
+DEFAULT_URL = "http://localhost:9090"
+
+
+def default_spool_dir() -> str:
+    """``$XDG_CACHE_HOME/datacat/spool`` (``~/.cache/datacat/spool``): per user."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(cache) / "datacat" / "spool")
+
+
+def _default_product() -> str:
+    name = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
+    return name or "python"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every client option. ``spool_dir=""`` disables the disk spool (memory only)."""
+
+    url: str = DEFAULT_URL
+    product: str = field(default_factory=_default_product)
+    version: str = "unknown"
+    api_key: str | None = None
+    disabled: bool = False
+    timeout: float = 5.0
+    batch_size: int = 500
+    flush_interval: float = 0.5
+    queue_size: int = 100_000
+    spool_dir: str = field(default_factory=default_spool_dir)
+    spool_max_bytes: int = 64 * 1024 * 1024
+    exit_timeout: float = 2.0
+    blocking: bool = False
+    heartbeat_interval: float = 10.0
+    hang_timeout: float = 60.0
+    max_backoff: float = 30.0
+    daemon: bool = False
+    otel_spans: bool = True
+    state: Mapping[str, Any] | None = None
+    machine_id: str | None = None
+    hostname: str | None = None
+
+    def destination(self) -> tuple[str, str | None, str, int]:
+        """What decides which sender a session shares: where and how batches go."""
+        return (self.url, self.api_key, self.spool_dir, self.spool_max_bytes)
+
+
+_POSITIVE = (
+    "timeout",
+    "batch_size",
+    "flush_interval",
+    "queue_size",
+    "exit_timeout",
+    "heartbeat_interval",
+    "hang_timeout",
+    "max_backoff",
+)
+_NAMES = {f.name: f for f in fields(Config)}
+_ENV_SKIP = {"state"}  # a document, not an environment value
+
+
+def resolve(env: Mapping[str, str] | None = None, **kwargs: Any) -> Config:
+    """The effective ``Config``: keyword arguments (``None`` means "not given") over
+    ``DATACAT_<NAME>`` environment variables over defaults. Raises ``ConfigurationError``
+    for unknown names and unusable values."""
+    unknown = set(kwargs) - set(_NAMES)
+    if unknown:
+        raise ConfigurationError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name in _NAMES:
+        if kwargs.get(name) is not None:
+            values[name] = _convert(name, kwargs[name])
+        elif name not in _ENV_SKIP and env.get(f"DATACAT_{name.upper()}", "") != "":
+            values[name] = _convert(name, env[f"DATACAT_{name.upper()}"])
+    config = Config(**values)
+    _check(config)
+    return config
+
+
+def replace(config: Config, **changes: Any) -> Config:
+    """``config`` with some options changed and checked."""
+    new = dataclasses.replace(config, **{k: _convert(k, v) for k, v in changes.items()})
+    _check(new)
+    return new
+
+
+def _convert(name: str, value: Any) -> Any:
+    kind = _NAMES[name].type
+    try:
+        if "bool" in str(kind):
+            return _bool(value)
+        if "int" in str(kind):
+            return int(value)
+        if "float" in str(kind):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{name}: cannot use {value!r}") from None
+    if name == "state":
+        if not isinstance(value, Mapping):
+            raise ConfigurationError("state must be a mapping")
+        return dict(value)
+    return str(value).rstrip("/") if name == "url" else str(value)
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _check(config: Config) -> None:
+    for name in _POSITIVE:
+        if not getattr(config, name) > 0:
+            raise ConfigurationError(f"{name} must be positive, not {getattr(config, name)!r}")
+    if config.spool_max_bytes < 0:
+        raise ConfigurationError("spool_max_bytes must not be negative")
+    if not config.url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"url must start with http:// or https://, not {config.url!r}")

@@ -1,0 +1,442 @@
+"""``Session``: the user-facing verbs, and ``create_session``.
+
+Owns what runs on the caller's thread. Every verb builds a small tuple and hands it to the
+worker's queue (``Worker.put``); nothing here waits for the network, and nothing raises into the
+caller except with ``blocking=True``, where each verb is sent at once and errors are raised.
+``NoopSession`` has the same interface and does nothing (``DATACAT_DISABLED=1``, or unusable
+configuration). Values given to a verb are copied shallowly (state updates deeply), so mutating a
+dict after logging it does not change what was logged at its first level.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import socket
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Mapping
+from types import TracebackType
+from typing import Any, TypeVar
+
+from datacat import heartbeat as heartbeat_module
+from datacat import otel
+from datacat._internal import log_once, logger, snapshot
+from datacat.config import Config, resolve
+from datacat.errors import ConfigurationError, DatacatError
+from datacat.model import DEFAULT_BUCKETS
+from datacat.transport import HttpTransport
+from datacat.worker import OBSERVE, Batcher, Item, Worker, get_worker, new_id
+
+F = TypeVar("F", bound=Callable[..., Any])
+JSONDict = dict[str, Any]
+
+
+def create_session(
+    url: str | None = None, product: str | None = None, version: str | None = None, **options: Any
+) -> Session:
+    """Start a session; it is created on the server asynchronously (the id is made here)."""
+    try:
+        config = resolve(url=url, product=product, version=version, **options)
+    except ConfigurationError:
+        if options.get("blocking"):
+            raise
+        logger.exception("datacat: unusable configuration; this session records nothing")
+        return NoopSession()
+    if config.disabled:
+        return NoopSession(config)
+    if config.blocking:
+        return Session(config, transport=HttpTransport(config.url, config.api_key, config.timeout))
+    return Session(config, worker=get_worker(config))
+
+
+@functools.cache
+def machine_id() -> str:
+    """A stable id of this machine: a hash of its primary MAC address."""
+    return hashlib.sha256(f"{uuid.getnode():012x}".encode()).hexdigest()[:32]
+
+
+class Timer:
+    """``session.timer(name)``: a context manager and decorator logging a timer metric.
+    ``count`` may be bumped inside the block (iterations done)."""
+
+    def __init__(
+        self, session: Session | NoopSession, name: str, tags: Mapping[str, str] | None
+    ) -> None:
+        self._session = session
+        self.name = name
+        self.tags = tags
+        self.count: int | None = None
+        self.elapsed = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.elapsed = time.perf_counter() - self._start
+        self._session.log_timer(self.name, self.elapsed, count=self.count, tags=self.tags)
+
+    def __call__(self, func: F) -> F:
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with Timer(self._session, self.name, self.tags):
+                return func(*args, **kwargs)
+
+        return timed  # type: ignore[return-value]
+
+
+class Session:
+    """One run of a program, reported to a DataCat server."""
+
+    def __init__(
+        self, config: Config, worker: Worker | None = None, transport: HttpTransport | None = None
+    ) -> None:
+        self._setup(config, worker, transport)
+        if worker is not None:
+            worker.sessions[self.id] = self
+        self._enqueue("create", self._create_body())
+
+    def _setup(
+        self, config: Config, worker: Worker | None, transport: HttpTransport | None
+    ) -> None:
+        self.config = config
+        self.id = new_id()
+        self.url = config.url
+        self.ended = False
+        self.dropped = 0
+        self.dropped_reported = 0
+        self._worker = worker
+        self._transport = transport
+        self._batcher = Batcher()  # blocking mode: turns one item into its operation
+        self._otel = config.otel_spans
+        self._monitor: heartbeat_module.HangMonitor | None = None
+        self._beater: heartbeat_module.HeartbeatThread | None = None
+        self._put: Callable[[Item], bool] = worker.put if worker is not None else self._send_now
+
+    def _create_body(self) -> JSONDict:
+        config = self.config
+        return {
+            "id": self.id,
+            "product": config.product,
+            "version": config.version,
+            "machine_id": config.machine_id or machine_id(),
+            "hostname": config.hostname or socket.gethostname(),
+            "state": snapshot(dict(config.state or {})),
+            "timestamp": time.time(),
+        }
+
+    def __repr__(self) -> str:
+        return f"<datacat.Session {self.id} {self.config.product} {self.url}>"
+
+    # -- the queue ------------------------------------------------------------------------------
+
+    def _enqueue(self, op: str, payload: Any) -> None:
+        if not self._put((op, self.id, payload)):
+            self.dropped += 1
+
+    def _send_now(self, item: Item) -> bool:
+        """``blocking=True``: send the item's operation at once; raise what went wrong."""
+        assert self._transport is not None
+        ops = self._batcher.operations([item])
+        if ops:
+            self._transport.send_batch(ops).raise_for_failure()
+        return True
+
+    # -- state, events ---------------------------------------------------------------------------
+
+    def update_state(self, state: Mapping[str, Any]) -> None:
+        """Deep-merge ``state`` into the session's state (``None`` values delete keys)."""
+        if not isinstance(state, Mapping):
+            log_once(
+                "state-type", "datacat: update_state needs a mapping, not %s", type(state).__name__
+            )
+            return
+        self._enqueue("state", {"state": snapshot(dict(state)), "timestamp": time.time()})
+
+    def log_event(
+        self,
+        name: str,
+        data: Any = None,
+        *,
+        level: str = "info",
+        category: str | None = None,
+        labels: Any = None,
+        message: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Record an event; ``fields`` are further event fields (``exception_type``, ...)."""
+        body: JSONDict = {"name": name, "level": level, "timestamp": time.time()}
+        if data is not None:
+            body["data"] = dict(data) if isinstance(data, Mapping) else {"value": data}
+        if category is not None:
+            body["category"] = category
+        if labels:
+            body["labels"] = [str(label) for label in labels]
+        if message is not None:
+            body["message"] = message
+        if fields:
+            body.update(fields)
+        if self._otel and "trace_id" not in body:
+            ids = otel.span_ids()
+            if ids is not None:
+                body["trace_id"], body["span_id"] = ids
+        self._enqueue("event", body)
+
+    def log_exception(
+        self,
+        exc: BaseException | tuple[Any, Any, Any] | None = None,
+        *,
+        data: Any = None,
+        level: str = "error",
+        **fields: Any,
+    ) -> None:
+        """Record an exception (the one being handled when ``exc`` is omitted) with its type,
+        message, stack trace and the file/line/function that raised it."""
+        if isinstance(exc, tuple):
+            exc = exc[1]
+        if exc is None:
+            exc = sys.exc_info()[1]
+        if not isinstance(exc, BaseException):
+            log_once("no-exception", "datacat: log_exception called with no exception")
+            return
+        name = fields.pop("name", "exception")
+        self.log_event(name, data, level=level, **{**exception_fields(exc), **fields})
+
+    # -- metrics --------------------------------------------------------------------------------
+
+    def log_metric(
+        self,
+        name: str,
+        value: float,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        type: str = "gauge",
+        unit: str | None = None,
+    ) -> None:
+        """Record one measurement; counters are summed per flush interval."""
+        if type == "counter":
+            self.observe(name, value, type="counter", tags=tags, unit=unit, buckets=None)
+            return
+        body: JSONDict = {"name": name, "value": value, "type": type, "timestamp": time.time()}
+        if unit is not None:
+            body["unit"] = unit
+        if tags:
+            body["tags"] = dict(tags)
+        self._enqueue("metric", body)
+
+    def log_gauge(
+        self,
+        name: str,
+        value: float,
+        *,
+        tags: Mapping[str, Any] | None = None,
+        unit: str | None = None,
+    ) -> None:
+        self.log_metric(name, value, tags=tags, type="gauge", unit=unit)
+
+    def log_counter(
+        self, name: str, delta: float = 1, *, tags: Mapping[str, Any] | None = None
+    ) -> None:
+        self.observe(name, delta, type="counter", tags=tags, unit=None, buckets=None)
+
+    def log_histogram(
+        self,
+        name: str,
+        value: float,
+        *,
+        buckets: Any = DEFAULT_BUCKETS,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.observe(name, value, type="histogram", tags=tags, unit=None, buckets=buckets)
+
+    def log_timer(
+        self,
+        name: str,
+        seconds: float,
+        *,
+        count: int | None = None,
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        body: JSONDict = {
+            "name": name,
+            "value": seconds,
+            "type": "timer",
+            "unit": "s",
+            "timestamp": time.time(),
+        }
+        if count is not None:
+            body["count"] = count
+        if tags:
+            body["tags"] = dict(tags)
+        self._enqueue("metric", body)
+
+    def timer(self, name: str, *, tags: Mapping[str, str] | None = None) -> Timer:
+        return Timer(self, name, tags)
+
+    def observe(
+        self,
+        name: str,
+        value: float,
+        *,
+        type: str = "timer",
+        tags: Mapping[str, Any] | None = None,
+        unit: str | None = "s",
+        buckets: Any = DEFAULT_BUCKETS,
+    ) -> None:
+        """The hot path of ``@track``: aggregated per flush interval into one metric per
+        (name, type, tags) with count, sum, min, max and bucket counts."""
+        if not self._put((OBSERVE, self.id, (name, value, type, tags, unit, buckets))):
+            self.dropped += 1
+
+    # -- heartbeats and hangs -------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """ "My main loop is turning": a heartbeat, and it arms the hang watchdog."""
+        monitor = self._monitor
+        if monitor is None:
+            monitor = self._monitor = heartbeat_module.HangMonitor(self, self.config.hang_timeout)
+            heartbeat_module.watchdog.add(monitor)
+        monitor.beat()
+        self.send_heartbeat()
+
+    def send_heartbeat(self) -> None:
+        """A heartbeat that does not feed the hang watchdog (the background thread's)."""
+        self._enqueue("heartbeat", {"timestamp": time.time()})
+
+    def start_heartbeat(self, interval: float | None = None) -> None:
+        self.stop_heartbeat()
+        beater = heartbeat_module.HeartbeatThread(self, interval or self.config.heartbeat_interval)
+        if beater.start():
+            self._beater = beater
+
+    def stop_heartbeat(self) -> None:
+        if self._beater is not None:
+            self._beater.stop()
+            self._beater = None
+
+    def pause_hang_detection(self) -> None:
+        if self._monitor is not None:
+            self._monitor.pause()
+
+    def resume_hang_detection(self) -> None:
+        if self._monitor is not None:
+            self._monitor.resume()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def end(self, timeout: float | None = None) -> bool:
+        """End the session and flush (at most ``timeout``, default ``exit_timeout``)."""
+        if self._finish("end", {"timestamp": time.time()}):
+            return self.flush(self.config.exit_timeout if timeout is None else timeout)
+        return True
+
+    def crash(self, reason: str, data: Any = None) -> bool:
+        """Mark the session crashed (and ended), then flush like ``end``."""
+        body: JSONDict = {"reason": str(reason), "timestamp": time.time()}
+        if data is not None:
+            body["data"] = dict(data) if isinstance(data, Mapping) else {"value": data}
+        if self._finish("crash", body):
+            return self.flush(self.config.exit_timeout)
+        return True
+
+    def end_for_exit(self) -> None:
+        """The exit hook ends sessions the program left open (it flushes them itself)."""
+        self._finish("end", {"timestamp": time.time()})
+
+    def _finish(self, op: str, body: JSONDict) -> bool:
+        if self.ended:
+            return False
+        self.ended = True
+        self.stop_heartbeat()
+        if self._monitor is not None:
+            heartbeat_module.watchdog.discard(self._monitor)
+            self._monitor = None
+        self._enqueue(op, body)
+        if self._worker is not None:
+            self._worker.sessions.pop(self.id, None)
+        return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait (at most ``timeout`` seconds) until what was logged so far reached the server."""
+        if self._worker is None:
+            return True
+        return self._worker.flush(timeout)
+
+    def get_details(self, timeout: float | None = None) -> JSONDict:
+        """The session as the server has it (after a flush); ``{}`` when it cannot be read."""
+        self.flush(timeout if timeout is not None else self.config.exit_timeout)
+        transport = self._transport or HttpTransport(
+            self.url, self.config.api_key, timeout or self.config.timeout
+        )
+        try:
+            return dict(transport.request("GET", f"/api/sessions/{self.id}"))
+        except (DatacatError, TypeError, ValueError):
+            if self.config.blocking:
+                raise
+            log_once("details", "datacat: cannot read session details from %s", self.url)
+            return {}
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None and not isinstance(exc, GeneratorExit | KeyboardInterrupt):
+            self.log_exception(exc)
+        self.end()
+
+
+def exception_fields(exc: BaseException) -> JSONDict:
+    """Event fields of an exception: type, message, stack trace, raising frame."""
+    frames = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    lines = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).splitlines()
+    fields: JSONDict = {
+        "exception_type": _qualified(type(exc)),
+        "exception_msg": _safe_str(exc),
+        "stacktrace": lines,
+    }
+    if frames:
+        last = frames[-1]
+        fields.update(source_file=last.filename, source_line=last.lineno, source_function=last.name)
+    return fields
+
+
+def _qualified(kind: type) -> str:
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__name__}>"
+
+
+class NoopSession(Session):
+    """What ``create_session`` gives when DataCat is disabled: every verb does nothing."""
+
+    def __init__(self, config: Config | None = None) -> None:
+        self._setup(config or Config(spool_dir=""), None, None)
+        self._put = _accept
+
+    def heartbeat(self) -> None:
+        pass
+
+    def start_heartbeat(self, interval: float | None = None) -> None:
+        pass
+
+    def get_details(self, timeout: float | None = None) -> JSONDict:
+        return {}
+
+
+def _accept(item: Item) -> bool:
+    return True

@@ -1,0 +1,84 @@
+"""``datacat.config.resolve``: arguments > ``DATACAT_*`` environment > defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from datacat.config import DEFAULT_URL, Config, default_spool_dir, replace, resolve
+from datacat.errors import ConfigurationError
+
+
+def test_defaults_without_arguments_or_environment() -> None:
+    config = resolve(env={})
+    assert config.url == DEFAULT_URL
+    assert (config.batch_size, config.flush_interval, config.exit_timeout) == (500, 0.5, 2.0)
+    assert config.disabled is False and config.blocking is False
+    assert config.spool_dir == default_spool_dir()
+
+
+def test_environment_over_defaults() -> None:
+    env = {
+        "DATACAT_URL": "http://example.test:1",
+        "DATACAT_API_KEY": "k",
+        "DATACAT_DISABLED": "1",
+        "DATACAT_PRODUCT": "p",
+        "DATACAT_VERSION": "2.0",
+        "DATACAT_BATCH_SIZE": "7",
+        "DATACAT_HANG_TIMEOUT": "0.5",
+        "DATACAT_OTEL_SPANS": "no",
+        "DATACAT_DAEMON": "true",
+    }
+    config = resolve(env=env)
+    assert config.url == "http://example.test:1"
+    assert (config.api_key, config.product, config.version) == ("k", "p", "2.0")
+    assert config.disabled is True and config.daemon is True and config.otel_spans is False
+    assert (config.batch_size, config.hang_timeout) == (7, 0.5)
+
+
+def test_arguments_over_environment_and_none_means_not_given() -> None:
+    env = {"DATACAT_URL": "http://env.test", "DATACAT_PRODUCT": "from-env"}
+    config = resolve(env=env, url="http://arg.test", product=None, batch_size=3)
+    assert (config.url, config.product, config.batch_size) == ("http://arg.test", "from-env", 3)
+
+
+def test_empty_environment_value_is_not_given() -> None:
+    assert resolve(env={"DATACAT_URL": ""}).url == DEFAULT_URL
+
+
+@pytest.mark.parametrize(
+    ("options", "env"),
+    [
+        ({"batch_size": 0}, {}),
+        ({"flush_interval": -1}, {}),
+        ({"url": "ftp://x"}, {}),
+        ({}, {"DATACAT_TIMEOUT": "soon"}),
+        ({}, {"DATACAT_DISABLED": "maybe"}),
+        ({"no_such_option": 1}, {}),
+        ({"state": [1, 2]}, {}),
+    ],
+)
+def test_unusable_values_raise_configuration_error(options: dict, env: dict) -> None:
+    with pytest.raises(ConfigurationError):
+        resolve(env=env, **options)
+
+
+def test_spool_dir_follows_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert default_spool_dir() == str(tmp_path / "datacat" / "spool")
+
+
+def test_replace_checks_the_new_values() -> None:
+    config = resolve(env={})
+    assert replace(config, timeout="3").timeout == 3.0
+    with pytest.raises(ConfigurationError):
+        replace(config, timeout=0)
+
+
+def test_state_is_copied_and_destination_groups_senders() -> None:
+    state = {"a": 1}
+    config = resolve(env={}, state=state)
+    state["a"] = 2
+    assert config.state == {"a": 1}
+    assert Config(url="http://a.test").destination() != Config(url="http://b.test").destination()
