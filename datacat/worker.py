@@ -242,8 +242,9 @@ class Worker:
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything enqueued so far; True when it all reached the server in time."""
         self.kick()
-        if self.thread is None:  # no thread may start (interpreter shutdown): send inline
-            return self._cycle(force=True)
+        thread = self.thread
+        if thread is None or self._closed or not thread.is_alive():
+            return self._cycle(force=True)  # no sender thread (shutdown, closed): send inline
         with self._flushed:
             self._requested += 1
             ticket = self._requested
@@ -255,6 +256,8 @@ class Worker:
 
     def close(self, deadline: float) -> bool:
         """Exit: end open sessions, flush until ``deadline`` (monotonic), spool what is left."""
+        if self._closed:
+            return True
         for session in list(self.sessions.values()):
             session.end_for_exit()
         self._request_timeout = max(_MIN_REQUEST_TIMEOUT, (deadline - time.monotonic()) / 2)
@@ -269,7 +272,7 @@ class Worker:
 
     def _start(self) -> None:
         with self._start_lock:
-            if self.thread is not None or not _internal.may_start_thread():
+            if self.thread is not None or self._closed or not _internal.may_start_thread():
                 return
             thread = threading.Thread(target=self._run, name="datacat-sender", daemon=True)
             try:
@@ -477,8 +480,17 @@ def http_transport(config: Config) -> Transport:
     return HttpTransport(config.url, config.api_key, config.timeout)
 
 
+def default_transport(config: Config) -> Transport:
+    """HTTP, or with ``daemon=True`` the pipe to a local daemon (issue 6, ``datacat.pipe``)."""
+    if config.daemon:
+        from datacat.pipe import PipeTransport  # late: only daemon users pay for it
+
+        return PipeTransport(config)
+    return http_transport(config)
+
+
 #: Makes the transport of a new worker; the local daemon replaces it with a pipe-backed one.
-transport_factory: Callable[[Config], Transport] = http_transport
+transport_factory: Callable[[Config], Transport] = default_transport
 
 
 def _register(worker: Worker) -> None:
