@@ -5,6 +5,7 @@ The front door: re-exports the public names. Importing it starts no thread and t
 
 from __future__ import annotations
 
+from datacat.autoinstrument.logging import LoggingHandler
 from datacat.client import DatacatClient
 from datacat.errors import (
     AuthenticationError,
@@ -16,6 +17,7 @@ from datacat.errors import (
     ValidationError,
 )
 from datacat.session import NoopSession, Session, create_session
+from datacat.track import current_session, session, timer, track
 
 __version__ = "0.1.0"
 
@@ -24,6 +26,7 @@ __all__ = [
     "ConfigurationError",
     "DatacatClient",
     "DatacatError",
+    "LoggingHandler",
     "NoopSession",
     "NotFoundError",
     "ServerError",
@@ -32,4 +35,8 @@ __all__ = [
     "ValidationError",
     "__version__",
     "create_session",
+    "current_session",
+    "session",
+    "timer",
+    "track",
 ]

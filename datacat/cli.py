@@ -40,6 +40,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("daemon", help="local daemon reading batches on stdin (client-started)")
     p.add_argument("--log-file", help="where the daemon logs (default: nowhere)")
+    p.add_argument("--linger", type=float, help="seconds to keep retrying after the app exits")
     p.set_defaults(handler="datacat.daemon:main")
 
 

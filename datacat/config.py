@@ -56,9 +56,10 @@ class Config:
     machine_id: str | None = None
     hostname: str | None = None
 
-    def destination(self) -> tuple[str, str | None, str, int]:
-        """What decides which sender a session shares: where and how batches go."""
-        return (self.url, self.api_key, self.spool_dir, self.spool_max_bytes)
+    def destination(self) -> tuple[str, str | None, str, int, bool]:
+        """What decides which sender a session shares: where and how batches go (``daemon``:
+        through the local daemon's pipe, issue 6)."""
+        return (self.url, self.api_key, self.spool_dir, self.spool_max_bytes, self.daemon)
 
 
 _POSITIVE = (

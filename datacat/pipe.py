@@ -1,0 +1,208 @@
+"""The app's side of the local daemon: ``PipeTransport`` and the pipe's line protocol.
+
+``PipeTransport`` is a ``datacat.transport.Transport``: the client's sender hands it batches as
+it would to ``HttpTransport``, and it writes them to the stdin pipe of a detached
+``datacat daemon`` process (started on first use, in its own session so a signal to the app's
+process group does not reach it, with no output pipe at all so it can never block on one).
+Writes never block: the pipe is non-blocking, a batch the pipe cannot take now is answered as
+retryable (the sender keeps it, retries, spools), and what a full pipe took only in part is
+finished before anything else is written. If the daemon is gone the batches go over HTTP.
+
+The protocol is one JSON object per line: first ``{"hello": {...}}`` with the options the daemon
+needs (``HELLO_OPTIONS``), then ``{"operations": [...]}`` per batch, exactly as ``/api/batch``
+takes them. The app's end of the pipe closing is the daemon's crash signal.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from typing import Any
+
+from datacat.config import Config
+from datacat.transport import BatchResult, HttpTransport
+
+JSONDict = dict[str, Any]
+
+#: Options of ``Config`` the daemon needs to forward, spool and watch like the app would.
+HELLO_OPTIONS = (
+    "url",
+    "api_key",
+    "timeout",
+    "batch_size",
+    "flush_interval",
+    "queue_size",
+    "spool_dir",
+    "spool_max_bytes",
+    "exit_timeout",
+    "hang_timeout",
+    "max_backoff",
+)
+#: Environment variable naming a file the daemon logs to (default: it logs nowhere).
+LOG_ENV = "DATACAT_DAEMON_LOG"
+#: Status of a batch the pipe could not take right now: retryable, like "no answer".
+PIPE_FULL = 0
+
+log = logging.getLogger("datacat.pipe")
+
+_transports: weakref.WeakSet[PipeTransport] = weakref.WeakSet()
+
+
+def hello(config: Config) -> bytes:
+    """The first line the daemon reads: its options and the app's process id."""
+    options = {name: getattr(config, name) for name in HELLO_OPTIONS}
+    return encode({"hello": {**options, "pid": os.getpid()}})
+
+
+def encode(message: JSONDict) -> bytes:
+    return json.dumps(message, allow_nan=False, separators=(",", ":")).encode() + b"\n"
+
+
+def daemon_command() -> list[str]:
+    command = [sys.executable, "-m", "datacat.cli", "daemon"]
+    log_file = os.environ.get(LOG_ENV)
+    return [*command, "--log-file", log_file] if log_file else command
+
+
+def daemon_environment() -> dict[str, str]:
+    """The app's environment minus what would instrument the daemon itself."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATACAT_RUN", "DATACAT_DAEMON")}
+    bootstrap = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bootstrap")
+    kept = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != bootstrap]
+    env["PYTHONPATH"] = os.pathsep.join(kept)
+    return env
+
+
+def spawn_daemon() -> subprocess.Popen[bytes]:
+    """Start ``datacat daemon`` detached: own session, stdin a pipe, no output pipes."""
+    return subprocess.Popen(
+        daemon_command(),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        close_fds=True,
+        env=daemon_environment(),
+    )
+
+
+class PipeTransport:
+    """Hands batches to a local daemon through a non-blocking pipe (see the module docstring)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.dropped_writes = 0  # batches the full pipe refused (then retried by the sender)
+        self._lock = threading.Lock()
+        self._pending = b""  # the rest of a line a full pipe took only in part
+        self._fd: int | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pid = os.getpid()
+        self._broken = False
+        self._http: HttpTransport | None = None
+        _transports.add(self)
+
+    def send_batch(self, operations: list[JSONDict], timeout: float | None = None) -> BatchResult:
+        with self._lock:
+            if self._usable():
+                written = self._write(encode({"operations": operations}))
+                if written:
+                    return BatchResult(200, applied=len(operations))
+                if not self._broken:
+                    self.dropped_writes += 1
+                    return BatchResult(PIPE_FULL, error="daemon pipe full")
+        return self._fallback().send_batch(operations, timeout)
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish a partly written line (bounded wait), then close our end: the daemon's EOF."""
+        with self._lock:
+            if self._fd is not None and os.getpid() == self._pid:
+                self._drain(self.config.exit_timeout if timeout is None else timeout)
+                os.close(self._fd)
+            self._fd = None
+        if self._http is not None:
+            self._http.close()
+
+    @property
+    def daemon_pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: close the inherited end, or the parent's death would go unseen."""
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._process, self._pid, self._pending = None, None, os.getpid(), b""
+        self._broken = True  # the child's batches go over HTTP
+
+    def _usable(self) -> bool:
+        if self._fd is None and not self._broken:
+            self._start()
+        return self._fd is not None and not self._broken
+
+    def _start(self) -> None:
+        try:
+            self._process = spawn_daemon()
+        except OSError as exc:
+            log.warning("datacat: cannot start the local daemon (%s); sending directly", exc)
+            self._broken = True
+            return
+        assert self._process.stdin is not None
+        self._fd = os.dup(self._process.stdin.fileno())
+        self._process.stdin.close()
+        os.set_blocking(self._fd, False)
+        self._pending = hello(self.config)
+
+    def _write(self, line: bytes) -> bool:
+        """Write ``line`` whole or not at all (apart from finishing an earlier partial line)."""
+        if self._pending and not self._flush_pending():
+            return False
+        self._pending = line
+        self._flush_pending()
+        return not self._broken
+
+    def _flush_pending(self) -> bool:
+        try:
+            while self._pending:
+                sent = os.write(self._fd, self._pending)  # type: ignore[arg-type]
+                self._pending = self._pending[sent:]
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._lost(exc)
+            return False
+        return True
+
+    def _drain(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self._pending and self._fd is not None and time.monotonic() < deadline:
+            select.select([], [self._fd], [], max(0.0, deadline - time.monotonic()))
+            self._flush_pending()
+
+    def _lost(self, exc: OSError) -> None:
+        if exc.errno == errno.EPIPE:
+            log.warning("datacat: the local daemon has gone; sending directly")
+        else:
+            log.warning("datacat: writing to the local daemon failed (%s); sending directly", exc)
+        self._broken = True
+        self._pending = b""
+
+    def _fallback(self) -> HttpTransport:
+        if self._http is None:
+            config = self.config
+            self._http = HttpTransport(config.url, config.api_key, config.timeout)
+        return self._http
+
+
+def _after_fork_in_child() -> None:
+    for transport in list(_transports):
+        transport._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,44 @@
+"""The otel target: finished spans become timers, span exceptions become events."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autoinstrument_helpers import events, instrumented, metrics
+from opentelemetry.sdk.trace import TracerProvider
+
+from datacat import autoinstrument
+
+
+@pytest.fixture
+def dc_session(server_url: str, tmp_path: Path) -> Iterator[Any]:
+    with instrumented(server_url, tmp_path, ["otel"]) as s:
+        yield s
+
+
+def test_spans_become_timers_and_exceptions_events(dc_session: Any, server_url: str) -> None:
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("checkout"):
+        pass
+    with pytest.raises(KeyError), tracer.start_as_current_span("pay") as span:
+        raise KeyError("card")
+    assert dc_session.flush(10)
+    timers = {m["tags"]["span"]: m for m in metrics(server_url, dc_session.id)}
+    assert timers["checkout"]["tags"]["status"] == "unset"
+    assert timers["pay"]["tags"]["status"] == "error"
+    assert timers["pay"]["name"] == "otel.span.duration" and timers["pay"]["count"] == 1
+    (event,) = events(server_url, dc_session.id, "span_exception")
+    assert event["exception_type"] == "KeyError"
+    assert event["trace_id"] == f"{span.get_span_context().trace_id:032x}"
+    assert event["span_id"] == f"{span.get_span_context().span_id:016x}"
+
+
+def test_uninstrument_detaches_the_processor(dc_session: Any) -> None:
+    provider = TracerProvider()
+    processor = autoinstrument.instrumentor("otel").processor  # type: ignore[attr-defined]
+    assert processor in provider._active_span_processor._span_processors
+    autoinstrument.uninstrument()
+    assert processor not in provider._active_span_processor._span_processors
