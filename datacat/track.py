@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 import os
 import random
+import sys
 import threading
 import types
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
@@ -25,7 +26,9 @@ import wrapt
 
 from datacat import otel
 from datacat._internal import logger, swallow
+from datacat.config import resolve
 from datacat.errors import ConfigurationError
+from datacat.session import create_session
 
 F = TypeVar("F", bound=Callable[..., Any])
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
@@ -61,10 +64,10 @@ def current_session() -> SessionLike | None:
     """The session tracked calls record into here: the innermost ``with datacat.session()``,
     else the process-wide default session (created on first use when ``DATACAT_URL`` is set),
     else None."""
-    return _resolve(None)
+    return _session_for(None)
 
 
-def _resolve(explicit: SessionLike | None) -> SessionLike | None:
+def _session_for(explicit: SessionLike | None) -> SessionLike | None:
     if explicit is not None:
         return explicit
     session = _current.get()
@@ -84,10 +87,8 @@ def _create_default() -> SessionLike | None:
 @swallow(default=None)
 def _open_default() -> SessionLike | None:
     # Only an explicitly configured URL turns tracking on; the client's fallback URL does not.
-    if not os.environ.get("DATACAT_URL"):
+    if not os.environ.get("DATACAT_URL") or resolve().disabled:
         return None
-    from datacat.session import create_session  # the client; imported only when needed
-
     return cast(SessionLike, create_session())
 
 
@@ -139,10 +140,18 @@ def _failed(
     session: SessionLike | None, spec: _Spec, exc: BaseException, start: float | None
 ) -> None:
     """Record a call that ended by ``exc``: an early close is a success, not an error."""
-    closed_early = isinstance(exc, GeneratorExit)
+    closed_early = _closed_early(exc)
     _observe(session, spec, start, spec.ok_tags if closed_early else spec.error_tags)
     if session is not None and spec.exceptions and isinstance(exc, Exception):
         record_exception(session, exc, function=spec.name)
+
+
+def _closed_early(exc: BaseException) -> bool:
+    """A generator closed or a task cancelled by its consumer: not a failure of the callee."""
+    if isinstance(exc, GeneratorExit):
+        return True
+    aio = sys.modules.get("asyncio")  # no CancelledError can exist before asyncio is imported
+    return aio is not None and isinstance(exc, aio.CancelledError)
 
 
 def record_exception(
@@ -206,7 +215,7 @@ def _lazy_wrapper(spec: _Spec, trace: Callable[..., Any]) -> Wrapper:
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         made = wrapped(*args, **kwargs)
-        session = _resolve(spec.session)
+        session = _session_for(spec.session)
         if session is None and not spec.span:
             return made
         return trace(made, session, spec, spec.timed())
@@ -408,25 +417,30 @@ class SessionScope:
         self._open: list[tuple[SessionLike, Token[SessionLike | None]]] = []
 
     def __enter__(self) -> Any:
-        from datacat.session import create_session
-
         session = cast(SessionLike, create_session(**self._args))
         self._open.append((session, _current.set(session)))
         return session
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         session, token = self._open.pop()
-        try:
-            _current.reset(token)
-        except ValueError:  # exited in another context than entered: restore by hand
-            _current.set(token.old_value if token.old_value is not Token.MISSING else None)
+        _restore(token)
         _close(session, exc)
 
     async def __aenter__(self) -> Any:
         return self.__enter__()
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        self.__exit__(kind, exc, tb)
+        session, token = self._open.pop()
+        _restore(token)
+        import asyncio  # loaded already when running under it
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # another event loop library: end inline
+            _close(session, exc)
+            return
+        # Why a thread: ending flushes with a deadline, which must not stall the event loop.
+        await asyncio.to_thread(_close, session, exc)
 
 
 def session(
@@ -439,6 +453,13 @@ def session(
     """A context manager (sync and async) running its block in a new session; ``options`` are
     those of ``datacat.create_session``."""
     return SessionScope(url, product, version, state, options)
+
+
+def _restore(token: Token[SessionLike | None]) -> None:
+    try:
+        _current.reset(token)
+    except ValueError:  # exited in another context than entered: restore by hand
+        _current.set(token.old_value if token.old_value is not Token.MISSING else None)
 
 
 def _close(session: SessionLike, exc: BaseException | None) -> None:
@@ -462,7 +483,7 @@ class Timer:
         self._open: list[tuple[SessionLike | None, float]] = []
 
     def __enter__(self) -> Timer:
-        self._open.append((_resolve(None), perf_counter()))
+        self._open.append((_session_for(None), perf_counter()))
         return self
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
