@@ -1,0 +1,139 @@
+"""The local daemon with real processes: an app using ``daemon=True``, killed, stopped, resumed.
+
+Every app here is a real Python process started in its own process group; what the daemon
+reports is read back from a real server over HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autoinstrument_helpers import PYTHON, client_env, event_named, session, wait_for
+
+from datacat.daemon import CRASH_REASON
+
+APP = """
+import sys, time
+import datacat
+s = datacat.create_session(daemon=True, product="daemon-test", heartbeat_interval=0.1)
+s.start_heartbeat()
+s.log_event("started")
+time.sleep(0.3)  # a few heartbeats: the daemon watches a session once it has beaten
+s.flush(10)
+print(s.id, s._worker.transport.daemon_pid, flush=True)
+if sys.argv[1:] != ["exit"]:
+    time.sleep(120)
+"""
+
+
+class App:
+    """The app process, its session id and its daemon's pid."""
+
+    def __init__(self, url: str, tmp_path: Path, *args: str, **env: str) -> None:
+        script = tmp_path / "app.py"
+        script.write_text(APP)
+        env = {**os.environ, **client_env(url, tmp_path, DATACAT_HANG_TIMEOUT="1", **env)}
+        env["DATACAT_DAEMON_LOG"] = str(tmp_path / "daemon.log")
+        self.proc = subprocess.Popen(
+            [PYTHON, str(script), *args],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        sid, daemon_pid = self.proc.stdout.readline().split()
+        self.sid, self.daemon_pid = sid, int(daemon_pid)
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def close(self) -> None:
+        self.signal_group(signal.SIGCONT)
+        self.signal_group(signal.SIGKILL)
+        self.proc.wait(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.fixture
+def start_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
+    apps: list[App] = []
+
+    def start(url: str, *args: str, **env: str) -> App:
+        apps.append(App(url, tmp_path, *args, **env))
+        return apps[-1]
+
+    yield start
+    for app in apps:
+        app.close()
+
+
+def crashed(url: str, sid: str) -> dict[str, Any] | None:
+    found = session(url, sid)
+    return found if found["crashed"] else None
+
+
+def alive(pid: int) -> bool:
+    """The process runs (a zombie nobody reaped yet has exited: it counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_kill_9_of_the_app_process_group_crashes_the_session(
+    start_app: Callable[..., App], server_url: str
+) -> None:
+    app = start_app(server_url)
+    app.signal_group(signal.SIGKILL)  # the daemon runs in a session of its own: it survives
+    wait_for(lambda: crashed(server_url, app.sid), timeout=5, what="crash within 5 s")
+    event = event_named(server_url, app.sid, "session_crashed_detected")
+    assert CRASH_REASON in str(event)
+    wait_for(lambda: not alive(app.daemon_pid), what="the daemon to exit")
+
+
+def test_sigstop_is_a_hang_and_sigcont_a_recovery(
+    start_app: Callable[..., App], server_url: str
+) -> None:
+    app = start_app(server_url)
+    app.signal_group(signal.SIGSTOP)
+    hung = event_named(server_url, app.sid, "application_appears_hung")
+    assert hung["data"]["pid"] == app.proc.pid
+    assert session(server_url, app.sid)["hung"]
+    app.signal_group(signal.SIGCONT)
+    event_named(server_url, app.sid, "application_recovered")
+    assert not session(server_url, app.sid)["hung"]
+    assert not session(server_url, app.sid)["crashed"]
+
+
+def test_a_normal_exit_ends_the_session_and_the_daemon(
+    start_app: Callable[..., App], server_url: str
+) -> None:
+    app = start_app(server_url, "exit")
+    assert app.proc.wait(30) == 0
+    ended = wait_for(lambda: session(server_url, app.sid)["ended_at"], what="end")
+    assert ended and not session(server_url, app.sid)["crashed"]
+    wait_for(lambda: not alive(app.daemon_pid), what="the daemon to exit")
+
+
+def test_the_crash_reaches_a_server_that_was_down(
+    start_app: Callable[..., App], server_factory: Callable[..., Any]
+) -> None:
+    server = server_factory()
+    app = start_app(server.url, DATACAT_MAX_BACKOFF="0.2")
+    server.kill()
+    app.signal_group(signal.SIGKILL)
+    time.sleep(0.5)  # the daemon tries, fails, spools and keeps retrying
+    server.start()
+    wait_for(lambda: crashed(server.url, app.sid), what="crash after the server came back")
