@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask, Response, current_app, jsonify
 
-from datacat_server import api, errors
+from datacat_server import api, dashboard, errors
 from datacat_server.storage import Storage
 
 DEFAULTS: dict[str, Any] = {
@@ -36,6 +36,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         app.config["DATACAT_DB"], float(app.config["DATACAT_HEARTBEAT_TIMEOUT"])
     )
     app.register_blueprint(api.bp)
+    app.register_blueprint(dashboard.bp)
     app.add_url_rule("/health", view_func=_health)
     app.add_url_rule("/openapi.json", view_func=_openapi)
     errors.register(app)

@@ -1,0 +1,305 @@
+"""Read-only aggregate queries behind the dashboard's JSON (``/dashboard/api/...``).
+
+The REST API answers one session or one page of sessions; the dashboard also needs totals, the
+product → version grid with counts per status, sorting, offset paging with a total, an event-name
+filter, a "current state" filter and per-metric statistics across many sessions. Those live here.
+This module only reads: it uses the server's tables and its read-side rules (status, "ever had
+state path = value") from ``queries`` so the dashboard and the API never disagree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Row
+
+from datacat.model import DEFAULT_BUCKETS, JSONDict, iso
+from datacat_server import queries
+from datacat_server.queries import STATUSES, Clock, SessionFilter, session_dict, state_history
+from datacat_server.schema import events, metrics, sessions
+from datacat_server.storage import leaves, value_key
+
+SORTS: dict[str, sa.Column[Any]] = {
+    "created": sessions.c.created_at,
+    "updated": sessions.c.updated_at,
+    "ended": sessions.c.ended_at,
+    "product": sessions.c.product,
+    "version": sessions.c.version,
+    "hostname": sessions.c.hostname,
+}
+MAX_EVENTS = 5000  # newest events a session page loads; the page says when there are more
+MAX_POINTS = 400  # points per line chart; longer series are thinned evenly
+
+
+@dataclass
+class DashboardFilter:
+    """The API's list filters plus the dashboard's own: event name, current state, sort, page."""
+
+    base: SessionFilter = field(default_factory=SessionFilter)
+    event: str | None = None
+    state_now: list[tuple[str, str]] = field(default_factory=list)
+    sort: str = "created"
+    descending: bool = True
+    page: int = 1
+    per_page: int = 25
+
+
+def conditions(conn: Connection, flt: DashboardFilter, clock: Clock) -> list[Any]:
+    """WHERE clauses on ``sessions`` for every filter given."""
+    conds: list[Any] = queries._session_conditions(flt.base, clock)
+    if flt.event:
+        with_event = sa.select(events.c.session_id).where(events.c.name == flt.event)
+        conds.append(sessions.c.id.in_(with_event))
+    for path, raw in flt.state_now:
+        conds.append(sessions.c.id.in_(_holding_now(conn, path, raw)))
+    return conds
+
+
+def _holding_now(conn: Connection, path: str, raw: str) -> list[str]:
+    """Ids of sessions whose current state holds ``path`` = ``raw``.
+
+    Only sessions that ever held the value can hold it now, so the indexed "ever had" lookup
+    narrows the candidates and their current state is checked here, the same way on every
+    database (JSON operators differ between SQLite and PostgreSQL).
+    """
+    wanted = _value_keys(path, raw)
+    query = sa.select(sessions.c.id, sessions.c.state).where(queries._ever_had(path, raw))
+    held = []
+    for sid, state in conn.execute(query):
+        current = dict(leaves(json.loads(state)))
+        if path in current and value_key(path, current[path]) in wanted:
+            held.append(sid)
+    return held
+
+
+def _value_keys(path: str, raw: str) -> set[str]:
+    """``raw`` as typed in a form: a JSON literal (3, true, "x") or else a plain string."""
+    keys = {value_key(path, raw)}
+    with contextlib.suppress(ValueError):
+        keys.add(value_key(path, json.loads(raw)))
+    return keys
+
+
+def _filtered_ids(conds: list[Any]) -> sa.Select[Any]:
+    return sa.select(sessions.c.id).where(*conds)
+
+
+def totals(conn: Connection, conds: list[Any], clock: Clock) -> JSONDict:
+    """Sessions, active sessions, events and metrics of the filtered sessions."""
+    count = sa.select(sa.func.count()).select_from(sessions)
+    active = queries._status_condition("active", clock)
+    ids = _filtered_ids(conds)
+    return {
+        "sessions": conn.execute(count.where(*conds)).scalar_one(),
+        "active": conn.execute(count.where(*conds, active)).scalar_one(),
+        "events": _count_rows(conn, events, ids),
+        "metrics": _count_rows(conn, metrics, ids),
+    }
+
+
+def _count_rows(conn: Connection, table: sa.Table, ids: sa.Select[Any]) -> int:
+    query = sa.select(sa.func.count()).select_from(table).where(table.c.session_id.in_(ids))
+    return int(conn.execute(query).scalar_one())
+
+
+def grid(conn: Connection, clock: Clock) -> list[JSONDict]:
+    """Product → version rows with a count per status, products and versions sorted."""
+    status = sa.case(*((queries._status_condition(s, clock), s) for s in STATUSES))
+    sub = sa.select(sessions.c.product, sessions.c.version, status.label("status")).subquery()
+    keys = (sub.c.product, sub.c.version, sub.c.status)
+    query = sa.select(*keys, sa.func.count()).group_by(*keys)
+    cells: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: dict.fromkeys(STATUSES, 0))
+    for product, version, state, n in conn.execute(query):
+        cells[(product, version)][state or "active"] += n
+    return [
+        {"product": p, "version": v, "counts": counts, "total": sum(counts.values())}
+        for (p, v), counts in sorted(cells.items())
+    ]
+
+
+def session_page(conn: Connection, flt: DashboardFilter, clock: Clock) -> JSONDict:
+    """One sorted page of session summaries, with the total and the number of pages."""
+    conds = conditions(conn, flt, clock)
+    count = sa.select(sa.func.count()).select_from(sessions).where(*conds)
+    total = int(conn.execute(count).scalar_one())
+    column = SORTS.get(flt.sort, sessions.c.created_at)
+    order = [column.desc(), sessions.c.id.desc()] if flt.descending else [column, sessions.c.id]
+    offset = (flt.page - 1) * flt.per_page
+    query = sa.select(sessions).where(*conds).order_by(*order).limit(flt.per_page).offset(offset)
+    items = queries._summaries(conn, conn.execute(query).all(), clock)
+    for item in items:
+        del item["state"]  # the list shows none of it; a session page loads it
+    pages = max(1, -(-total // flt.per_page))
+    return {"sessions": items, "total": total, "page": flt.page, "pages": pages}
+
+
+def metric_stats(conn: Connection, conds: list[Any]) -> list[JSONDict]:
+    """Per metric name, one figure per filtered session and avg/min/max/median/std-dev of them.
+
+    A session's figure is its total for a counter (clients send deltas), the mean observation
+    for a histogram (sum of values / sum of counts) and the mean value for gauges and timers.
+    """
+    per_metric: dict[tuple[str, str], list[tuple[float, str, float]]] = defaultdict(list)
+    for (name, kind, sid, created), figure in _session_figures(conn, conds).items():
+        per_metric[(name, kind)].append((created, sid, figure))
+    return [_stats(name, kind, rows) for (name, kind), rows in sorted(per_metric.items())]
+
+
+def _session_figures(
+    conn: Connection, conds: list[Any]
+) -> dict[tuple[str, str, str, float], float]:
+    m = metrics.c
+    query = (
+        sa.select(m.name, m.type, m.session_id, sessions.c.created_at, m.value, m.body)
+        .join_from(metrics, sessions, m.session_id == sessions.c.id)
+        .where(*conds)
+    )
+    sums: dict[tuple[str, str, str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for name, kind, sid, created, value, body in conn.execute(query):
+        weight = float(json.loads(body).get("count") or 1) if kind == "histogram" else 1.0
+        acc = sums[(name, kind, sid, created)]
+        acc[0] += value
+        acc[1] += weight
+    return {key: s if key[1] == "counter" else s / n for key, (s, n) in sums.items()}
+
+
+def _stats(name: str, kind: str, rows: list[tuple[float, str, float]]) -> JSONDict:
+    rows.sort()
+    values = [figure for _, _, figure in rows]
+    points = [[iso(ts), figure, sid] for ts, sid, figure in _thin(rows)]
+    return {
+        "name": name,
+        "type": kind,
+        "sessions": len(values),
+        **describe(values),
+        "points": points,
+    }
+
+
+def describe(values: Sequence[float]) -> JSONDict:
+    """avg, min, max, median and population std-dev of a non-empty sequence."""
+    low, high = min(values), max(values)
+    return {
+        "avg": statistics.fmean(values),
+        "min": low,
+        "max": high,
+        "median": statistics.median(values),
+        # equal values give 0, not float noise like 1e-17
+        "stddev": 0.0 if low == high else statistics.pstdev(values),
+    }
+
+
+def _thin(rows: Sequence[Any]) -> list[Any]:
+    """At most ``MAX_POINTS`` rows spread evenly, always keeping the last."""
+    if len(rows) <= MAX_POINTS:
+        return list(rows)
+    step = len(rows) / MAX_POINTS
+    return [rows[int(i * step)] for i in range(MAX_POINTS - 1)] + [rows[-1]]
+
+
+def session_detail(conn: Connection, session_id: str, clock: Clock) -> JSONDict | None:
+    """Everything a session page shows: header, state, state changes, events, metric summaries."""
+    row = conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).first()
+    if row is None:
+        return None
+    out = session_dict(row, clock)
+    out["changes"] = state_changes(state_history(conn, session_id))
+    out["events"], out["event_total"] = _newest_events(conn, session_id)
+    out["metrics"] = metric_summaries(_metric_rows(conn, session_id))
+    return out
+
+
+def state_changes(history: Iterable[JSONDict]) -> list[JSONDict]:
+    """Each state update as the leaves it changed: ``{"path", "old", "new"}`` (None = absent)."""
+    before: dict[str, Any] = {}
+    out = []
+    for snapshot in history:
+        after = dict(leaves(snapshot["state"]))
+        diff = [
+            {"path": p, "old": before.get(p), "new": after.get(p)}
+            for p in sorted(before.keys() | after.keys())
+            if before.get(p) != after.get(p)
+        ]
+        out.append({"timestamp": snapshot["timestamp"], "update": snapshot["update"], "diff": diff})
+        before = after
+    return out
+
+
+def _newest_events(conn: Connection, session_id: str) -> tuple[list[JSONDict], int]:
+    where = events.c.session_id == session_id
+    total = conn.execute(sa.select(sa.func.count()).select_from(events).where(where)).scalar_one()
+    query = sa.select(events).where(where).order_by(events.c.id.desc()).limit(MAX_EVENTS)
+    rows = conn.execute(query).all()[::-1]
+    return [_body(r) for r in rows], int(total)
+
+
+def _metric_rows(conn: Connection, session_id: str) -> list[JSONDict]:
+    query = sa.select(metrics).where(metrics.c.session_id == session_id).order_by(metrics.c.id)
+    return [_body(r) for r in conn.execute(query)]
+
+
+def _body(row: Row[Any]) -> JSONDict:
+    body: JSONDict = json.loads(row.body)
+    body["timestamp"] = iso(row.ts)
+    return body
+
+
+def metric_summaries(rows: Iterable[JSONDict]) -> list[JSONDict]:
+    """Per metric name: type, unit, count, total, last, stats, a thinned series, histogram bars."""
+    by_name: dict[str, list[JSONDict]] = defaultdict(list)
+    for row in rows:
+        by_name[row["name"]].append(row)
+    return [_summary(name, group) for name, group in sorted(by_name.items())]
+
+
+def _summary(name: str, group: list[JSONDict]) -> JSONDict:
+    values = [r["value"] for r in group]
+    out: JSONDict = {
+        "name": name,
+        "type": group[-1].get("type", "gauge"),
+        "unit": group[-1].get("unit"),
+        "count": len(group),
+        "total": sum(values),
+        "last": values[-1],
+        **describe(values),
+        "series": [[r["timestamp"], r["value"]] for r in _thin(group)],
+    }
+    if out["type"] == "histogram":
+        out["histogram"] = histogram_bars(group)
+    return out
+
+
+def histogram_bars(group: Iterable[JSONDict]) -> JSONDict:
+    """Bucket counts summed over the rows; a row without buckets is one observation of its value.
+
+    Rows whose bounds differ from the first aggregate's are counted by their value, so the bars
+    always add up to the number of observations they can place.
+    """
+    bounds: list[float] | None = None
+    counts: list[int] = []
+    singles: list[float] = []
+    for row in group:
+        if row.get("buckets") and (bounds is None or row["buckets"] == bounds):
+            bounds = bounds or list(row["buckets"])
+            counts = counts or [0] * (len(bounds) + 1)
+            counts = [a + b for a, b in zip(counts, row["bucket_counts"], strict=False)]
+        else:
+            singles.append(row["value"])
+    bounds = bounds or list(DEFAULT_BUCKETS)
+    counts = counts or [0] * (len(bounds) + 1)
+    for value in singles:
+        counts[next((i for i, b in enumerate(bounds) if value <= b), len(bounds))] += 1
+    return {"buckets": bounds, "counts": counts}
+
+
+def exists(conn: Connection, session_id: str) -> bool:
+    """Whether the session is stored (a page for an unknown id answers 404)."""
+    query = sa.select(sessions.c.id).where(sessions.c.id == session_id)
+    return conn.execute(query).first() is not None
