@@ -98,7 +98,8 @@ class Session:
         self._setup(config, worker, transport)
         if worker is not None:
             worker.sessions[self.id] = self
-        self._enqueue("create", self._create_body())
+        self.create_body = self._create_body()
+        self._enqueue("create", self.create_body)
 
     def _setup(
         self, config: Config, worker: Worker | None, transport: HttpTransport | None

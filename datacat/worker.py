@@ -79,7 +79,7 @@ class Batcher:
         if op == "metric" and not self._finite(payload):
             return None
         if op == "create":
-            self.states[sid] = jsonable(payload.get("state") or {})
+            self.states.setdefault(sid, jsonable(payload.get("state") or {}))
         elif op in ("end", "crash"):
             self.states.pop(sid, None)
         return wire(op, sid, jsonable(payload))
@@ -437,9 +437,13 @@ class Worker:
         self._park()
 
     def _after_fork(self) -> None:
-        """In a forked child: the parent's items are the parent's to send."""
+        """In a forked child: the parent's items are the parent's to send. The parent's open
+        sessions are created again first (idempotent: same id), because the parent may not
+        have delivered their creation yet when the child starts logging to them."""
         self.queue.clear()
         self._outbox.clear()
+        for sid, session in self.sessions.items():
+            self.queue.append(("create", sid, session.create_body))
         self.sessions.clear()
         self.spool = Spool.for_url(self.config) if self.config.spool_dir else None
         self._failures = 0

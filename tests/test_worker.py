@@ -1,0 +1,272 @@
+"""The sender: batching, filtering, retry/backoff, offline spool, exit deadline and fork safety.
+
+Pure batching logic is tested on ``Batcher`` directly; everything with I/O runs against the real
+server (``server_factory`` for down-and-back) or a misbehaving real HTTP peer (``Peer``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from client_helpers import Peer, details, session_factory, wait_for
+
+from datacat.session import Session
+from datacat.worker import OBSERVE, RAW, Batcher, Worker
+
+Make = Callable[..., Session]
+SID = "00000000-0000-4000-8000-000000000001"
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[Make]:
+    yield from session_factory(tmp_path)
+
+
+def state(update: dict[str, Any], ts: float = 1.0) -> tuple[str, str, Any]:
+    return ("state", SID, {"state": update, "timestamp": ts})
+
+
+# -- Batcher: pure ---------------------------------------------------------------------------
+
+
+def test_consecutive_state_updates_fold_and_no_op_updates_vanish() -> None:
+    batcher = Batcher()
+    create = ("create", SID, {"id": SID, "state": {"a": 1}})
+    ops = batcher.operations(
+        [create, state({"a": 1}), state({"b": {"x": 1}}), state({"b": {"y": 2}}, 2)]
+    )
+    assert [op["op"] for op in ops] == ["create", "state"]
+    assert ops[1]["data"] == {"state": {"b": {"x": 1, "y": 2}}, "timestamp": 2}
+    assert batcher.operations([state({"b": {"x": 1}})]) == []
+
+
+def test_updates_that_cannot_fold_stay_apart_and_an_event_between_keeps_order() -> None:
+    batcher = Batcher()
+    ops = batcher.operations(
+        [state({"a": 1}), state({"a": {"b": 1}}), ("event", SID, {"name": "e"}), state({"c": 1})]
+    )
+    assert [op["op"] for op in ops] == ["state", "state", "event", "state"]
+
+
+def test_heartbeats_collapse_and_op_ids_are_unique() -> None:
+    ops = Batcher().operations([("heartbeat", SID, {"timestamp": t}) for t in (1, 2, 3)])
+    assert len(ops) == 1 and ops[0]["data"] == {"timestamp": 3}
+    many = Batcher().operations([("event", SID, {"name": str(i)}) for i in range(100)])
+    assert len({op["op_id"] for op in many}) == 100
+
+
+def test_observations_aggregate_and_precede_the_end_of_their_session() -> None:
+    observe = [
+        (OBSERVE, SID, ("t", v, "histogram", {"k": "v"}, None, (1.0, 2.0))) for v in (0.5, 1.5, 9)
+    ]
+    counter = [(OBSERVE, SID, ("c", 2, "counter", None, None, None))] * 3
+    ops = Batcher().operations([*observe, *counter, ("end", SID, {})])
+    assert [op["op"] for op in ops] == ["metric", "metric", "end"]
+    hist, count = ops[0]["data"], ops[1]["data"]
+    assert (hist["count"], hist["value"], hist["min"], hist["max"]) == (3, 11, 0.5, 9)
+    assert hist["bucket_counts"] == [1, 1, 1] and hist["tags"] == {"k": "v"}
+    assert (count["type"], count["value"], count["count"]) == ("counter", 6, 3)
+
+
+def test_non_finite_metrics_are_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    batcher = Batcher()
+    items = [
+        ("metric", SID, {"name": "m", "value": float("nan")}),
+        ("metric", SID, {"name": "m", "value": "12"}),
+        (OBSERVE, SID, ("o", float("inf"), "timer", None, "s", None)),
+    ]
+    assert batcher.operations(items) == []
+    assert batcher.nonfinite == 3 and "not a finite number" in caplog.text
+
+
+def test_raw_operations_keep_their_op_id() -> None:
+    op = {"op_id": "kept", "op": "event", "session_id": SID, "data": {"name": "x"}}
+    assert Batcher().operations([(RAW, SID, op)]) == [op]
+
+
+# -- delivery against real peers ---------------------------------------------------------------
+
+
+def test_many_calls_go_in_few_requests(make: Make, server_url: str) -> None:
+    with Peer("forward", target=server_url) as peer:
+        session = make(peer.url, flush_interval=0.2)
+        for i in range(5000):
+            session.log_event("e", {"i": i})
+        assert session.flush(20)
+    assert len(peer.bodies) <= 20
+    assert len(peer.operations) == 5001
+
+
+def test_server_down_then_back_delivers_everything_in_order_exactly_once(
+    make: Make, server_factory: Callable[..., Any]
+) -> None:
+    server = server_factory()
+    session = make(server.url)
+    session.log_event("before", {"i": -1})
+    assert session.flush(10)
+    server.kill()
+    for i in range(300):
+        session.log_event("offline", {"i": i})
+        if i % 100 == 0:
+            time.sleep(0.1)  # several failed sends, several spooled batches
+    assert not session.flush(2)
+    server.start()
+    assert wait_for(lambda: session.flush(2), timeout=20)
+    events = details(server.url, session.id)["events"]
+    assert [e["data"]["i"] for e in events] == list(range(-1, 300))
+
+
+def test_500_is_retried_with_backoff_until_it_goes_through(make: Make, server_url: str) -> None:
+    with Peer("status", status=500) as peer:
+        session = make(peer.url, spool_dir="")
+        session.log_event("retried")
+        wait_for(lambda: len(peer.bodies) >= 3)
+        peer.mode, peer.target = "forward", server_url
+        assert wait_for(lambda: session.flush(2))
+    gaps = [b - a for a, b in zip(peer.times[:2], peer.times[1:3], strict=True)]
+    assert len(peer.bodies) >= 4 and all(gap >= 0.04 for gap in gaps)  # backoff, not a spin
+    assert [e["name"] for e in details(server_url, session.id)["events"]] == ["retried"]
+
+
+def test_4xx_is_not_retried_but_logged_and_counted(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    with Peer("status", status=400) as peer:
+        session = make(peer.url)
+        session.log_event("refused")
+        session.flush(5)
+        time.sleep(0.3)
+        assert len(peer.bodies) == 1
+    worker = session._worker
+    assert worker is not None and worker.stats["rejected"] == 2
+    assert "refused a batch (400" in caplog.text
+
+
+def test_429_retry_after_is_honoured(make: Make) -> None:
+    with Peer("status", status=429, headers={"Retry-After": "1"}) as peer:
+        session = make(peer.url, max_backoff=5.0)
+        session.log_event("slow down")
+        wait_for(lambda: peer.bodies)
+        peer.mode = "ok"
+        wait_for(lambda: len(peer.bodies) >= 2)
+    assert len(peer.bodies) >= 2 and peer.times[1] - peer.times[0] >= 0.9
+
+
+def test_stalled_server_never_blocks_the_caller(make: Make) -> None:
+    with Peer("stall") as peer:
+        session = make(peer.url, timeout=5.0, batch_size=50)
+        worst = 0.0
+        for i in range(2000):
+            start = time.perf_counter()
+            session.log_event("e", {"i": i})
+            worst = max(worst, time.perf_counter() - start)
+        assert worst < 0.05
+        assert session.flush(timeout=0.2) is False
+
+
+EXIT_SCRIPT = """
+import sys, time, datacat
+s = datacat.create_session(sys.argv[1], spool_dir=sys.argv[2], exit_timeout=0.5, timeout=5.0)
+for i in range(100):
+    s.log_event("e", {"i": i})
+print(time.monotonic(), flush=True)
+"""
+
+
+def test_process_exits_within_the_flush_deadline_when_server_stalls(tmp_path: Path) -> None:
+    with Peer("stall") as peer:
+        started = time.monotonic()
+        out = subprocess.run(
+            [sys.executable, "-c", EXIT_SCRIPT, peer.url, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        ended = time.monotonic()
+    assert out.returncode == 0, out.stderr
+    main_done = float(out.stdout.split()[0])
+    assert ended - main_done < 0.5 + 2.0  # exit_timeout plus a generous margin
+    assert ended - started < 15
+    assert list(tmp_path.glob("*/*.batch.json"))  # what could not go is spooled
+
+
+FORK_SCRIPT = """
+import os, sys, datacat
+s = datacat.create_session(sys.argv[1], spool_dir=sys.argv[2], flush_interval=0.05)
+for i in range(50):
+    s.log_event("parent", {"i": i})
+pid = os.fork()
+if pid == 0:
+    for i in range(10):
+        s.log_event("child", {"i": i})
+    ok = s.flush(10)
+    os._exit(0 if ok else 3)
+_, status = os.waitpid(pid, 0)
+s.log_event("parent-after")
+assert s.end(10)
+print(s.id, os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_fork_child_sends_only_its_own_items(server_url: str, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, server_url, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    sid, child_code = out.stdout.split()
+    assert child_code == "0"
+    events = details(server_url, sid)["events"]
+    names = [(e["name"], e.get("data", {}).get("i")) for e in events]
+    assert len(names) == len(set(names)) == 61
+    assert sorted(n for n, _ in names).count("child") == 10
+
+
+SHUTDOWN_SCRIPT = """
+import atexit, sys, datacat
+def late():
+    s = datacat.create_session(sys.argv[1], spool_dir=sys.argv[2], exit_timeout=0.5)
+    s.log_event("late")
+    s.heartbeat()
+    s.start_heartbeat(0.01)
+atexit.register(late)
+datacat.create_session(sys.argv[1], spool_dir=sys.argv[2], exit_timeout=0.5).log_event("early")
+"""
+
+
+def test_no_thread_is_started_during_interpreter_shutdown(server_url: str, tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-X", "dev", "-c", SHUTDOWN_SCRIPT, server_url, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+
+
+def test_put_operations_forwards_ready_batches(server_url: str, tmp_path: Path) -> None:
+    from datacat.config import resolve
+    from datacat.transport import HttpTransport
+
+    config = resolve(env={}, url=server_url, spool_dir=str(tmp_path), flush_interval=0.05)
+    worker = Worker(HttpTransport(server_url), config)
+    sid = str(uuid.uuid4())
+    op = {
+        "op_id": str(uuid.uuid4()),
+        "op": "create",
+        "session_id": sid,
+        "data": {"id": sid, "product": "p", "version": "1"},
+    }
+    assert worker.put_operations([op, op]) == 2
+    assert worker.flush(10)
+    assert details(server_url, sid)["id"] == sid
+    worker.close(time.monotonic() + 1)
