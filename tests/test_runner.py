@@ -1,0 +1,133 @@
+"""``datacat run -- COMMAND``: real programs run instrumented against a real server."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autoinstrument_helpers import (
+    PYTHON,
+    client_env,
+    events,
+    metrics,
+    sessions_of,
+    wait_for,
+)
+
+from datacat import runner
+
+DATACAT = [PYTHON, "-m", "datacat.cli", "run"]
+
+FAILING = """
+import logging, sys, requests
+logging.getLogger("shop").warning("stock low")
+print("out:", sys.stdin.read().strip())
+print("err: to stderr", file=sys.stderr)
+requests.get(sys.argv[1] + "/health", timeout=10)
+raise RuntimeError("boom")
+"""
+
+EXITING = """
+import sys
+print("args:", sys.argv[1:])
+sys.exit(7)
+"""
+
+
+def run(
+    code: str, tmp_path: Path, url: str, *options: str, args: tuple[str, ...] = (), stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "script.py"
+    script.write_text(code)
+    command = [*DATACAT, *options, "--", PYTHON, str(script), *args]
+    env = {**os.environ, **client_env(url, tmp_path)}
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, env=env, timeout=60)
+
+
+def only_session(url: str, product: str) -> dict[str, Any]:
+    return wait_for(lambda: next(iter(sessions_of(url, product)), None), what=product)
+
+
+def test_a_crashing_program_is_reported_and_passes_everything_through(
+    server_url: str, tmp_path: Path
+) -> None:
+    product = f"run-{uuid.uuid4().hex[:8]}"
+    done = run(
+        FAILING, tmp_path, server_url, "--product", product, "--version", "2.1",
+        args=(server_url,), stdin="hello\n",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stdout == "out: hello\n"
+    assert done.stderr.startswith("err: to stderr\n")
+    assert "RuntimeError: boom" in done.stderr
+    sid = only_session(server_url, product)["id"]
+    found = wait_for(lambda: (s := only_session(server_url, product))["crashed"] and s)
+    assert found["state"]["version"] == "2.1"
+    names = {e["name"]: e for e in events(server_url, sid)}
+    assert names["log"]["message"] == "stock low"
+    assert names["exception"]["exception_type"] == "RuntimeError"
+    (timer,) = metrics(server_url, sid, "http.client.duration")
+    assert timer["tags"]["status_class"] == "2xx" and timer["count"] == 1
+
+
+def test_exit_code_and_arguments_pass_through_and_the_session_ends(
+    server_url: str, tmp_path: Path
+) -> None:
+    product = f"run-{uuid.uuid4().hex[:8]}"
+    done = run(EXITING, tmp_path, server_url, "--product", product, args=("a", "--b"))
+    assert (done.returncode, done.stdout, done.stderr) == (7, "args: ['a', '--b']\n", "")
+    found = wait_for(lambda: (s := only_session(server_url, product))["ended_at"] and s)
+    assert not found["crashed"]
+
+
+def test_daemon_mode_runs_through_the_local_daemon(server_url: str, tmp_path: Path) -> None:
+    product = f"run-{uuid.uuid4().hex[:8]}"
+    done = run(EXITING, tmp_path, server_url, "--product", product, "--daemon")
+    assert done.returncode == 7
+    wait_for(lambda: only_session(server_url, product)["ended_at"], what="end via the daemon")
+
+
+def test_an_existing_sitecustomize_still_runs(server_url: str, tmp_path: Path) -> None:
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "sitecustomize.py").write_text("import builtins\nbuiltins.THEIRS = True\n")
+    script = tmp_path / "script.py"
+    script.write_text("import sys, builtins\nprint(builtins.THEIRS, 'datacat' in sys.modules)\n")
+    env = {**os.environ, **client_env(server_url, tmp_path), "PYTHONPATH": str(theirs)}
+    done = subprocess.run(
+        [*DATACAT, "--", PYTHON, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert (done.returncode, done.stdout) == (0, "True True\n"), done.stderr
+
+
+def test_a_missing_command_is_reported() -> None:
+    done = subprocess.run([*DATACAT, "--", "no-such-program-x"], capture_output=True, text=True)
+    assert done.returncode == 127 and "no-such-program-x" in done.stderr
+    done = subprocess.run(DATACAT, capture_output=True, text=True)
+    assert done.returncode == 2
+
+
+def test_the_environment_carries_the_options() -> None:
+    args = argparse.Namespace(product="p", version="v", url="http://x:1", daemon=True)
+    env = runner.environment(args, {"PYTHONPATH": "/theirs"})
+    assert env["PYTHONPATH"] == os.pathsep.join([runner.BOOTSTRAP_DIR, "/theirs"])
+    options = (env["DATACAT_PRODUCT"], env["DATACAT_VERSION"], env["DATACAT_URL"])
+    assert options == ("p", "v", "http://x:1")
+    assert env["DATACAT_DAEMON"] == "1" and env[runner.RUN_ENV] == "1"
+    assert Path(runner.BOOTSTRAP_DIR, "sitecustomize.py").is_file()
+
+
+@pytest.mark.parametrize(
+    ("given", "command"), [(["--", "a", "--b"], ["a", "--b"]), (["a", "--", "b"], ["a", "--", "b"])]
+)
+def test_only_a_leading_double_dash_is_dropped(given: list[str], command: list[str]) -> None:
+    assert runner.command_of(argparse.Namespace(program=given)) == command
+
+
+def test_bootstrap_does_nothing_outside_datacat_run() -> None:
+    assert runner.bootstrap({}) is None
