@@ -46,7 +46,8 @@ def work(url: str) -> None:
     client = make_app().test_client()
     for path in ("/items/1", "/items/2", "/checkout"):
         print(f"GET {path} -> {client.get(path).status_code}")
-    worker = threading.Thread(target=lambda: {}["missing"], name="price-updater")
+    prices: dict[str, float] = {}
+    worker = threading.Thread(target=lambda: prices["A-17"], name="price-updater")
     worker.start()
     worker.join()
 
