@@ -32,12 +32,32 @@ def environment(args: argparse.Namespace, base: Mapping[str, str]) -> dict[str, 
     env = dict(base)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (BOOTSTRAP_DIR, base.get("PYTHONPATH")) if p)
     env[RUN_ENV] = "1"
+    if not getattr(args, "product", None) and not base.get("DATACAT_PRODUCT"):
+        env["DATACAT_PRODUCT"] = default_product(command_of(args))
     for option, variable in _OPTIONS:
         if getattr(args, option, None):
             env[variable] = str(getattr(args, option))
     if getattr(args, "daemon", False):
         env["DATACAT_DAEMON"] = "1"
     return env
+
+
+def default_product(command: Sequence[str]) -> str:
+    """The program's name: the script's or ``-m`` module's for ``python``, else the command's."""
+    if not command:
+        return "python"
+    name = Path(command[0]).name
+    if not name.startswith("python"):
+        return name
+    rest = iter(command[1:])
+    for arg in rest:
+        if arg == "-m":
+            return next(rest, name)
+        if arg == "-c":
+            return name
+        if not arg.startswith("-"):
+            return Path(arg).stem
+    return name
 
 
 def command_of(args: argparse.Namespace) -> list[str]:

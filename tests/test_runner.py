@@ -131,3 +131,19 @@ def test_only_a_leading_double_dash_is_dropped(given: list[str], command: list[s
 
 def test_bootstrap_does_nothing_outside_datacat_run() -> None:
     assert runner.bootstrap({}) is None
+
+
+@pytest.mark.parametrize(
+    ("command", "product"),
+    [
+        (["python3", "-u", "tools/sync_photos.py", "x"], "sync_photos"),
+        (["/usr/bin/python3.11", "-m", "http.server"], "http.server"),
+        (["python", "-c", "pass"], "python"),
+        (["./my-tool", "--flag"], "my-tool"),
+        ([], "python"),
+    ],
+)
+def test_the_product_defaults_to_the_program_name(command: list[str], product: str) -> None:
+    assert runner.default_product(command) == product
+    args = argparse.Namespace(program=["--", *command], product=None)
+    assert runner.environment(args, {})["DATACAT_PRODUCT"] == product
