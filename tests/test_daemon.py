@@ -7,6 +7,7 @@ reports is read back from a real server over HTTP.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 from autoinstrument_helpers import PYTHON, client_env, event_named, session, wait_for
 
+from datacat import daemon
 from datacat.daemon import CRASH_REASON
 
 APP = """
@@ -137,3 +139,27 @@ def test_the_crash_reaches_a_server_that_was_down(
     time.sleep(0.5)  # the daemon tries, fails, spools and keeps retrying
     server.start()
     wait_for(lambda: crashed(server.url, app.sid), what="crash after the server came back")
+
+
+@pytest.mark.parametrize(
+    ("line", "count"),
+    [
+        (b'{"operations": [{"op": "heartbeat"}, 3]}\n', 1),
+        (b'{"operations": [{"op": "hea', 0),  # torn: the app died mid-write
+        (b"[1, 2]\n", 0),
+        (b'{"hello": {}}\n', 0),
+    ],
+)
+def test_lines_that_are_not_batches_are_skipped(line: bytes, count: int) -> None:
+    assert len(daemon._operations(line)) == count
+
+
+def test_the_options_come_from_the_app_not_the_daemon_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DATACAT_URL", "http://daemon-env.invalid:1")
+    line = b'{"hello": {"url": "http://app:2", "hang_timeout": 3}}\n'
+    hello = daemon.read_hello(io.BytesIO(line))
+    config = daemon.config_from(hello)
+    assert (config.url, config.hang_timeout) == ("http://app:2", 3.0)
+    assert daemon.read_hello(io.BytesIO(b"")) == {}  # the app died before saying hello
