@@ -248,9 +248,8 @@ def main() -> None:
     now = time.time()
     for index in range(args.sessions):
         fate = fates[index % len(fates)]
-        start = (
-            now - rng.uniform(600, 2 * 86400) if fate != "active" else now - rng.uniform(60, 300)
-        )
+        # an active session's activity (at most ~10 minutes of it) must not lie in the future
+        start = now - 900 if fate == "active" else now - rng.uniform(900, 2 * 86400)
         fill_session(demo, rng, start, fate)
     answer = demo.post()
     failed = len(answer["failed"])

@@ -184,6 +184,13 @@ def test_session_page_shows_state_events_and_metrics(
     assert page.locator("#metrics [data-metric=memory_mb] svg path.line").count() == 1
     assert page.locator("#metrics [data-metric=latency] svg rect.bar").count() == 4
     assert page.locator("#timeline circle.mark").count() == 3 + 2  # events + state updates
+    page.locator("#timeline circle.k-exception").click()
+    assert "KeyError" in page.text_content("#timeline-detail")
+    whole = page.text_content("#timeline-range")
+    page.click("#zoom-in")
+    assert page.text_content("#timeline-range") != whole
+    page.click("#zoom-reset")
+    assert page.locator("#timeline circle.mark").count() == 5
 
 
 def test_event_search_and_filters(page: Any, server_url: str, seed: Seeder, product: str) -> None:

@@ -195,14 +195,11 @@ def session_data(session_id: str) -> Response:
 def _filter() -> DashboardFilter:
     """The filters of the list views from the query string (names as the API's, plus ours)."""
     args = request.args
-    status = args.get("status") or None
-    if status is not None and status not in queries.STATUSES:
-        raise ValidationError("invalid parameter", f"status must be one of {queries.STATUSES}")
     ever, now = _state_pairs()
     base = queries.SessionFilter(
         product=args.get("product") or None,
         version=args.get("version") or None,
-        status=status,
+        status=_choice("status", queries.STATUSES),
         machine_id=args.get("machine_id") or None,
         created_after=api._time_arg("created_after"),
         created_before=api._time_arg("created_before"),
@@ -211,12 +208,20 @@ def _filter() -> DashboardFilter:
     return DashboardFilter(
         base=base,
         event=args.get("event") or None,
+        hang=_choice("hang", tuple(dashboard_queries.HANGS)),
         state_now=now,
         sort=args.get("sort", "created"),
         descending=args.get("order", "desc") != "asc",
         page=api._int_arg("page", 1),
         per_page=api._int_arg("per_page", 25),
     )
+
+
+def _choice(name: str, allowed: tuple[str, ...]) -> str | None:
+    value = request.args.get(name) or None
+    if value is not None and value not in allowed:
+        raise ValidationError("invalid parameter", f"{name} must be one of {', '.join(allowed)}")
+    return value
 
 
 def _state_pairs() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

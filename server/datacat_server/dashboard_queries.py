@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
-from datacat.model import DEFAULT_BUCKETS, JSONDict, iso
+from datacat.model import DEFAULT_BUCKETS, HUNG_EVENT, RECOVERED_EVENT, JSONDict, iso
 from datacat_server import queries
 from datacat_server.queries import STATUSES, Clock, SessionFilter, session_dict, state_history
 from datacat_server.schema import events, metrics, sessions
@@ -44,6 +44,7 @@ class DashboardFilter:
 
     base: SessionFilter = field(default_factory=SessionFilter)
     event: str | None = None
+    hang: str | None = None
     state_now: list[tuple[str, str]] = field(default_factory=list)
     sort: str = "created"
     descending: bool = True
@@ -55,11 +56,30 @@ def conditions(conn: Connection, flt: DashboardFilter, clock: Clock) -> list[Any
     """WHERE clauses on ``sessions`` for every filter given."""
     conds: list[Any] = queries._session_conditions(flt.base, clock)
     if flt.event:
-        with_event = sa.select(events.c.session_id).where(events.c.name == flt.event)
-        conds.append(sessions.c.id.in_(with_event))
+        conds.append(_with_event(flt.event))
+    if flt.hang:
+        conds.extend(HANGS[flt.hang])
     for path, raw in flt.state_now:
         conds.append(sessions.c.id.in_(_holding_now(conn, path, raw)))
     return conds
+
+
+def _with_event(name: str) -> Any:
+    return sessions.c.id.in_(sa.select(events.c.session_id).where(events.c.name == name))
+
+
+# The predecessor's hang filters. ``hung`` stays set when a session ends or crashes, so it says
+# whether the session was hung at that moment.
+HANGS: dict[str, list[Any]] = {
+    "ever": [_with_event(HUNG_EVENT)],
+    "recovered": [_with_event(HUNG_EVENT), _with_event(RECOVERED_EVENT)],
+    "ended": [
+        sessions.c.hung.is_(True),
+        sessions.c.ended_at.is_not(None),
+        sessions.c.crashed_at.is_(None),
+    ],
+    "crashed": [sessions.c.hung.is_(True), sessions.c.crashed_at.is_not(None)],
+}
 
 
 def _holding_now(conn: Connection, path: str, raw: str) -> list[str]:
@@ -130,7 +150,9 @@ def session_page(conn: Connection, flt: DashboardFilter, clock: Clock) -> JSONDi
     count = sa.select(sa.func.count()).select_from(sessions).where(*conds)
     total = int(conn.execute(count).scalar_one())
     column = SORTS.get(flt.sort, sessions.c.created_at)
-    order = [column.desc(), sessions.c.id.desc()] if flt.descending else [column, sessions.c.id]
+    # ties (same product, say) keep the newest first, then a stable order for paging
+    then = [sessions.c.created_at.desc(), sessions.c.id.desc()]
+    order = [column.desc() if flt.descending else column.asc(), *then]
     offset = (flt.page - 1) * flt.per_page
     query = sa.select(sessions).where(*conds).order_by(*order).limit(flt.per_page).offset(offset)
     items = queries._summaries(conn, conn.execute(query).all(), clock)
