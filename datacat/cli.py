@@ -44,12 +44,34 @@ def _add_daemon(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler="datacat.daemon:main")
 
 
+def _add_upload(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("upload", help="send spooled (offline) batches to the server now")
+    p.add_argument("--url", help="only the spool of this server URL (default: every spool)")
+    p.add_argument("--api-key", help="API key (DATACAT_API_KEY)")
+    p.add_argument("--spool-dir", help="spool directory (DATACAT_SPOOL_DIR)")
+    p.set_defaults(handler="datacat.spool:upload_command")
+
+
+def _add_sessions(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sessions", help="list sessions on the server, newest first")
+    p.add_argument("--url", help="DataCat server URL (DATACAT_URL)")
+    p.add_argument("--api-key", help="API key (DATACAT_API_KEY)")
+    p.add_argument("--product", help="only this product")
+    p.add_argument("--version", dest="product_version", help="only this product version")
+    p.add_argument("--status", help="active, ended, crashed, hung or suspended")
+    p.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    p.add_argument("--json", action="store_true", help="print the JSON the server answers")
+    p.set_defaults(handler="datacat.client:sessions_command")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="datacat", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_server(sub)
     _add_run(sub)
     _add_daemon(sub)
+    _add_upload(sub)
+    _add_sessions(sub)
     return parser
 
 

@@ -9,9 +9,12 @@ use ``datacat.create_session``.
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Mapping
 from typing import Any
 
+from datacat.errors import DatacatError
 from datacat.transport import HttpTransport
 
 JSONDict = dict[str, Any]
@@ -69,3 +72,36 @@ class DatacatClient:
 
     def _post(self, path: str, body: Any) -> JSONDict:
         return self._http.request("POST", path, body)
+
+
+_COLUMNS = ("id", "product", "version", "status", "created_at", "hostname")
+
+
+def sessions_command(args: argparse.Namespace) -> int:
+    """``datacat sessions``: the server's sessions as a table (or JSON)."""
+    from datacat.config import resolve
+
+    config = resolve(url=args.url, api_key=args.api_key)
+    client = DatacatClient(config.url, config.api_key, config.timeout)
+    filters = {
+        "product": args.product,
+        "version": args.product_version,
+        "status": args.status,
+        "limit": args.limit,
+        "summary": "1",
+    }
+    try:
+        sessions = client.get_all_sessions(**filters)
+    except DatacatError as exc:
+        print(f"datacat sessions: {exc}")
+        return 1
+    if args.json:
+        print(json.dumps(sessions, indent=2))
+        return 0
+    for row in [_COLUMNS, *([str(s.get(c) or "") for c in _COLUMNS] for s in sessions)]:
+        print(
+            "  ".join(
+                f"{cell:<{width}}" for cell, width in zip(row, (36, 16, 10, 9, 27, 0), strict=True)
+            ).rstrip()
+        )
+    return 0

@@ -22,6 +22,7 @@ from datacat.errors import (
     NotFoundError,
     ServerError,
     TransportError,
+    ValidationError,
 )
 
 JSONDict = dict[str, Any]
@@ -101,6 +102,8 @@ class HttpTransport:
     def send_batch(self, operations: list[JSONDict], timeout: float | None = None) -> BatchResult:
         try:
             response = self._post("/api/batch", {"operations": operations}, timeout)
+        except ValidationError as exc:
+            return BatchResult(400, error=str(exc))  # sending it again cannot help
         except TransportError as exc:
             return BatchResult(0, error=str(exc))
         body = _json_or_none(response)
@@ -145,7 +148,10 @@ class HttpTransport:
     def _call(
         self, method: str, path: str, body: Any, params: Any, timeout: float | None
     ) -> requests.Response:
-        data = None if body is None else json.dumps(body, allow_nan=False)
+        try:
+            data = None if body is None else json.dumps(body, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ValidationError("invalid body", f"not JSON: {exc}") from None
         try:
             return self._session().request(
                 method,
@@ -156,7 +162,8 @@ class HttpTransport:
                 timeout=self.timeout if timeout is None else timeout,
             )
         except requests.RequestException as exc:
-            raise TransportError(f"{method} {self.url}{path}: {exc}") from exc
+            reason = "timed out" if isinstance(exc, requests.Timeout) else type(exc).__name__
+            raise TransportError(f"{method} {self.url}{path}: {reason}") from exc
 
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)

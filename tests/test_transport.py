@@ -1,0 +1,108 @@
+"""``HttpTransport``: batches and single calls over real HTTP, failures as results or our errors."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from client_helpers import Peer
+
+from datacat.errors import AuthenticationError, NotFoundError, ServerError, TransportError
+from datacat.transport import BatchResult, HttpTransport
+
+
+def create_op(sid: str) -> dict[str, Any]:
+    data = {"id": sid, "product": "p", "version": "1"}
+    return {"op_id": str(uuid.uuid4()), "op": "create", "session_id": sid, "data": data}
+
+
+def test_batch_is_applied_once_even_when_sent_twice(server_url: str) -> None:
+    transport = HttpTransport(server_url + "/")
+    sid = str(uuid.uuid4())
+    ops = [
+        create_op(sid),
+        {"op_id": str(uuid.uuid4()), "op": "event", "session_id": sid, "data": {"name": "e"}},
+    ]
+    first = transport.send_batch(ops)
+    again = transport.send_batch(ops)
+    assert first.delivered and (first.applied, first.failed) == (2, [])
+    assert (again.applied, again.duplicates) == (0, 2)
+    assert len(transport.request("GET", f"/api/sessions/{sid}")["events"]) == 1
+
+
+def test_per_operation_failures_are_reported(server_url: str) -> None:
+    bad = {
+        "op_id": str(uuid.uuid4()),
+        "op": "event",
+        "session_id": str(uuid.uuid4()),
+        "data": {"name": "orphan"},
+    }
+    result = HttpTransport(server_url).send_batch([bad])
+    assert result.delivered and result.failed[0]["status"] == 404
+    with pytest.raises(NotFoundError):
+        result.raise_for_failure()
+
+
+def test_no_answer_is_status_0_and_retryable() -> None:
+    result = HttpTransport("http://127.0.0.1:9", timeout=1).send_batch([])
+    assert (result.status, result.retryable, result.delivered) == (0, True, False)
+    with pytest.raises(TransportError):
+        result.raise_for_failure()
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"),
+    [
+        (500, True),
+        (503, True),
+        (408, True),
+        (429, True),
+        (400, False),
+        (401, False),
+        (404, False),
+        (413, False),
+    ],
+)
+def test_statuses_map_to_retry_or_not(status: int, retryable: bool) -> None:
+    with Peer("status", status=status) as peer:
+        result = HttpTransport(peer.url).send_batch([])
+    assert result.status == status and result.retryable is retryable
+    assert result.error == f"status {status}"
+
+
+def test_stalled_answer_times_out_as_retryable() -> None:
+    with Peer("stall") as peer:
+        start = time.monotonic()
+        result = HttpTransport(peer.url, timeout=5).send_batch([], timeout=0.2)
+        assert time.monotonic() - start < 3 and result.retryable and result.status == 0
+
+
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [("2", 2, 2), ("0.5", 0.5, 0.5), ("date+30", 25, 31), ("soon", None, None)],
+)
+def test_retry_after_seconds_or_http_date(header: str, low: Any, high: Any) -> None:
+    if header == "date+30":
+        header = email.utils.formatdate(time.time() + 30, usegmt=True)
+    with Peer("status", status=429, headers={"Retry-After": header}) as peer:
+        after = HttpTransport(peer.url).send_batch([]).retry_after
+    assert after is None if low is None else low <= after <= high
+
+
+def test_request_raises_our_errors_with_the_server_text(server_factory: Callable[..., Any]) -> None:
+    server = server_factory(api_key="secret")
+    with pytest.raises(AuthenticationError) as denied:
+        HttpTransport(server.url).request("GET", f"/api/sessions/{uuid.uuid4()}")
+    assert denied.value.status == 401 and "API key" in str(denied.value)
+    keyed = HttpTransport(server.url, api_key="secret")
+    with pytest.raises(NotFoundError):
+        keyed.request("GET", f"/api/sessions/{uuid.uuid4()}")
+    with pytest.raises(ServerError) as invalid:
+        keyed.request("POST", "/api/sessions", {"product": 1})
+    assert invalid.value.status == 400 and invalid.value.details
+    assert isinstance(BatchResult(400).retryable, bool)
+    keyed.close()
