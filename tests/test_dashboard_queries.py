@@ -77,13 +77,14 @@ def test_thin_keeps_the_bound_and_the_last_point() -> None:
 
 def test_metric_summaries_per_type() -> None:
     rows = [
-        {"name": "hits", "type": "counter", "value": 2.0, "timestamp": "t1"},
-        {"name": "hits", "type": "counter", "value": 3.0, "timestamp": "t2"},
-        {"name": "mem", "type": "gauge", "value": 9.0, "unit": "MB", "timestamp": "t1"},
+        {"name": "hits", "type": "counter", "value": 2.0, "ts": 1.0},
+        {"name": "hits", "type": "counter", "value": 3.0, "ts": 2.0},
+        {"name": "mem", "type": "gauge", "value": 9.0, "ts": 0.0},
     ]
-    hits, mem = dq.metric_summaries(rows)
-    assert (hits["name"], hits["total"], hits["count"]) == ("hits", 5.0, 2)
-    assert (mem["unit"], mem["last"], mem["series"]) == ("MB", 9.0, [["t1", 9.0]])
+    hits, mem = dq.metric_summaries(rows, {"mem": "MB"})
+    assert (hits["name"], hits["total"], hits["count"], hits["unit"]) == ("hits", 5.0, 2, None)
+    assert (mem["unit"], mem["last"]) == ("MB", 9.0)
+    assert mem["series"] == [["1970-01-01T00:00:00.000000Z", 9.0]]
 
 
 # ---- against a real database --------------------------------------------------------------
@@ -126,7 +127,7 @@ def data(storage_url: str) -> Iterator[Data]:
     d.write("update_state", ended, {"level": 4}, t + 2)
     d.event(ended, "checkout", t + 3)
     for value in (10.0, 20.0):
-        d.metric(ended, name="fps", value=value, timestamp=t + 4)
+        d.metric(ended, name="fps", value=value, timestamp=t + 4, unit="Hz")
     d.metric(ended, name="items", type="counter", value=2, timestamp=t + 4)
     d.metric(ended, name="items", type="counter", value=3, timestamp=t + 4)
     d.write("end", ended, t + 5)
@@ -217,5 +218,5 @@ def test_session_detail(data: Data) -> None:
     detail = run(data, dq.session_detail, data.ids["ended"], CLOCK)
     assert detail["status"] == "ended" and detail["event_total"] == 1
     assert [c["diff"][0]["path"] for c in detail["changes"]][-2:] == ["level", "level"]
-    assert {m["name"] for m in detail["metrics"]} == {"fps", "items"}
+    assert {m["name"]: m["unit"] for m in detail["metrics"]} == {"fps": "Hz", "items": None}
     assert run(data, dq.session_detail, str(uuid.uuid4()), CLOCK) is None

@@ -13,7 +13,7 @@ import contextlib
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,18 +177,22 @@ def metric_stats(conn: Connection, conds: list[Any]) -> list[JSONDict]:
 def _session_figures(
     conn: Connection, conds: list[Any]
 ) -> dict[tuple[str, str, str, float], float]:
+    """(name, type, session, created) → that session's figure, summed up in the database;
+    only histogram rows come here one by one (their observation count is inside the body)."""
     m = metrics.c
-    query = (
-        sa.select(m.name, m.type, m.session_id, sessions.c.created_at, m.value, m.body)
-        .join_from(metrics, sessions, m.session_id == sessions.c.id)
-        .where(*conds)
+    keys = (m.name, m.type, m.session_id, sessions.c.created_at)
+    joined = sa.select(*keys).join_from(metrics, sessions, m.session_id == sessions.c.id)
+    plain = joined.add_columns(sa.func.sum(m.value), sa.func.count()).where(
+        *conds, m.type != "histogram"
     )
-    sums: dict[tuple[str, str, str, float], list[float]] = defaultdict(lambda: [0.0, 0.0])
-    for name, kind, sid, created, value, body in conn.execute(query):
-        weight = float(json.loads(body).get("count") or 1) if kind == "histogram" else 1.0
-        acc = sums[(name, kind, sid, created)]
+    sums: dict[Any, list[float]] = {
+        tuple(r[:4]): [r[4], float(r[5])] for r in conn.execute(plain.group_by(*keys))
+    }
+    histograms = joined.add_columns(m.value, m.body).where(*conds, m.type == "histogram")
+    for *key, value, body in conn.execute(histograms):
+        acc = sums.setdefault(tuple(key), [0.0, 0.0])
         acc[0] += value
-        acc[1] += weight
+        acc[1] += float(json.loads(body).get("count") or 1)
     return {key: s if key[1] == "counter" else s / n for key, (s, n) in sums.items()}
 
 
@@ -234,7 +238,7 @@ def session_detail(conn: Connection, session_id: str, clock: Clock) -> JSONDict 
     out = session_dict(row, clock)
     out["changes"] = state_changes(state_history(conn, session_id))
     out["events"], out["event_total"] = _newest_events(conn, session_id)
-    out["metrics"] = metric_summaries(_metric_rows(conn, session_id))
+    out["metrics"] = metric_summaries(_metric_rows(conn, session_id), _units(conn, session_id))
     return out
 
 
@@ -262,9 +266,26 @@ def _newest_events(conn: Connection, session_id: str) -> tuple[list[JSONDict], i
     return [_body(r) for r in rows], int(total)
 
 
-def _metric_rows(conn: Connection, session_id: str) -> list[JSONDict]:
-    query = sa.select(metrics).where(metrics.c.session_id == session_id).order_by(metrics.c.id)
-    return [_body(r) for r in conn.execute(query)]
+def _metric_rows(conn: Connection, session_id: str) -> Iterator[JSONDict]:
+    """name, type, ts, value of every row; the stored body only where the bars need it.
+
+    Decoding every body (and formatting every time) made a page of 50,000 metrics take seconds.
+    """
+    m = metrics.c
+    body = sa.case((m.type == "histogram", m.body), else_=sa.null())
+    query = sa.select(m.name, m.type, m.ts, m.value, body.label("body"))
+    query = query.where(m.session_id == session_id).order_by(m.id)
+    for name, kind, ts, value, raw in conn.execute(query):
+        row = json.loads(raw) if raw else {}
+        yield {**row, "name": name, "type": kind, "ts": ts, "value": value}
+
+
+def _units(conn: Connection, session_id: str) -> dict[str, str]:
+    """Each metric's unit, as its newest row gives it."""
+    m = metrics.c
+    newest = sa.select(sa.func.max(m.id)).where(m.session_id == session_id).group_by(m.name)
+    rows = conn.execute(sa.select(m.name, m.body).where(m.id.in_(newest)))
+    return {name: unit for name, body in rows if (unit := json.loads(body).get("unit"))}
 
 
 def _body(row: Row[Any]) -> JSONDict:
@@ -273,25 +294,28 @@ def _body(row: Row[Any]) -> JSONDict:
     return body
 
 
-def metric_summaries(rows: Iterable[JSONDict]) -> list[JSONDict]:
-    """Per metric name: type, unit, count, total, last, stats, a thinned series, histogram bars."""
+def metric_summaries(rows: Iterable[JSONDict], units: dict[str, str]) -> list[JSONDict]:
+    """Per metric name: type, unit, count, total, last, stats, a thinned series, histogram bars.
+
+    ``rows`` are in order, each with ``name``, ``type``, ``ts`` (Unix seconds) and ``value``.
+    """
     by_name: dict[str, list[JSONDict]] = defaultdict(list)
     for row in rows:
         by_name[row["name"]].append(row)
-    return [_summary(name, group) for name, group in sorted(by_name.items())]
+    return [_summary(name, units.get(name), group) for name, group in sorted(by_name.items())]
 
 
-def _summary(name: str, group: list[JSONDict]) -> JSONDict:
+def _summary(name: str, unit: str | None, group: list[JSONDict]) -> JSONDict:
     values = [r["value"] for r in group]
     out: JSONDict = {
         "name": name,
-        "type": group[-1].get("type", "gauge"),
-        "unit": group[-1].get("unit"),
+        "type": group[-1]["type"],
+        "unit": unit,
         "count": len(group),
         "total": sum(values),
         "last": values[-1],
         **describe(values),
-        "series": [[r["timestamp"], r["value"]] for r in _thin(group)],
+        "series": [[iso(r["ts"]), r["value"]] for r in _thin(group)],
     }
     if out["type"] == "histogram":
         out["histogram"] = histogram_bars(group)
