@@ -43,6 +43,8 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )
 
 MAX_NAME = 200
+#: The last second of year 9999: later timestamps cannot be written back as ISO 8601.
+MAX_TIMESTAMP = 253_402_300_799
 MAX_BATCH_OPERATIONS = 10_000
 
 HUNG_EVENT = "application_appears_hung"
@@ -131,8 +133,8 @@ def parse_timestamp(value: Any, name: str = "timestamp") -> float:
     if isinstance(value, bool):
         raise ValidationError("invalid field", f"{name} must be a number or ISO 8601 string")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise ValidationError("invalid field", f"{name} must be a finite, positive number")
+        if not 0 <= value <= MAX_TIMESTAMP:
+            raise ValidationError("invalid field", f"{name} must be Unix seconds before year 10000")
         return float(value)
     if isinstance(value, str):
         try:
@@ -141,7 +143,7 @@ def parse_timestamp(value: Any, name: str = "timestamp") -> float:
             raise ValidationError("invalid field", f"{name} is not ISO 8601: {value!r}") from None
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
-        return parsed.timestamp()
+        return parse_timestamp(parsed.timestamp(), name)
     raise ValidationError("invalid field", f"{name} must be a number or ISO 8601 string")
 
 
@@ -328,9 +330,13 @@ def _number(body: JSONDict, key: str, required: bool = False) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError("invalid field", f"{key} must be a number")
-    if not math.isfinite(value):
+    try:
+        number = float(value)  # an int beyond float's range overflows here
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
         raise ValidationError("invalid field", f"{key} must be finite")
-    return float(value)
+    return number
 
 
 def _int(body: JSONDict, key: str) -> int | None:

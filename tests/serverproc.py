@@ -126,3 +126,39 @@ def _reap_group(pgid: int) -> None:
     """Make sure no worker of the group outlives its master (they would hold the port)."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+class Api:
+    """Thin helpers over ``requests`` for the API tests (answers are checked by the caller)."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        self.url = url
+        self.headers = headers or {}
+
+    def create(self, **body: Any) -> dict[str, Any]:
+        """Create a session (product/version defaulted) and return it; asserts 201."""
+        body.setdefault("product", "ApiTest")
+        body.setdefault("version", "1.0.0")
+        response = self.request("POST", "/api/sessions", json=body)
+        assert response.status_code == 201, response.text
+        session: dict[str, Any] = response.json()
+        return session
+
+    def post(self, session_id: str, verb: str, body: Any = None) -> requests.Response:
+        """``POST /api/sessions/{id}/{verb}`` with a JSON body."""
+        return self.request("POST", f"/api/sessions/{session_id}/{verb}", json=body)
+
+    def get(self, session_id: str) -> dict[str, Any]:
+        """The full session; asserts 200."""
+        response = self.request("GET", f"/api/sessions/{session_id}")
+        assert response.status_code == 200, response.text
+        session: dict[str, Any] = response.json()
+        return session
+
+    def batch(self, operations: list[dict[str, Any]]) -> requests.Response:
+        return self.request("POST", "/api/batch", json={"operations": operations})
+
+    def request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        kw.setdefault("timeout", 30)
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, **kw)

@@ -1,93 +1,163 @@
-"""The REST API over HTTP against a real server process, on SQLite and on PostgreSQL."""
+"""The REST endpoints over HTTP against a real server process, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import pytest
-import requests
+from serverproc import Api
 
 
-def create(url: str, **body: Any) -> dict[str, Any]:
-    body.setdefault("product", "ApiTest")
-    body.setdefault("version", "1.0.0")
-    response = requests.post(f"{url}/api/sessions", json=body, timeout=10)
-    assert response.status_code == 201, response.text
-    return response.json()
+@pytest.fixture(scope="module")
+def api(api_url: str) -> Api:
+    return Api(api_url)
 
 
-def post(url: str, path: str, body: Any = None) -> requests.Response:
-    return requests.post(f"{url}/api/sessions/{path}", json=body, timeout=10)
+def unique(prefix: str = "p") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def get(url: str, session_id: str) -> dict[str, Any]:
-    response = requests.get(f"{url}/api/sessions/{session_id}", timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def test_the_reference_walkthrough(api_url: str) -> None:
-    session = create(api_url, product="MyApp")
+def test_the_reference_walkthrough(api: Api) -> None:
+    session = api.create(product="MyApp")
     sid = session["id"]
     assert session["session_id"] == sid
     assert session["state"] == {"product": "MyApp", "version": "1.0.0"}
     assert session["status"] == "active" and session["active"] is True
-    assert post(api_url, f"{sid}/state", {"status": "running"}).json() == {"success": True}
-    assert post(api_url, f"{sid}/events", {"name": "startup", "data": {"config": "prod"}}).ok
-    assert post(api_url, f"{sid}/metrics", {"name": "memory_mb", "value": 512.5}).ok
-    assert post(api_url, f"{sid}/end").json() == {"success": True}
-    final = get(api_url, sid)
+    assert session["events"] == [] and session["metrics"] == []
+    assert api.post(sid, "state", {"status": "running"}).json() == {"success": True}
+    assert api.post(sid, "events", {"name": "startup", "data": {"config": "prod"}}).ok
+    assert api.post(sid, "metrics", {"name": "memory_mb", "value": 512.5}).ok
+    assert api.post(sid, "end").json() == {"success": True}
+    final = api.get(sid)
     assert final["state"]["status"] == "running"
-    assert [e["name"] for e in final["events"]] == ["startup"]
-    assert final["events"][0]["level"] == "info"
-    assert final["metrics"][0]["value"] == 512.5
-    assert final["status"] == "ended" and final["active"] is False
+    assert [(e["name"], e["level"], e["data"]) for e in final["events"]] == [
+        ("startup", "info", {"config": "prod"})
+    ]
+    assert final["metrics"][0]["value"] == 512.5 and final["metrics"][0]["type"] == "gauge"
+    assert final["status"] == "ended" and final["active"] is False and final["ended_at"]
 
 
-def test_create_with_client_id_is_idempotent(api_url: str) -> None:
+def test_create_keeps_machine_identity_and_initial_state(api: Api) -> None:
+    session = api.create(machine_id="m-1", hostname="box", state={"mode": "cli"})
+    assert (session["machine_id"], session["hostname"]) == ("m-1", "box")
+    assert session["state"]["mode"] == "cli"
+
+
+def test_create_with_client_id_is_idempotent(api: Api) -> None:
     sid = str(uuid.uuid4())
-    assert create(api_url, id=sid)["id"] == sid
-    again = requests.post(
-        f"{api_url}/api/sessions", json={"id": sid, "product": "x", "version": "2"}, timeout=10
-    )
+    assert api.create(id=sid)["id"] == sid
+    again = api.request("POST", "/api/sessions", json={"id": sid, "product": "x", "version": "2"})
     assert again.status_code == 200
     assert again.json()["version"] == "1.0.0"
 
 
-def test_state_deep_merges_and_keeps_history(api_url: str) -> None:
-    sid = create(api_url, state={"player": {"level": 1, "name": "ada"}})["id"]
-    post(api_url, f"{sid}/state", {"player": {"level": 2}, "tags": ["a"]})
-    post(api_url, f"{sid}/state", {"state": {"player": {"name": None}}, "timestamp": 1e9 * 1.8})
-    session = get(api_url, sid)
+def test_event_fields_round_trip(api: Api) -> None:
+    sid = api.create()["id"]
+    event = {
+        "name": "boom",
+        "exception_type": "ValueError",
+        "exception_msg": "bad",
+        "stacktrace": "line 1\nline 2",
+        "labels": ["a", "b"],
+        "source_line": 12,
+        "timestamp": "2026-01-02T03:04:05Z",
+    }
+    assert api.post(sid, "events", event).ok
+    stored = api.get(sid)["events"][0]
+    assert stored["level"] == "error"  # the default for exceptions
+    assert stored["stacktrace"] == ["line 1", "line 2"]
+    assert stored["timestamp"] == "2026-01-02T03:04:05.000000Z"
+    assert (stored["labels"], stored["source_line"]) == (["a", "b"], 12)
+
+
+def test_state_deep_merges_and_keeps_history(api: Api) -> None:
+    sid = api.create(state={"player": {"level": 1, "name": "ada"}})["id"]
+    api.post(sid, "state", {"player": {"level": 2}, "tags": ["a"]})
+    api.post(sid, "state", {"state": {"player": {"name": None}}, "timestamp": time.time()})
+    session = api.get(sid)
     assert session["state"] == {
         "product": "ApiTest",
         "version": "1.0.0",
         "player": {"level": 2},
         "tags": ["a"],
     }
-    levels = [h["state"].get("player", {}).get("level") for h in session["state_history"]]
-    assert levels == [1, 2, 2]
+    history = session["state_history"]
+    assert [h["state"]["player"].get("level") for h in history] == [1, 2, 2]
+    assert history[-1]["update"] == {"player": {"name": None}}
 
 
-def test_ever_had_state_filter(api_url: str) -> None:
-    product = f"p-{uuid.uuid4().hex[:8]}"
-    first = create(api_url, product=product)["id"]
-    second = create(api_url, product=product)["id"]
-    post(api_url, f"{first}/state", {"player": {"level": 3}})
-    post(api_url, f"{first}/state", {"player": {"level": 4}})
-    post(api_url, f"{second}/state", {"player": {"level": "3x"}})
-    found = requests.get(
-        f"{api_url}/api/data/sessions",
-        params={"product": product, "state.player.level": "3", "summary": "1"},
-        timeout=10,
-    ).json()
-    assert [s["id"] for s in found] == [first]
+def test_counters_read_as_totals(api: Api) -> None:
+    sid = api.create()["id"]
+    for delta in (1, 2, 3.5):
+        api.post(sid, "metrics", {"name": "requests", "value": delta, "type": "counter"})
+    api.post(sid, "metrics", {"name": "rss", "value": 10})
+    assert api.get(sid)["counters"] == {"requests": 6.5}
 
 
-def test_unknown_session_is_404_everywhere(api_url: str) -> None:
+def test_status_suspended_after_heartbeats_stop(api: Api) -> None:
+    sid = api.create()["id"]
+    api.post(sid, "heartbeat")
+    assert api.get(sid)["status"] == "active"
+    api.post(sid, "heartbeat", {"timestamp": time.time() - 30})  # older than the 1 s timeout
+    session = api.get(sid)
+    assert session["status"] == "suspended" and session["suspended"] is True
+
+
+def test_session_without_heartbeats_is_never_suspended_or_hung(api: Api) -> None:
+    sid = api.create(timestamp=time.time() - 3600)["id"]
+    session = api.get(sid)
+    assert session["status"] == "active"
+    assert (session["hung"], session["suspended"]) == (False, False)
+
+
+def test_hang_until_a_heartbeat_logs_recovery(api: Api) -> None:
+    sid = api.create()["id"]
+    api.post(sid, "events", {"name": "application_appears_hung", "level": "warning"})
+    assert api.get(sid)["status"] == "hung"
+    api.post(sid, "heartbeat")
+    session = api.get(sid)
+    assert session["status"] == "active" and session["hung"] is False
+    names = [e["name"] for e in session["events"]]
+    assert names == ["application_appears_hung", "application_recovered"]
+
+
+def test_crash_logs_the_reason_and_end_after_it_changes_nothing(api: Api) -> None:
+    sid = api.create()["id"]
+    assert api.post(sid, "crash", {"reason": "segfault"}).json() == {"status": "ok"}
+    assert api.post(sid, "end").ok
+    assert api.post(sid, "crash", {"reason": "again"}).json() == {"status": "ok"}
+    session = api.get(sid)
+    assert session["status"] == "crashed" and session["crash_reason"] == "segfault"
+    crash_events = [e for e in session["events"] if e["name"] == "session_crashed_detected"]
+    assert len(crash_events) == 1 and crash_events[0]["message"] == "segfault"
+
+
+def test_end_twice_keeps_the_first_end(api: Api) -> None:
+    sid = api.create()["id"]
+    api.post(sid, "end", {"timestamp": 1_800_000_000})
+    api.post(sid, "end", {"timestamp": 1_900_000_000})
+    assert api.post(sid, "crash").ok
+    session = api.get(sid)
+    assert session["ended_at"].startswith("2027-01-15") and session["status"] == "ended"
+
+
+def test_new_session_from_machine_crashes_its_suspended_one(api: Api) -> None:
+    machine = unique("machine")
+    old = api.create(machine_id=machine)["id"]
+    api.post(old, "heartbeat", {"timestamp": time.time() - 30})
+    ended = api.create(machine_id=machine)["id"]
+    api.post(ended, "end")
+    api.create(machine_id=machine)
+    assert api.get(old)["status"] == "crashed"
+    assert api.get(ended)["status"] == "ended"
+    assert "session_crashed_detected" in [e["name"] for e in api.get(old)["events"]]
+
+
+def test_unknown_session_is_404_everywhere(api: Api) -> None:
     sid = str(uuid.uuid4())
-    for path, body in [
+    for verb, body in [
         ("state", {"a": 1}),
         ("events", {"name": "x"}),
         ("metrics", {"name": "x", "value": 1}),
@@ -95,87 +165,98 @@ def test_unknown_session_is_404_everywhere(api_url: str) -> None:
         ("end", None),
         ("crash", None),
     ]:
-        response = post(api_url, f"{sid}/{path}", body)
-        assert response.status_code == 404, path
-        assert response.json()["error"] == "session not found"
-    assert requests.get(f"{api_url}/api/sessions/{sid}", timeout=10).status_code == 404
+        response = api.post(sid, verb, body)
+        assert response.status_code == 404, verb
+        assert response.json() == {"error": "session not found", "details": sid}
+    for path in (sid, f"{sid}/events", f"{sid}/metrics", "not-a-uuid"):
+        assert api.request("GET", f"/api/sessions/{path}").status_code == 404
 
 
-def test_crash_logs_the_reason_and_end_after_it_changes_nothing(api_url: str) -> None:
-    sid = create(api_url)["id"]
-    crashed = post(api_url, f"{sid}/crash", {"reason": "segfault"})
-    assert crashed.json() == {"status": "ok"}
-    assert post(api_url, f"{sid}/end").ok
-    session = get(api_url, sid)
-    assert session["status"] == "crashed" and session["crash_reason"] == "segfault"
-    names = [e["name"] for e in session["events"]]
-    assert names == ["session_crashed_detected"]
+def list_sessions(api: Api, **params: Any) -> tuple[list[dict[str, Any]], str | None]:
+    response = api.request("GET", "/api/data/sessions", params=params)
+    assert response.status_code == 200, response.text
+    return response.json(), response.headers.get("X-Next-Cursor")
 
 
-def test_batch_applies_in_order_and_is_idempotent(api_url: str) -> None:
-    sid = str(uuid.uuid4())
-    ops = [
-        {"op": "create", "data": {"product": "B", "version": "1"}},
-        {"op": "state", "data": {"k": 1}},
-        {"op": "event", "data": {"name": "e"}},
-        {"op": "metric", "data": {"name": "c", "value": 2, "type": "counter"}},
-        {"op": "metric", "data": {"name": "c", "value": 3, "type": "counter"}},
-        {"op": "heartbeat", "data": None},
-        {"op": "end", "data": {}},
+def test_list_filters_by_product_version_status_and_time(api: Api) -> None:
+    product = unique()
+    a = api.create(product=product, version="1", timestamp=1_700_000_000)["id"]
+    b = api.create(product=product, version="2", timestamp=1_700_000_100)["id"]
+    api.post(b, "end")
+    assert [s["id"] for s in list_sessions(api, product=product)[0]] == [b, a]
+    assert [s["id"] for s in list_sessions(api, product=product, version="1")[0]] == [a]
+    assert [s["id"] for s in list_sessions(api, product=product, status="ended")[0]] == [b]
+    assert [s["id"] for s in list_sessions(api, product=product, status="active")[0]] == [a]
+    after = list_sessions(api, product=product, created_after="2023-11-14T22:14:00Z")[0]
+    assert [s["id"] for s in after] == [b]
+    before = list_sessions(api, product=product, created_before=1_700_000_050)[0]
+    assert [s["id"] for s in before] == [a]
+
+
+def test_list_pages_with_a_cursor(api: Api) -> None:
+    product = unique()
+    made = [api.create(product=product)["id"] for _ in range(5)]
+    seen, cursor = [], None
+    while True:
+        params = {"product": product, "limit": 2, "summary": "true"}
+        page, cursor = list_sessions(api, **params, **({"cursor": cursor} if cursor else {}))
+        seen += [s["id"] for s in page]
+        if cursor is None:
+            break
+    assert sorted(seen) == sorted(made) and len(seen) == 5
+
+
+def test_summary_has_counts_instead_of_rows(api: Api) -> None:
+    product = unique()
+    sid = api.create(product=product)["id"]
+    api.post(sid, "events", {"name": "e"})
+    (summary,), _ = list_sessions(api, product=product, summary="1")
+    assert (summary["event_count"], summary["metric_count"]) == (1, 0)
+    assert "events" not in summary and "state_history" not in summary
+    (full,), _ = list_sessions(api, product=product)
+    assert [e["name"] for e in full["events"]] == ["e"]
+
+
+def test_ever_had_state_filter(api: Api) -> None:
+    product = unique()
+    first = api.create(product=product)["id"]
+    second = api.create(product=product)["id"]
+    api.post(first, "state", {"player": {"level": 3}})
+    api.post(first, "state", {"player": {"level": 4}})
+    api.post(second, "state", {"player": {"level": "3x"}, "name": "3"})
+    assert [
+        s["id"] for s in list_sessions(api, product=product, **{"state.player.level": "3"})[0]
+    ] == [first]
+    assert [s["id"] for s in list_sessions(api, product=product, **{"state.name": "3"})[0]] == [
+        second
     ]
-    body = {"operations": [{"op_id": str(uuid.uuid4()), "session_id": sid, **op} for op in ops]}
-    first = requests.post(f"{api_url}/api/batch", json=body, timeout=10).json()
-    assert first == {"success": True, "applied": 7, "duplicates": 0, "failed": []}
-    again = requests.post(f"{api_url}/api/batch", json=body, timeout=10).json()
-    assert again == {"success": True, "applied": 0, "duplicates": 7, "failed": []}
-    session = get(api_url, sid)
-    assert session["counters"] == {"c": 5.0}
-    assert len(session["events"]) == 1 and session["status"] == "ended"
+    both = {"state.player.level": "4", "state.product": product}
+    assert [s["id"] for s in list_sessions(api, product=product, **both)[0]] == [first]
 
 
-def test_batch_reports_failed_operations(api_url: str) -> None:
-    sid = create(api_url)["id"]
-    body = {
-        "operations": [
-            {"op_id": str(uuid.uuid4()), "op": "event", "session_id": sid, "data": {}},
-            {
-                "op_id": str(uuid.uuid4()),
-                "op": "event",
-                "session_id": str(uuid.uuid4()),
-                "data": {"name": "x"},
-            },
-            {"op_id": "nope", "op": "event", "session_id": sid, "data": {"name": "x"}},
-            {"op_id": str(uuid.uuid4()), "op": "event", "session_id": sid, "data": {"name": "ok"}},
-        ]
-    }
-    answer = requests.post(f"{api_url}/api/batch", json=body, timeout=10).json()
-    assert answer["success"] is False and answer["applied"] == 1
-    assert [(f["index"], f["status"]) for f in answer["failed"]] == [(0, 400), (1, 404), (2, 400)]
-    assert [e["name"] for e in get(api_url, sid)["events"]] == ["ok"]
+def rows(api: Api, sid: str, kind: str, **params: Any) -> tuple[list[dict[str, Any]], str | None]:
+    response = api.request("GET", f"/api/sessions/{sid}/{kind}", params=params)
+    assert response.status_code == 200, response.text
+    return response.json(), response.headers.get("X-Next-Cursor")
 
 
-@pytest.mark.parametrize(
-    "method,path,body,status",
-    [
-        ("POST", "/api/sessions", b"{not json", 400),
-        ("POST", "/api/sessions", b"[]", 400),
-        ("POST", "/api/sessions", b'{"product": 1, "version": "1"}', 400),
-        ("POST", "/api/sessions", b'{"version": "1"}', 400),
-        ("POST", "/api/sessions", b'{"product": "a", "version": "1", "id": "x"}', 400),
-        ("POST", "/api/sessions", b"", 400),
-        ("POST", "/api/batch", b'{"operations": 3}', 400),
-        ("POST", "/api/batch", b"\xff\xfe\x00", 400),
-        ("DELETE", "/api/sessions", b"", 405),
-        ("GET", "/api/nothing", b"", 404),
-        ("GET", "/api/data/sessions?limit=0", b"", 400),
-        ("GET", "/api/data/sessions?status=asleep", b"", 400),
-        ("GET", "/api/data/sessions?cursor=%%%", b"", 400),
-        ("GET", "/api/data/sessions?created_after=yesterday", b"", 400),
-    ],
-)
-def test_malformed_requests_get_json_errors(
-    api_url: str, method: str, path: str, body: bytes, status: int
-) -> None:
-    response = requests.request(method, api_url + path, data=body, timeout=10)
-    assert response.status_code == status, response.text
-    assert set(response.json()) == {"error", "details"}
+def test_events_endpoint_filters_and_pages(api: Api) -> None:
+    sid = api.create()["id"]
+    for i in range(5):
+        level = "error" if i % 2 else "info"
+        api.post(sid, "events", {"name": f"e{i % 2}", "level": level, "timestamp": 1_000 + i})
+    page, cursor = rows(api, sid, "events", limit=3)
+    assert [e["timestamp"][-10:-1] for e in page] == ["40.000000", "41.000000", "42.000000"]
+    rest, end = rows(api, sid, "events", limit=3, cursor=cursor)
+    assert len(rest) == 2 and end is None
+    assert len(rows(api, sid, "events", level="error")[0]) == 2
+    assert len(rows(api, sid, "events", name="e0")[0]) == 3
+    assert len(rows(api, sid, "events", since=1_003)[0]) == 2
+
+
+def test_metrics_endpoint_filters(api: Api) -> None:
+    sid = api.create()["id"]
+    api.post(sid, "metrics", {"name": "a", "value": 1, "type": "counter"})
+    api.post(sid, "metrics", {"name": "b", "value": 2, "unit": "ms", "type": "timer", "count": 3})
+    assert [m["name"] for m in rows(api, sid, "metrics", type="timer")[0]] == ["b"]
+    assert rows(api, sid, "metrics", name="a")[0][0]["value"] == 1

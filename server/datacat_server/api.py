@@ -220,7 +220,7 @@ def _int_arg(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT):
         raise ValidationError("invalid parameter", f"{name} must be an integer in 1..{MAX_LIMIT}")
     return int(raw)
 

@@ -23,6 +23,15 @@ from datacat_server.schema import applied_ops, sessions
 _CHUNK = 500  # bound the number of bound parameters of one IN (...) query
 
 
+@dataclass(frozen=True)
+class _Valid:
+    """An operation whose ``data`` passed validation (done before the write lock is taken)."""
+
+    index: int
+    op: Operation
+    data: Any
+
+
 @dataclass
 class _Run:
     """State of one batch while it applies."""
@@ -31,16 +40,11 @@ class _Run:
     heartbeat_timeout: float
     known: set[str]
     seen: set[str]
+    failed: list[JSONDict]
     applied: list[str] = field(default_factory=list)
     duplicates: int = 0
-    failed: list[JSONDict] = field(default_factory=list)
     event_rows: list[JSONDict] = field(default_factory=list)
     metric_rows: list[JSONDict] = field(default_factory=list)
-
-    def fail(self, index: int, op_id: str | None, status: int, error: str, details: str) -> None:
-        self.failed.append(
-            {"index": index, "op_id": op_id, "status": status, "error": error, "details": details}
-        )
 
     def flush(self) -> None:
         storage.add_events(self.conn, self.event_rows)
@@ -48,29 +52,55 @@ class _Run:
         self.event_rows, self.metric_rows = [], []
 
 
+def _failure(index: int, op_id: str | None, status: int, error: str, details: str) -> JSONDict:
+    return {"index": index, "op_id": op_id, "status": status, "error": error, "details": details}
+
+
 def apply_batch(store: storage.Storage, items: list[Operation | ValidationError]) -> JSONDict:
     """Apply the parsed operations; answer the ``POST /api/batch`` body."""
-    ops = [item for item in items if isinstance(item, Operation)]
+    failed: list[JSONDict] = []
+    valid = [v for index, item in enumerate(items) if (v := _validate(index, item, failed))]
     with store.write() as conn:
         run = _Run(
             conn,
             store.heartbeat_timeout,
-            known=_existing(conn, sessions.c.id, {op.session_id for op in ops}),
-            seen=_existing(conn, applied_ops.c.op_id, {op.op_id for op in ops}),
+            known=_existing(conn, sessions.c.id, {v.op.session_id for v in valid}),
+            seen=_existing(conn, applied_ops.c.op_id, {v.op.op_id for v in valid}),
+            failed=failed,
         )
-        for index, item in enumerate(items):
-            _apply_item(run, index, item)
+        for item in valid:
+            _apply_item(run, item)
         run.flush()
         stamp = now()
         if run.applied:
             rows = [{"op_id": op_id, "applied_at": stamp} for op_id in run.applied]
             conn.execute(applied_ops.insert(), rows)
     return {
-        "success": not run.failed,
+        "success": not failed,
         "applied": len(run.applied),
         "duplicates": run.duplicates,
-        "failed": run.failed,
+        "failed": sorted(failed, key=lambda f: f["index"]),
     }
+
+
+def _validate(
+    index: int, item: Operation | ValidationError, failed: list[JSONDict]
+) -> _Valid | None:
+    """The operation with its parsed data, or None after recording why it failed."""
+    if isinstance(item, ValidationError):
+        failed.append(_failure(index, None, 400, item.message, item.details))
+        return None
+    try:
+        data = parse_operation_data(item)
+    except ValidationError as exc:
+        failed.append(_failure(index, item.op_id, 400, exc.message, exc.details))
+        return None
+    if item.op == "create" and data["id"] not in (None, item.session_id):
+        failed.append(
+            _failure(index, item.op_id, 400, "invalid field", "data.id is not session_id")
+        )
+        return None
+    return _Valid(index, item, data)
 
 
 def _existing(conn: Connection, column: sa.Column[Any], values: Iterable[str]) -> set[str]:
@@ -82,27 +112,17 @@ def _existing(conn: Connection, column: sa.Column[Any], values: Iterable[str]) -
     return found
 
 
-def _apply_item(run: _Run, index: int, item: Operation | ValidationError) -> None:
-    if isinstance(item, ValidationError):
-        run.fail(index, None, 400, item.message, item.details)
-        return
-    if item.op_id in run.seen:
+def _apply_item(run: _Run, item: _Valid) -> None:
+    op = item.op
+    if op.op_id in run.seen:
         run.duplicates += 1
         return
-    try:
-        data = parse_operation_data(item)
-    except ValidationError as exc:
-        run.fail(index, item.op_id, 400, exc.message, exc.details)
+    if op.op != "create" and op.session_id not in run.known:
+        run.failed.append(_failure(item.index, op.op_id, 404, "session not found", op.session_id))
         return
-    if item.op == "create" and data["id"] not in (None, item.session_id):
-        run.fail(index, item.op_id, 400, "invalid field", "data.id differs from session_id")
-        return
-    if item.op != "create" and item.session_id not in run.known:
-        run.fail(index, item.op_id, 404, "session not found", item.session_id)
-        return
-    _apply_op(run, item, data)
-    run.seen.add(item.op_id)
-    run.applied.append(item.op_id)
+    _apply_op(run, op, item.data)
+    run.seen.add(op.op_id)
+    run.applied.append(op.op_id)
 
 
 def _apply_op(run: _Run, op: Operation, data: Any) -> None:

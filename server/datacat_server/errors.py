@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import sqlalchemy as sa
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -28,6 +29,7 @@ def register(app: Flask) -> None:
     app.register_error_handler(ValidationError, _validation)
     app.register_error_handler(NotFound, _not_found)
     app.register_error_handler(RecursionError, _too_deep)
+    app.register_error_handler(sa.exc.DataError, _bad_value)
     app.register_error_handler(HTTPException, _http)
     app.register_error_handler(Exception, _unexpected)
 
@@ -42,6 +44,11 @@ def _not_found(exc: NotFound) -> Response:
 
 def _too_deep(_exc: RecursionError) -> Response:
     return error_response(400, "invalid body", "JSON nested too deeply")
+
+
+def _bad_value(exc: sa.exc.DataError) -> Response:
+    # The database refused a value the model let through (PostgreSQL text cannot hold NUL).
+    return error_response(400, "invalid value", str(exc.orig).splitlines()[0][:200])
 
 
 def _http(exc: HTTPException) -> Response:

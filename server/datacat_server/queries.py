@@ -10,7 +10,7 @@ import base64
 import binascii
 import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,11 +69,28 @@ def encode_cursor(key: Any) -> str:
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> Any:
+def decode_cursor(cursor: str, shape: Callable[[Any], bool]) -> Any:
+    """The key inside a cursor; anything not made by ``encode_cursor`` with ``shape`` is a 400."""
     try:
-        return json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, binascii.Error):
-        raise ValidationError("invalid cursor", "pass back the cursor a list answered") from None
+        key = None
+    if key is None or not shape(key):
+        raise ValidationError("invalid cursor", "pass back the cursor a list answered")
+    return key
+
+
+def _is_session_key(key: Any) -> bool:
+    return (
+        isinstance(key, list)
+        and len(key) == 2
+        and isinstance(key[0], int | float)
+        and isinstance(key[1], str)
+    )
+
+
+def _is_row_key(key: Any) -> bool:
+    return isinstance(key, int) and not isinstance(key, bool)
 
 
 def status_of(row: Row[Any], clock: Clock) -> JSONDict:
@@ -184,7 +201,7 @@ def list_sessions(
     """One page of sessions, newest first, and the cursor of the next page (or None)."""
     query = sa.select(sessions).where(*_session_conditions(flt, clock))
     if flt.cursor:
-        created, sid = decode_cursor(flt.cursor)
+        created, sid = decode_cursor(flt.cursor, _is_session_key)
         query = query.where(
             sa.or_(
                 sessions.c.created_at < created,
@@ -278,7 +295,7 @@ def list_rows(
     if flt.since is not None:
         query = query.where(table.c.ts >= flt.since)
     if flt.cursor:
-        query = query.where(table.c.id > int(decode_cursor(flt.cursor)))
+        query = query.where(table.c.id > decode_cursor(flt.cursor, _is_row_key))
     rows = conn.execute(query.limit(flt.limit + 1)).all()
     page = rows[: flt.limit]
     cursor = encode_cursor(page[-1].id) if len(rows) > flt.limit else None

@@ -9,8 +9,11 @@ update reads and rewrites one small row under the write lock (``BEGIN IMMEDIATE`
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -41,38 +44,91 @@ def dumps(value: Any) -> str:
 
 
 class Storage:
-    """The engine plus the server's status rule (heartbeat timeout)."""
+    """The engine plus the server's status rule (heartbeat timeout).
+
+    Each thread keeps one connection for writes and one for reads across requests: checking a
+    connection out of the pool and back in for every request cost more than the insert itself.
+    """
 
     def __init__(self, url: str, heartbeat_timeout: float = 60.0) -> None:
         self.engine = make_engine(url)
         self.heartbeat_timeout = heartbeat_timeout
-        self._readonly = self.engine.execution_options(readonly=True)
+        self._local = threading.local()
+        self._writers = WriterLock(
+            self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        )
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        """A write transaction: committed when the block ends, rolled back if it raises."""
+        conn = self._connection("writer")
+        with self._writers, conn.begin():
             yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self._readonly.connect() as conn:
+        """A read-only transaction (on SQLite it does not take the write lock)."""
+        conn = self._connection("reader")
+        with conn.begin():
             yield conn
 
+    def _connection(self, role: str) -> Connection:
+        conn: Connection | None = getattr(self._local, role, None)
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self.engine.connect().execution_options(readonly=role == "reader")
+            setattr(self._local, role, conn)
+        return conn
+
     def dispose(self) -> None:
-        """Forget pooled connections (after ``fork``: a child must open its own)."""
+        """Forget inherited connections (after ``fork``: a child must open its own)."""
+        self._local = threading.local()
         self.engine.dispose(close=False)
 
 
+class WriterLock:
+    """Lets one SQLite writer at a time in, across threads and processes, without polling.
+
+    SQLite makes a second writer wait in its busy handler, which sleeps 1 ms, 2 ms, 5 ms, ...
+    between retries; under steady load that costs more than the writes. A blocking ``flock``
+    wakes the next writer the moment the lock is free. PostgreSQL (``path`` None) needs none.
+    """
+
+    def __init__(self, path: str | None) -> None:
+        self.path = f"{path}-writer.lock" if path and path != ":memory:" else None
+        self._thread_lock = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        if self.path is None:
+            return
+        self._thread_lock.acquire()
+        fcntl.flock(self._file(), fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is None:
+            return
+        fcntl.flock(self._file(), fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def _file(self) -> int:
+        if self._fd is None or self._pid != os.getpid():  # a forked child needs its own file
+            assert self.path is not None
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._pid = os.getpid()
+        return self._fd
+
+
 def create_session(conn: Connection, data: JSONDict, heartbeat_timeout: float) -> bool:
-    """Insert the session ``data["id"]``; False when it already existed (idempotent create)."""
-    if conn.execute(sa.select(sessions.c.id).where(sessions.c.id == data["id"])).first():
-        return False
+    """Insert the session ``data["id"]``; False when it already existed (idempotent create).
+
+    ``ON CONFLICT DO NOTHING`` rather than read-then-insert: two clients racing to create the
+    same id must not turn into a primary-key error.
+    """
     ts = data["timestamp"]
     state = deep_merge(data["state"], {"product": data["product"], "version": data["version"]})
-    if data["machine_id"]:
-        _crash_abandoned(conn, data["machine_id"], ts - heartbeat_timeout, ts)
-    conn.execute(
-        sessions.insert(),
+    inserted = conn.execute(
+        _insert_ignore(conn, sessions).returning(sessions.c.id),
         {
             "id": data["id"],
             "product": data["product"],
@@ -85,6 +141,10 @@ def create_session(conn: Connection, data: JSONDict, heartbeat_timeout: float) -
             "state": dumps(state),
         },
     )
+    if inserted.first() is None:  # (rowcount is not reliable here on every driver)
+        return False
+    if data["machine_id"]:
+        _crash_abandoned(conn, data["machine_id"], ts - heartbeat_timeout, ts)
     _record_state(conn, data["id"], state, ts)
     return True
 
@@ -145,26 +205,21 @@ def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
 
 
 def event_row(session_id: str, event: JSONDict) -> JSONDict:
-    body = {k: v for k, v in event.items() if v is not None and k != "timestamp"}
-    return {
-        "session_id": session_id,
-        "ts": event["timestamp"],
-        "name": event["name"],
-        "level": event["level"],
-        "body": dumps(body),
-    }
+    """The ``events`` row of a parsed event."""
+    return _row(session_id, event, "name", "level")
 
 
 def metric_row(session_id: str, metric: JSONDict) -> JSONDict:
-    body = {k: v for k, v in metric.items() if v is not None and k != "timestamp"}
-    return {
-        "session_id": session_id,
-        "ts": metric["timestamp"],
-        "name": metric["name"],
-        "type": metric["type"],
-        "value": metric["value"],
-        "body": dumps(body),
-    }
+    """The ``metrics`` row of a parsed metric."""
+    return _row(session_id, metric, "name", "type", "value")
+
+
+def _row(session_id: str, item: JSONDict, *columns: str) -> JSONDict:
+    """Indexed ``columns`` as columns, the whole item (minus unset fields) as the JSON body."""
+    body = {k: v for k, v in item.items() if v is not None and k != "timestamp"}
+    row = {"session_id": session_id, "ts": item["timestamp"], "body": dumps(body)}
+    row.update((column, item[column]) for column in columns)
+    return row
 
 
 def is_special(event: JSONDict) -> bool:

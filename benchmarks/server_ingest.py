@@ -1,0 +1,250 @@
+"""Server ingest throughput: single-event POSTs (empty vs 10,000-event session) and batched events.
+
+Starts ``datacat server`` on a temporary SQLite file (or ``--db URL``) and drives it with
+several client processes, each on one keep-alive HTTP connection. Prints, in one run:
+
+- single-event requests/s into an empty session (the baseline),
+- single-event requests/s into a session already holding 10,000 events, and its ratio to the
+  baseline (target >= 0.9: a write must not cost more as the session grows),
+- batched events/s through ``POST /api/batch`` (target >= 50,000 on SQLite),
+
+next to the targets (>= 1,500 single-event req/s). ``--server waitress`` serves the same app with
+waitress instead of gunicorn, for the comparison the README reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+SINGLE_TARGET = 1_500
+BATCH_TARGET = 50_000
+RATIO_TARGET = 0.9
+PREFILL = 10_000
+BATCH_SIZE = 1_000
+
+WAITRESS = """
+import sys
+from waitress import serve
+from datacat_server import create_app
+serve(create_app({"DATACAT_DB": sys.argv[1]}), host="127.0.0.1", port=int(sys.argv[2]),
+      threads=int(sys.argv[3]), _quiet=True)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def server(kind: str, db: str, workers: int, threads: int) -> Iterator[int]:
+    """A running server on a free port; yields the port."""
+    port = free_port()
+    if kind == "waitress":
+        command = [sys.executable, "-c", WAITRESS, db, str(port), str(threads)]
+    else:
+        command = [sys.executable, "-m", "datacat.cli", "server", "--port", str(port)]
+        command += ["--db", db, "--workers", str(workers)]
+    env = {**os.environ, "DATACAT_SERVER_THREADS": str(threads)}
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    try:
+        wait_healthy(port)
+        yield port
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+
+
+def wait_healthy(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            request(http.client.HTTPConnection("127.0.0.1", port), "GET", "/health")
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+def request(conn: http.client.HTTPConnection, method: str, path: str, body: bytes = b"") -> Any:
+    conn.request(method, path, body, {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    data = response.read()
+    if response.status >= 300:
+        raise RuntimeError(f"{method} {path}: {response.status} {data[:200]!r}")
+    return json.loads(data)
+
+
+def create_session(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    body = json.dumps({"product": "bench", "version": "1"}).encode()
+    session_id: str = request(conn, "POST", "/api/sessions", body)["id"]
+    return session_id
+
+
+def batch_body(session_id: str, n: int) -> bytes:
+    ops = [
+        {
+            "op_id": str(uuid.uuid4()),
+            "op": "event",
+            "session_id": session_id,
+            "data": {"name": "tick", "level": "info", "data": {"i": i, "phase": "bench"}},
+        }
+        for i in range(n)
+    ]
+    return json.dumps({"operations": ops}).encode()
+
+
+class KeepAlive:
+    """A lean HTTP/1.1 keep-alive client: pre-built request bytes, minimal response parsing.
+
+    The load generator shares the 2 cores with the server; ``http.client`` spent as much CPU per
+    request as the server did, so it measured the client more than the server.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffer = b""
+
+    @staticmethod
+    def post(path: str, body: bytes) -> bytes:
+        head = f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+    def send(self, request_bytes: bytes) -> None:
+        """Send one request and read its whole response; a status >= 300 raises."""
+        self.sock.sendall(request_bytes)
+        while b"\r\n\r\n" not in self.buffer:
+            self.buffer += self._recv()
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += self._recv()
+        self.buffer = rest[length:]
+        if status >= 300:
+            raise RuntimeError(f"HTTP {status}: {rest[:200]!r}")
+
+    def _recv(self) -> bytes:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        return chunk
+
+
+def _single_client(port: int, session_id: str, seconds: float, out: Any) -> None:
+    client = KeepAlive(port)
+    body = json.dumps({"name": "click", "data": {"button": "ok", "x": 10}}).encode()
+    request_bytes = client.post(f"/api/sessions/{session_id}/events", body)
+    count, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client.send(request_bytes)
+        count += 1
+    out.put(count)
+
+
+def _batch_client(port: int, bodies: list[bytes], out: Any) -> None:
+    client = KeepAlive(port)
+    for body in bodies:
+        client.send(client.post("/api/batch", body))
+    out.put(len(bodies))
+
+
+def single_rate(port: int, session_id: str, clients: int, seconds: float) -> float:
+    """Single-event POSTs per second from ``clients`` processes over ``seconds``."""
+    counts = run_clients(_single_client, [(port, session_id, seconds)] * clients)
+    return sum(counts) / seconds
+
+
+def batch_rate(port: int, session_id: str, clients: int, batches: int) -> float:
+    """Events per second through ``POST /api/batch`` (bodies built before the clock starts)."""
+    per_client = [
+        [batch_body(session_id, BATCH_SIZE) for _ in range(batches)] for _ in range(clients)
+    ]
+    started = time.perf_counter()
+    counts = run_clients(_batch_client, [(port, bodies) for bodies in per_client])
+    return sum(counts) * BATCH_SIZE / (time.perf_counter() - started)
+
+
+def run_clients(target: Any, arg_lists: list[tuple[Any, ...]]) -> list[int]:
+    out: Any = multiprocessing.Queue()
+    procs = [multiprocessing.Process(target=target, args=(*args, out)) for args in arg_lists]
+    for proc in procs:
+        proc.start()
+    counts = [out.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return counts
+
+
+def prefill(port: int, session_id: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(PREFILL // BATCH_SIZE):
+        request(conn, "POST", "/api/batch", batch_body(session_id, BATCH_SIZE))
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.db or f"sqlite:///{tmp}/bench.db"
+        with server(args.server, db, args.workers, args.threads) as port:
+            empty = create_session(port)
+            full = create_session(port)
+            prefill(port, full)
+            figures = {"empty": single_rate(port, empty, args.clients, args.seconds)}
+            figures["full"] = single_rate(port, full, args.clients, args.seconds)
+            figures["batched"] = batch_rate(port, create_session(port), args.clients, args.batches)
+    return figures
+
+
+def report(args: argparse.Namespace, figures: dict[str, float]) -> None:
+    ratio = figures["full"] / figures["empty"]
+    print(
+        f"server: {args.server} (workers={args.workers}, threads={args.threads}), "
+        f"clients={args.clients}, db={args.db or 'sqlite (temporary file)'}"
+    )
+    print(
+        f"single-event POST, empty session      : {figures['empty']:9,.0f} req/s"
+        f"   (target >= {SINGLE_TARGET:,})"
+    )
+    print(
+        f"single-event POST, {PREFILL:,}-event session: {figures['full']:9,.0f} req/s"
+        f"   ratio to empty {ratio:.2f} (target >= {RATIO_TARGET})"
+    )
+    print(
+        f"batched events ({BATCH_SIZE} per request)     : {figures['batched']:9,.0f} events/s"
+        f"   (target >= {BATCH_TARGET:,}); {figures['batched'] / figures['empty']:.0f}x single"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", choices=["gunicorn", "waitress"], default="gunicorn")
+    parser.add_argument("--db", help="database URL (default: a temporary SQLite file)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--batches", type=int, default=10, help="batches per client")
+    args = parser.parse_args()
+    report(args, measure(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Every malformed request gets the JSON error shape with the right status, never a 500."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from serverproc import Api, ServerProcess
+
+SID = "{sid}"
+
+
+@pytest.fixture(scope="module")
+def session_id(server_url: str) -> str:
+    return Api(server_url).create()["id"]
+
+
+@pytest.mark.parametrize(
+    "method,path,body,status",
+    [
+        ("POST", "/api/sessions", b"{not json", 400),
+        ("POST", "/api/sessions", b"[]", 400),
+        ("POST", "/api/sessions", b"", 400),
+        ("POST", "/api/sessions", b'{"product": 1, "version": "1"}', 400),
+        ("POST", "/api/sessions", b'{"version": "1"}', 400),
+        ("POST", "/api/sessions", b'{"product": "a", "version": "1", "id": "x"}', 400),
+        ("POST", "/api/sessions", b'{"product": "a", "version": "1", "state": []}', 400),
+        ("POST", "/api/sessions", b'{"product": "a", "version": "1", "timestamp": 1e300}', 400),
+        ("POST", "/api/sessions", b"\xff\xfe\x00", 400),
+        ("POST", "/api/sessions", b"[" * 100_000, 400),
+        ("POST", f"/api/sessions/{SID}/events", b'{"name": ""}', 400),
+        ("POST", f"/api/sessions/{SID}/events", b'{"name": "x", "level": "loud"}', 400),
+        ("POST", f"/api/sessions/{SID}/events", b'{"name": "x", "labels": [1]}', 400),
+        ("POST", f"/api/sessions/{SID}/events", b'{"name": "x", "timestamp": "soon"}', 400),
+        ("POST", f"/api/sessions/{SID}/events", b'{"name": "x", "source_line": "7"}', 400),
+        ("POST", f"/api/sessions/{SID}/events", '{"name": "' + "x" * 201 + '"}', 400),
+        ("POST", f"/api/sessions/{SID}/metrics", b'{"name": "x"}', 400),
+        ("POST", f"/api/sessions/{SID}/metrics", b'{"name": "x", "value": NaN}', 400),
+        ("POST", f"/api/sessions/{SID}/metrics", b'{"name": "x", "value": Infinity}', 400),
+        (
+            "POST",
+            f"/api/sessions/{SID}/metrics",
+            b'{"name": "x", "value": 1' + b"0" * 400 + b"}",
+            400,
+        ),
+        ("POST", f"/api/sessions/{SID}/metrics", b'{"name": "x", "value": true}', 400),
+        ("POST", f"/api/sessions/{SID}/metrics", b'{"name": "x", "value": 1, "type": "y"}', 400),
+        (
+            "POST",
+            f"/api/sessions/{SID}/metrics",
+            b'{"name": "x", "value": 1, "buckets": [2, 1], "bucket_counts": [0, 0, 0]}',
+            400,
+        ),
+        ("POST", f"/api/sessions/{SID}/state", b"3", 400),
+        ("POST", f"/api/sessions/{SID}/heartbeat", b"[1]", 400),
+        ("POST", f"/api/sessions/{SID}/crash", b'{"reason": 5}', 400),
+        ("POST", "/api/batch", b'{"operations": 3}', 400),
+        ("DELETE", "/api/sessions", b"", 405),
+        ("PUT", f"/api/sessions/{SID}", b"", 405),
+        ("GET", f"/api/sessions/{SID}/state", b"", 405),
+        ("GET", "/api/nothing", b"", 404),
+        ("GET", "/api/data/sessions?limit=0", b"", 400),
+        ("GET", "/api/data/sessions?limit=%C2%B2", b"", 400),
+        ("GET", "/api/data/sessions?limit=99999", b"", 400),
+        ("GET", "/api/data/sessions?status=asleep", b"", 400),
+        ("GET", "/api/data/sessions?cursor=%%%", b"", 400),
+        ("GET", "/api/data/sessions?cursor=WzFd", b"", 400),
+        ("GET", "/api/data/sessions?created_after=yesterday", b"", 400),
+        ("GET", "/api/data/sessions?created_after=nan", b"", 400),
+        ("GET", f"/api/sessions/{SID}/events?cursor=WyJhIl0", b"", 400),
+        ("GET", f"/api/sessions/{SID}/events?level=loud", b"", 400),
+        ("GET", f"/api/sessions/{SID}/metrics?type=y", b"", 400),
+    ],
+)
+def test_malformed_request(
+    server_url: str, session_id: str, method: str, path: str, body: bytes | str, status: int
+) -> None:
+    response = Api(server_url).request(method, path.replace(SID, session_id), data=body)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error", "details"}
+    assert response.headers["Content-Type"] == "application/json"
+
+
+def test_nul_in_text_is_stored_or_refused_but_never_500(api_url: str) -> None:
+    api = Api(api_url)
+    sid = api.create()["id"]
+    response = api.post(sid, "events", {"name": "a\u0000b", "message": "m\u0000"})
+    assert response.status_code in (200, 400), response.text
+    created = api.request("POST", "/api/sessions", json={"product": "\u0000", "version": "1"})
+    assert created.status_code in (201, 400), created.text
+
+
+def test_body_over_the_limit_is_413(server_factory: object) -> None:
+    server: ServerProcess = server_factory(max_body=1000)  # type: ignore[operator]
+    response = Api(server.url).request("POST", "/api/sessions", data=b"x" * 2000)
+    assert response.status_code == 413
+    assert response.json()["error"] == "request entity too large"
+
+
+def test_api_key_is_required_when_configured(server_factory: object) -> None:
+    server: ServerProcess = server_factory(api_key="s3cret")  # type: ignore[operator]
+    body = {"product": "a", "version": "1"}
+    anonymous = Api(server.url).request("POST", "/api/sessions", json=body)
+    assert anonymous.status_code == 401 and set(anonymous.json()) == {"error", "details"}
+    wrong = Api(server.url, {"Authorization": "Bearer nope"})
+    assert wrong.request("GET", "/api/data/sessions").status_code == 401
+    for headers in ({"Authorization": "Bearer s3cret"}, {"X-API-Key": "s3cret"}):
+        assert Api(server.url, headers).create()["product"] == "ApiTest"
+    assert Api(server.url).request("GET", "/health").ok  # health and the contract stay open
+    assert Api(server.url).request("GET", "/openapi.json").ok
+    assert Api(server.url).request("GET", f"/api/sessions/{uuid.uuid4()}").status_code == 401
