@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import pytest
 from serverproc import Api, ServerProcess
@@ -90,15 +91,15 @@ def test_nul_in_text_is_stored_or_refused_but_never_500(api_url: str) -> None:
     assert created.status_code in (201, 400), created.text
 
 
-def test_body_over_the_limit_is_413(server_factory: object) -> None:
-    server: ServerProcess = server_factory(max_body=1000)  # type: ignore[operator]
+def test_body_over_the_limit_is_413(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory(max_body=1000)
     response = Api(server.url).request("POST", "/api/sessions", data=b"x" * 2000)
     assert response.status_code == 413
     assert response.json()["error"] == "request entity too large"
 
 
-def test_api_key_is_required_when_configured(server_factory: object) -> None:
-    server: ServerProcess = server_factory(api_key="s3cret")  # type: ignore[operator]
+def test_api_key_is_required_when_configured(server_factory: Callable[..., ServerProcess]) -> None:
+    server = server_factory(api_key="s3cret")
     body = {"product": "a", "version": "1"}
     anonymous = Api(server.url).request("POST", "/api/sessions", json=body)
     assert anonymous.status_code == 401 and set(anonymous.json()) == {"error", "details"}
