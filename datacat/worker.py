@@ -24,7 +24,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from datacat import _internal
@@ -78,6 +78,8 @@ class Batcher:
             return None
         if op == "metric" and not self._finite(payload):
             return None
+        if op == "event" and type(payload) is tuple:
+            payload = event_body(*payload)
         if op == "create":
             self.states.setdefault(sid, jsonable(payload.get("state") or {}))
         elif op in ("end", "crash"):
@@ -171,6 +173,33 @@ class _Aggregates:
         if tag_key:
             body["tags"] = {str(k): str(v) for k, v in tag_key}
         return wire("metric", sid, body)
+
+
+def event_body(
+    name: Any,
+    data: Any,
+    level: Any,
+    category: Any,
+    labels: Any,
+    message: Any,
+    fields: JSONDict,
+    timestamp: float,
+    trace: tuple[str, str] | None,
+) -> JSONDict:
+    """The wire body of an event queued by ``Session.log_event`` as a tuple."""
+    body: JSONDict = {"name": name, "level": level, "timestamp": timestamp}
+    if data is not None:
+        body["data"] = dict(data) if isinstance(data, Mapping) else {"value": data}
+    if category is not None:
+        body["category"] = category
+    if labels:
+        body["labels"] = [str(label) for label in labels]
+    if message is not None:
+        body["message"] = message
+    body.update(fields)
+    if trace is not None:
+        body["trace_id"], body["span_id"] = trace
+    return body
 
 
 def new_id() -> str:

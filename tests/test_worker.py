@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from client_helpers import Peer, details, session_factory, wait_for
 
+from datacat import _internal
 from datacat.session import Session
 from datacat.worker import OBSERVE, RAW, Batcher, Worker
 
@@ -75,7 +76,10 @@ def test_observations_aggregate_and_precede_the_end_of_their_session() -> None:
     assert (count["type"], count["value"], count["count"]) == ("counter", 6, 3)
 
 
-def test_non_finite_metrics_are_dropped_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+def test_non_finite_metrics_are_dropped_and_counted(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_internal, "_seen", set())  # earlier tests may have logged it once
     batcher = Batcher()
     items = [
         ("metric", SID, {"name": "m", "value": float("nan")}),
@@ -136,8 +140,9 @@ def test_500_is_retried_with_backoff_until_it_goes_through(make: Make, server_ur
 
 
 def test_4xx_is_not_retried_but_logged_and_counted(
-    make: Make, caplog: pytest.LogCaptureFixture
+    make: Make, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(_internal, "_seen", set())
     with Peer("status", status=400) as peer:
         session = make(peer.url)
         session.log_event("refused")
