@@ -9,8 +9,11 @@ itself; with an API key configured the dashboard refuses without it.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -351,3 +354,39 @@ def test_api_key_guards_every_page_and_view(
     assert page.text_content("#title") == "guarded-app 1.0"
     cookies = page.context.cookies()
     assert cookies and all("s3cret-key" not in c["value"] and c["httpOnly"] for c in cookies)
+
+
+def test_demo_example_fills_a_server_whose_pages_render_cleanly(
+    page: Any, server_factory: Callable[..., Any]
+) -> None:
+    server = server_factory()
+    example = Path(__file__).parent.parent / "examples" / "dashboard_demo.py"
+    command = [sys.executable, str(example), "--url", server.url, "--sessions", "8"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    assert " 0 failed" in done.stdout and f"dashboard: {server.url}/" in done.stdout
+    open_page(page, server.url + "/")
+    assert page.text_content("[data-total=sessions] .figure") == "8"
+    for status in ("active", "ended", "crashed", "hung", "suspended"):
+        assert page.locator(f"#grid [data-status={status}] a").count() >= 1
+    page.click("#session-table tbody tr:first-child a")
+    page.wait_for_selector("body[data-loaded=true]")
+    assert page.locator("#metrics figure").count() == 4
+
+
+def test_login_never_redirects_to_another_site(server_factory: Callable[..., Any]) -> None:
+    server = server_factory(api_key="k")
+    for target in ("//evil.example/x", "/\\evil.example", "https://evil.example/"):
+        form = {"api_key": "k", "next": target}
+        url = server.url + "/dashboard/login"
+        response = requests.post(url, data=form, allow_redirects=False, timeout=10)
+        assert response.status_code == 302 and response.headers["Location"] == "/"
+
+
+def test_pages_forbid_foreign_scripts(server_url: str) -> None:
+    response = requests.get(server_url + "/", timeout=10)
+    policy = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "default-src 'self'" in policy
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    url = server_url + "/dashboard/login?next=/sessions"
+    login = requests.get(url, allow_redirects=False, timeout=10)
+    assert login.headers["Location"] == "/sessions"  # no key configured: nothing to log in to

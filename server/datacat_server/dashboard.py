@@ -132,13 +132,16 @@ def session(session_id: str) -> tuple[str, int]:
 def login() -> BaseResponse | tuple[str, int]:
     target = _safe_next(request.values.get("next", "/"))
     key = str(current_app.config.get("DATACAT_API_KEY") or "")
+    if not key:
+        return redirect(target)  # nothing to log in to
     if request.method == "GET":
         return _page("dashboard/login.html", page="login", next=target, failed=False)
     given = request.form.get("api_key", "")
-    if not key or not hmac.compare_digest(given.encode(), key.encode()):
-        return _page("dashboard/login.html", 401, page="login", next=target, failed=bool(key))
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        return _page("dashboard/login.html", 401, page="login", next=target, failed=True)
     response = redirect(target)
-    response.set_cookie(COOKIE, _cookie_value(key), httponly=True, samesite="Strict")
+    cookie = _cookie_value(key)
+    response.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", secure=request.is_secure)
     return response
 
 
@@ -152,7 +155,8 @@ def logout() -> BaseResponse:
 def _safe_next(target: str) -> str:
     """Only a path on this server: an open redirect would make the login form a phishing aid."""
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    # browsers read "/\\host" like "//host": another site
+    if parts.scheme or parts.netloc or not target.startswith("/") or target[1:2] in ("/", "\\"):
         return "/"
     return target
 
