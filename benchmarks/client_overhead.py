@@ -1,9 +1,10 @@
 """Client overhead: what a session verb costs the caller's thread, and how few requests it makes.
 
-Starts ``datacat server`` on a temporary SQLite file behind a small counting proxy (a real HTTP
-hop that counts every request it forwards) and prints, in one run:
+Starts ``datacat server`` on a temporary SQLite file (``server_ingest.server``) behind a small
+counting proxy (a real HTTP hop that counts every request it forwards) and prints, in one run:
 
-- the median caller-thread cost of ``session.log_event(name, data)`` next to ``list.append`` of
+- the median caller-thread cost (measured while the sender thread runs, so its share of the GIL
+  is included) of ``session.log_event(name, data)`` next to ``list.append`` of
   the same dict (target <= 2 us per call), and of ``session.observe`` (the ``@track`` hot path);
 - the number of HTTP requests the server received for 10,000 log calls (target <= 100).
 """
@@ -12,17 +13,16 @@ from __future__ import annotations
 
 import http.client
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from server_ingest import server  # the same real server the ingest benchmark starts
 
 import datacat
 
@@ -31,51 +31,6 @@ REQUEST_TARGET = 100
 CALLS = 10_000
 BLOCK = 1_000
 BLOCKS = 30
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def server(directory: str) -> Iterator[int]:
-    """``datacat server`` on a free port; yields the port."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "datacat.cli",
-        "server",
-        "--port",
-        str(port),
-        "--db",
-        f"sqlite:///{directory}/bench.db",
-        "--workers",
-        "1",
-    ]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_healthy(port)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def wait_healthy(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not start")
 
 
 class CountingProxy:
@@ -154,7 +109,10 @@ def count_requests(proxy: CountingProxy, spool: str) -> None:
 
 
 def main() -> int:
-    with tempfile.TemporaryDirectory() as directory, server(directory) as port:
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        server("gunicorn", f"sqlite:///{directory}/bench.db", 1, 4) as port,
+    ):
         proxy = CountingProxy(port)
         spool = os.path.join(directory, "spool")
         measure(proxy.url, spool)
