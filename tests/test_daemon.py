@@ -31,6 +31,9 @@ s.log_event("started")
 time.sleep(0.3)  # a few heartbeats: the daemon watches a session once it has beaten
 s.flush(10)
 print(s.id, s._worker.transport.daemon_pid, flush=True)
+if sys.argv[1:] == ["os._exit"]:
+    import os
+    os._exit(3)  # no exit hook, no end: like a segfault, as far as DataCat can tell
 if sys.argv[1:] != ["exit"]:
     time.sleep(120)
 """
@@ -103,6 +106,12 @@ def test_kill_9_of_the_app_process_group_crashes_the_session(
     event = event_named(server_url, app.sid, "session_crashed_detected")
     assert CRASH_REASON in str(event)
     wait_for(lambda: not alive(app.daemon_pid), what="the daemon to exit")
+
+
+def test_os_exit_crashes_the_session(start_app: Callable[..., App], server_url: str) -> None:
+    app = start_app(server_url, "os._exit")
+    assert app.proc.wait(30) == 3
+    wait_for(lambda: crashed(server_url, app.sid), timeout=5, what="crash within 5 s")
 
 
 def test_sigstop_is_a_hang_and_sigcont_a_recovery(
