@@ -319,6 +319,10 @@ def test_session_page_refreshes_while_active(page: Any, server_factory: Callable
     seed.post(f"/api/sessions/{sid}/end")
     page.wait_for_selector("#live:not(.on)")
     assert page.text_content("#badges .badge") == "ended"
+    open_page(page, server.url + "/")
+    assert page.text_content("[data-total=sessions] .figure") == "1"
+    seed.session("live-app")  # lists reload every 6 refresh periods
+    page.wait_for_selector("[data-total=sessions] .figure:text-is('2')")
 
 
 def test_unknown_session_answers_404(page: Any, watch: Watch, server_url: str) -> None:

@@ -1,7 +1,7 @@
 // The overview (/) and sessions (/sessions) pages: filters kept in the page's URL, the filtered
 // and sorted sessions list with paging, metric statistics across the filtered sessions, and on
 // the overview the totals and the product → version grid.
-import { el, getJSON, showError, badge, sessionLink, fmtTime, fmtNum, STATUSES } from "./common.js";
+import { el, getJSON, showError, clearError, badge, sessionLink, fmtTime, fmtNum, STATUSES } from "./common.js";
 import { lineChart } from "./charts.js";
 
 const RANGES = { "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400 };
@@ -154,6 +154,7 @@ async function load() {
     getJSON("/dashboard/api/metrics?" + query),
     overview ? getJSON("/dashboard/api/overview?" + query) : null,
   ]);
+  clearError();
   renderSessions(sessions);
   renderMetricStats(metrics);
   if (summary) { renderTotals(summary.totals); renderGrid(summary.grid); }
@@ -162,3 +163,6 @@ async function load() {
 
 fillForm();
 load().catch(showError);
+// new sessions keep arriving: reload the figures now and then while the tab is in view
+const every = (Number(document.body.dataset.refreshMs) || 5000) * 6;
+setInterval(() => { if (!document.hidden) load().catch(showError); }, every);
