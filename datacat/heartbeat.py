@@ -6,7 +6,8 @@ the application has called ``session.heartbeat()`` itself: that call says "my ma
 turning". When it stops for longer than ``hang_timeout`` the session logs
 ``application_appears_hung`` with every thread's stack (the stack of the thread that used to beat
 as the event's ``stacktrace``), and ``application_recovered`` at the next heartbeat. Background
-heartbeats never feed the watchdog, or a hung main loop would never be noticed.
+heartbeats never feed the watchdog, or a hung main loop would never be noticed, and pause while
+the session is hung, or the server would take them for the recovery.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _MAX_CHECK = 1.0
 class _Beating(Protocol):
     def log_event(self, name: str, data: Any = None, **fields: Any) -> None: ...
 
-    def send_heartbeat(self) -> None: ...
+    def background_heartbeat(self) -> None: ...
 
 
 def thread_stacks(skip: int | None = None) -> dict[str, list[str]]:
@@ -178,5 +179,5 @@ class HeartbeatThread:
             session = self._session()
             if session is None:
                 return
-            session.send_heartbeat()
+            session.background_heartbeat()
             del session

@@ -304,6 +304,12 @@ class Session:
         """A heartbeat that does not feed the hang watchdog (the background thread's)."""
         self._enqueue("heartbeat", {"timestamp": time.time()})
 
+    def background_heartbeat(self) -> None:
+        """The heartbeat thread's beat: skipped while hung (the server would call a heartbeat
+        after a hang its recovery)."""
+        if self._monitor is None or not self._monitor.hung:
+            self.send_heartbeat()
+
     def start_heartbeat(self, interval: float | None = None) -> None:
         self.stop_heartbeat()
         beater = heartbeat_module.HeartbeatThread(self, interval or self.config.heartbeat_interval)

@@ -112,3 +112,14 @@ def test_thread_stacks_cover_every_thread() -> None:
     key = next(k for k in stacks if k.startswith("parked-thread"))
     assert any("parked" in line for line in stacks[key])
     assert any(k.startswith("MainThread") for k in stacks)
+
+
+def test_background_heartbeats_do_not_end_a_hang(make: Make, server_url: str) -> None:
+    session = make(server_url, hang_timeout=TIMEOUT)
+    session.start_heartbeat(interval=0.02)
+    session.heartbeat()
+    stuck_in_a_long_loop(TIMEOUT * 6)
+    session.heartbeat()
+    session.stop_heartbeat()
+    events = names(server_url, session)
+    assert events.count(HUNG_EVENT) == 1 and events.count(RECOVERED_EVENT) == 1
