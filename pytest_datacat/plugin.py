@@ -1,1 +1,138 @@
-"""pytest plugin: records a test run as one DataCat session (being written)."""
+"""pytest entry point ``datacat``: options, fixtures, marker; the recorder registers when enabled.
+
+This module owns what pytest loads for every run: the ``datacat`` option group with its ini and
+environment twins (precedence ini < environment < command line), the ``datacat`` marker, and the
+``datacat_session`` / ``record_datacat`` fixtures. Importing it imports nothing of DataCat, starts
+no thread and patches nothing; only when a URL is set (and ``--no-datacat`` is not) does
+``pytest_configure`` import :mod:`pytest_datacat.recorder` and register its plugin objects.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+#: Key under ``item.stash`` where ``record_datacat`` and the marker collect a test's metadata.
+RECORDED = pytest.StashKey[dict[str, Any]]()
+#: Key under ``config.stash`` holding the run's session (controller's or worker's view of it).
+SESSION = pytest.StashKey[Any]()
+
+_TRUE = ("1", "true", "yes", "on")
+
+# (option suffix, environment twin, metavar, help)
+_OPTIONS = (
+    ("url", "DATACAT_URL", "URL", "record the run on the DataCat server at URL"),
+    ("product", "DATACAT_PRODUCT", "NAME", "product name (default: the rootdir's project name)"),
+    ("version", "DATACAT_VERSION", "VERSION", "product version (default: the project's version)"),
+    ("api-key", "DATACAT_API_KEY", "KEY", "API key for the server"),
+    ("flush-timeout", "DATACAT_EXIT_TIMEOUT", "SECONDS", "deadline to deliver data at the end"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The plugin's options after precedence (ini < environment < command line)."""
+
+    url: str | None = None
+    product: str | None = None
+    version: str | None = None
+    api_key: str | None = None
+    flush_timeout: float = 2.0
+    disabled: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url) and not self.disabled
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("datacat", "record the test run as one DataCat session")
+    for suffix, env, metavar, text in _OPTIONS:
+        dest = "datacat_" + suffix.replace("-", "_")
+        help_text = f"{text} (ini {dest}, env {env})"
+        group.addoption(f"--datacat-{suffix}", dest=dest, metavar=metavar, help=help_text)
+        parser.addini(dest, help_text, default="")
+    group.addoption(
+        "--no-datacat",
+        dest="datacat_disabled",
+        action="store_true",
+        default=None,
+        help="do not record this run (ini datacat_disabled, env DATACAT_DISABLED)",
+    )
+    parser.addini("datacat_disabled", "do not record runs (true/false)", default="")
+
+
+def resolve(config: pytest.Config, environ: dict[str, str] | None = None) -> Settings:
+    """Each option's value from the command line, else the environment, else the ini file."""
+    env = os.environ if environ is None else environ
+    values: dict[str, str | None] = {}
+    for suffix, env_name, _, _ in (*_OPTIONS, ("disabled", "DATACAT_DISABLED", "", "")):
+        key = suffix.replace("-", "_")
+        cli = config.getoption("datacat_" + key, None)
+        values[key] = _first(cli, env.get(env_name), config.getini("datacat_" + key))
+    return Settings(
+        url=values["url"],
+        product=values["product"],
+        version=values["version"],
+        api_key=values["api_key"],
+        flush_timeout=_seconds(values["flush_timeout"], 2.0),
+        disabled=str(values["disabled"] or "").strip().lower() in _TRUE,
+    )
+
+
+def _first(*candidates: object) -> str | None:
+    for value in candidates:
+        if value not in (None, ""):
+            return str(value)
+    return None
+
+
+def _seconds(value: str | None, default: float) -> float:
+    try:
+        return max(0.1, float(value)) if value else default
+    except ValueError:
+        return default
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "datacat(*labels, **data): attach labels and data to this test's DataCat event"
+    )
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        if workerinput.get("datacat_session_id"):
+            from pytest_datacat import relay  # light: a worker imports nothing of DataCat
+
+            relay.register_worker(config, workerinput)
+        return
+    settings = resolve(config)
+    if settings.enabled:
+        from pytest_datacat import recorder
+
+        recorder.register(config, settings)
+
+
+@pytest.fixture
+def datacat_session(pytestconfig: pytest.Config) -> Any:
+    """The run's DataCat session (a disabled, no-op one when the plugin is off)."""
+    session = pytestconfig.stash.get(SESSION, None)
+    if session is None:
+        import datacat
+
+        session = pytestconfig.stash[SESSION] = datacat.NoopSession()
+    return session
+
+
+@pytest.fixture
+def record_datacat(request: pytest.FixtureRequest) -> Callable[[str, Any], None]:
+    """``record_datacat(key, value)`` attaches ``key: value`` to this test's DataCat event."""
+    recorded = request.node.stash.setdefault(RECORDED, {})
+
+    def record(key: str, value: Any) -> None:
+        recorded[key] = value
+
+    return record

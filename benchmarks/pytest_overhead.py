@@ -1,0 +1,133 @@
+"""Overhead of the pytest plugin: a generated suite of 2,000 trivial tests, with and without it.
+
+Starts a throwaway ``datacat server`` (SQLite in a temporary folder, free loopback port), then
+runs the same suite alternately without the plugin (``-p no:datacat``) and with it
+(``--datacat-url``), several rounds, and prints the best wall time of each and their ratio.
+Target: the plugin costs at most 5 % (ratio <= 1.05). It also checks that every test's event
+arrived, so the figure is for a run that really recorded everything.
+
+    .venv/bin/python benchmarks/pytest_overhead.py [--tests 2000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+TESTS_PER_FILE = 100
+
+
+def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``datacat server`` on a free port; returns once ``/health`` answers."""
+    with socket.socket() as probe:  # a port nobody listens on right now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "datacat.cli",
+        "server",
+        "--port",
+        str(port),
+        "--db",
+        f"sqlite:///{directory}/bench.db",
+    ]
+    log = open(directory / "server.log", "wb")  # noqa: SIM115 - lives as long as the server
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if requests.get(url + "/health", timeout=1).ok:
+                return proc, url
+        except requests.RequestException:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"server did not start: {(directory / 'server.log').read_text()}")
+
+
+def write_suite(directory: Path, count: int) -> Path:
+    """``count`` trivial passing tests, ``TESTS_PER_FILE`` per module."""
+    suite = directory / "suite"
+    suite.mkdir()
+    (suite / "pytest.ini").write_text("[pytest]\n")
+    for start in range(0, count, TESTS_PER_FILE):
+        body = "".join(
+            f"def test_{n}():\n    assert {n} == {n}\n\n"
+            for n in range(start, min(start + TESTS_PER_FILE, count))
+        )
+        (suite / f"test_gen_{start // TESTS_PER_FILE:03d}.py").write_text(body)
+    return suite
+
+
+def run_suite(suite: Path, *args: str) -> float:
+    """Wall time of one ``pytest -q`` run of the suite (a fresh interpreter, like a user's)."""
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=suite, capture_output=True, text=True, env=os.environ)
+    elapsed = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"suite failed ({done.returncode}):\n{done.stdout[-2000:]}")
+    return elapsed
+
+
+def events_of(url: str, product: str) -> int:
+    """How many events the server holds for the product's (only) session."""
+    sessions = requests.get(f"{url}/api/data/sessions", params={"product": product}, timeout=10)
+    [session] = sessions.json()
+    total, cursor = 0, None
+    while True:
+        params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+        page = requests.get(f"{url}/api/sessions/{session['id']}/events", params=params, timeout=10)
+        total += len(page.json())
+        cursor = page.headers.get("X-Next-Cursor")
+        if not cursor:
+            return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tests", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    opts = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="datacat-bench-") as tmp:
+        directory = Path(tmp)
+        os.environ["DATACAT_SPOOL_DIR"] = str(directory / "spool")
+        proc, url = start_server(directory)
+        try:
+            measure(write_suite(directory, opts.tests), url, opts.tests, opts.rounds)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def measure(suite: Path, url: str, tests: int, rounds: int) -> None:
+    without: list[float] = []
+    with_plugin: list[float] = []
+    products = []
+    for _ in range(rounds):
+        without.append(run_suite(suite, "-p", "no:datacat"))
+        products.append(f"bench-{uuid.uuid4()}")
+        with_plugin.append(
+            run_suite(suite, f"--datacat-url={url}", f"--datacat-product={products[-1]}")
+        )
+    arrived = events_of(url, products[-1])
+    base, plugin = min(without), min(with_plugin)
+    print(f"pytest, {tests} trivial tests, best of {rounds} rounds (wall time of the whole run)")
+    print(f"  without plugin (-p no:datacat): {base:8.3f} s")
+    print(f"  with plugin (--datacat-url):    {plugin:8.3f} s   events delivered: {arrived}")
+    overhead = 100 * (plugin / base - 1)
+    print(f"  ratio: {plugin / base:.3f}  (overhead {overhead:+.1f} %, target <= 5 %)")
+
+
+if __name__ == "__main__":
+    main()

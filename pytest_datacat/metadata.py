@@ -1,0 +1,153 @@
+"""What a test run is: its product name and version defaults and the metadata put in the state.
+
+Everything here is read once at the start of a recorded run. Every probe is best effort: a
+missing ``git``, an unreadable ``pyproject.toml`` or an odd CI variable yields ``None``, never an
+error, because the plugin must never change the run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+# CI provider → the variable that identifies it and the variables worth keeping.
+_CI_PROVIDERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "github-actions": (
+        "GITHUB_ACTIONS",
+        (
+            "GITHUB_REPOSITORY",
+            "GITHUB_RUN_ID",
+            "GITHUB_RUN_NUMBER",
+            "GITHUB_SHA",
+            "GITHUB_REF_NAME",
+            "GITHUB_WORKFLOW",
+            "GITHUB_JOB",
+            "GITHUB_SERVER_URL",
+        ),
+    ),
+    "gitlab-ci": (
+        "GITLAB_CI",
+        (
+            "CI_PROJECT_PATH",
+            "CI_PIPELINE_ID",
+            "CI_JOB_ID",
+            "CI_COMMIT_SHA",
+            "CI_COMMIT_REF_NAME",
+            "CI_JOB_URL",
+        ),
+    ),
+    "jenkins": ("JENKINS_URL", ("JOB_NAME", "BUILD_NUMBER", "BUILD_URL", "GIT_COMMIT")),
+    "circleci": (
+        "CIRCLECI",
+        (
+            "CIRCLE_PROJECT_REPONAME",
+            "CIRCLE_BUILD_NUM",
+            "CIRCLE_SHA1",
+            "CIRCLE_BRANCH",
+            "CIRCLE_BUILD_URL",
+        ),
+    ),
+    "buildkite": (
+        "BUILDKITE",
+        (
+            "BUILDKITE_PIPELINE_SLUG",
+            "BUILDKITE_BUILD_NUMBER",
+            "BUILDKITE_COMMIT",
+            "BUILDKITE_BRANCH",
+            "BUILDKITE_BUILD_URL",
+        ),
+    ),
+    "azure-pipelines": (
+        "TF_BUILD",
+        ("BUILD_BUILDID", "BUILD_SOURCEVERSION", "BUILD_SOURCEBRANCHNAME", "BUILD_REPOSITORY_NAME"),
+    ),
+    "travis": (
+        "TRAVIS",
+        (
+            "TRAVIS_REPO_SLUG",
+            "TRAVIS_BUILD_NUMBER",
+            "TRAVIS_COMMIT",
+            "TRAVIS_BRANCH",
+            "TRAVIS_BUILD_WEB_URL",
+        ),
+    ),
+}
+
+
+def run_metadata(config: pytest.Config) -> dict[str, Any]:
+    """The ``pytest`` part of the session state: how, where and on what the run started."""
+    return {
+        "args": [str(arg) for arg in config.invocation_params.args],
+        "rootdir": str(config.rootpath),
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "pytest": pytest.__version__,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+        "git": git_info(config.rootpath),
+        "ci": ci_info(os.environ),
+    }
+
+
+def git_info(path: Path) -> dict[str, str] | None:
+    """Commit and branch of the checkout at ``path``, or ``None`` outside git."""
+    commit = _git(path, "rev-parse", "HEAD")
+    if commit is None:
+        return None
+    info = {"commit": commit}
+    branch = _git(path, "rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":
+        info["branch"] = branch
+    return info
+
+
+def _git(path: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=path, capture_output=True, text=True, timeout=5, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def ci_info(environ: os._Environ[str] | dict[str, str]) -> dict[str, Any] | None:
+    """The CI provider and its identifying variables, or ``None`` outside CI."""
+    for provider, (marker, names) in _CI_PROVIDERS.items():
+        if environ.get(marker):
+            return {"provider": provider, **{n: environ[n] for n in names if n in environ}}
+    if environ.get("CI"):
+        return {"provider": "unknown"}
+    return None
+
+
+def project(rootpath: Path) -> dict[str, Any]:
+    """The ``[project]`` table of the rootdir's ``pyproject.toml`` (empty when unreadable)."""
+    try:
+        with open(rootpath / "pyproject.toml", "rb") as fh:
+            table = tomllib.load(fh).get("project", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def default_product(rootpath: Path) -> str:
+    """The project's name from ``pyproject.toml``, else the rootdir's name."""
+    name = project(rootpath).get("name")
+    return name if isinstance(name, str) and name else rootpath.name or "pytest"
+
+
+def default_version(rootpath: Path) -> str:
+    """The project's static version, else the short git commit, else ``"unknown"``."""
+    version = project(rootpath).get("version")
+    if isinstance(version, str) and version:
+        return version
+    return _git(rootpath, "rev-parse", "--short", "HEAD") or "unknown"

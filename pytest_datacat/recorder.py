@@ -1,0 +1,235 @@
+"""The plugin objects of a recorded run: one session per run, also under pytest-xdist.
+
+Imported only when the plugin is enabled. :class:`Recorder` lives in the process that owns the
+run (the only process, or the xdist controller): it creates the session, hands its id to the
+workers through ``workerinput``, records every result from the reports (xdist relays the workers'
+reports to the controller's ``pytest_runtest_logreport``), keeps the live progress in the state,
+and alone ends the session (the side where tests run is :mod:`pytest_datacat.relay`). Every
+hook is guarded: an internal error is counted and shown in the terminal summary, never
+raised into the run.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
+
+import datacat
+from pytest_datacat import metadata, reports
+from pytest_datacat.plugin import SESSION, Settings
+from pytest_datacat.relay import ItemReporter, replay
+
+logger = logging.getLogger("datacat.pytest")
+
+#: Seconds between two live progress updates of the state (the last one is always sent).
+PROGRESS_INTERVAL = 0.5
+#: What the client's exit hook may still wait once the run's own flush deadline has passed:
+#: just enough to move what is left to the spool.
+EXIT_GRACE = 0.2
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def register(config: pytest.Config, settings: Settings) -> None:
+    """Create the run's session and register the recorder (controller or single process)."""
+    try:
+        recorder = Recorder(config, settings)
+    except Exception as exc:  # never break the run: say so in the summary instead
+        logger.debug("datacat: not recording", exc_info=True)
+        config.pluginmanager.register(_NotRecording(exc), "datacat-recorder")
+        return
+    config.stash[SESSION] = recorder.session
+    config.pluginmanager.register(recorder, "datacat-recorder")
+    config.pluginmanager.register(ItemReporter(), "datacat-items")
+
+
+def _guarded(method: F) -> F:
+    """Run a hook body so that nothing it raises reaches pytest; count it instead."""
+
+    @functools.wraps(method)
+    def guarded(self: Recorder, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            self.internal_errors += 1
+            logger.debug("datacat: internal error in %s", method.__name__, exc_info=True)
+            return None
+
+    return guarded  # type: ignore[return-value]
+
+
+class Recorder:
+    """Records one run as one session; registered only on the controller (or single process)."""
+
+    def __init__(self, config: pytest.Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.counts = dict.fromkeys(["collected", *reports.COUNTERS.values()], 0)
+        self.current: str | None = None
+        self.internal_errors = 0
+        self.delivered: bool | None = None
+        self.sent = 0  # verbs called on the session: the most that can be undelivered
+        self._tests: dict[str, list[Any]] = {}  # nodeid -> [outcome, summed duration]
+        self._next_progress = 0.0
+        self._started = time.monotonic()
+        self.session = datacat.create_session(
+            url=settings.url,
+            product=settings.product or metadata.default_product(config.rootpath),
+            version=settings.version or metadata.default_version(config.rootpath),
+            api_key=settings.api_key,
+            exit_timeout=EXIT_GRACE,
+            state={"pytest": metadata.run_metadata(config), "status": "running"},
+        )
+        self.session.start_heartbeat()  # a killed run turns "suspended" instead of staying active
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"{(self.settings.url or '').rstrip('/')}/sessions/{self.session.id}"
+
+    def _send(self, verb: str, *args: Any, **kwargs: Any) -> None:
+        self.sent += 1
+        getattr(self.session, verb)(*args, **kwargs)
+
+    # -- xdist wiring ---------------------------------------------------------------------------
+
+    @pytest.hookimpl(optionalhook=True)
+    @_guarded
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput.update(datacat_session_id=self.session.id, datacat_url=self.settings.url)
+
+    @pytest.hookimpl(optionalhook=True)
+    @_guarded
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        self.counts["collected"] = max(self.counts["collected"], len(ids))
+        self._progress(force=True)
+
+    # -- results --------------------------------------------------------------------------------
+
+    @_guarded
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self.counts["collected"] = len(session.items)
+        self._progress(force=True)
+
+    @_guarded
+    def pytest_runtest_logstart(self, nodeid: str) -> None:
+        self.current = nodeid
+
+    @_guarded
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        calls = getattr(report, reports.EXTRA, {}).get("calls")
+        if calls:  # a worker's own use of the session, made before this result
+            self.sent += len(calls)
+            replay(self.session, calls)
+        result = reports.outcome(report)
+        test = self._tests.setdefault(report.nodeid, [None, 0.0])
+        test[1] += report.duration
+        if result is not None:
+            self.counts[reports.COUNTERS[result]] += 1
+            test[0] = test[0] if test[0] in ("failed", "error") else result
+            name, fields = reports.result_event(report, result)
+            self._send("log_event", name, **fields)
+        if report.when == "teardown":
+            self._test_finished(report.nodeid)
+        self._progress()
+
+    def _test_finished(self, nodeid: str) -> None:
+        result, duration = self._tests.pop(nodeid)
+        tags = {"nodeid": nodeid, "outcome": result or "passed"}
+        self._send("observe", "pytest.test.duration", duration, type="timer", tags=tags)
+
+    @_guarded
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.counts["errors"] += 1
+            name, fields = reports.collection_event(report)
+            self._send("log_event", name, **fields)
+
+    @_guarded
+    def pytest_warning_recorded(
+        self, warning_message: Any, when: str, nodeid: str, location: Any
+    ) -> None:
+        name, fields = reports.warning_event(warning_message, when, nodeid)
+        self._send("log_event", name, **fields)
+
+    @_guarded
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        self._send(
+            "log_event",
+            "run_interrupted",
+            level="warning",
+            category="pytest",
+            message=f"{excinfo.typename}: {excinfo.value}",
+            data={"current": self.current, **self.counts},
+            exception_type=excinfo.typename,
+        )
+
+    def _progress(self, force: bool = False) -> None:
+        """Send the live progress, at most every ``PROGRESS_INTERVAL`` seconds unless forced."""
+        now = time.monotonic()
+        if force or now >= self._next_progress:
+            self._next_progress = now + PROGRESS_INTERVAL
+            self._send("update_state", {"progress": {**self.counts, "current": self.current}})
+
+    # -- the end --------------------------------------------------------------------------------
+
+    @_guarded
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        self.finish(int(exitstatus))
+
+    def finish(self, exitstatus: int | None) -> None:
+        """Final state and totals, end the session, deliver within the flush deadline (once)."""
+        if self.delivered is not None:
+            return
+        self.delivered = False
+        self.current = None
+        self._progress(force=True)
+        seconds = time.monotonic() - self._started
+        self._send("update_state", _final_state(exitstatus, seconds))
+        for name, count in self.counts.items():
+            self._send("log_metric", "pytest.tests", count, tags={"outcome": name})
+        self._send("log_timer", "pytest.run.duration", seconds)
+        self.sent += 1  # the end itself
+        self.delivered = bool(self.session.end(timeout=self.settings.flush_timeout))
+
+    @_guarded
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        self.finish(None)  # a run that never reached sessionfinish (usage error, crash)
+
+    @_guarded
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        write = terminalreporter.write_line
+        write(f"datacat: session {self.session.id} -> {self.dashboard_url}")
+        if not self.delivered:
+            write(
+                f"datacat: up to {self.sent} items not delivered to {self.settings.url} within "
+                f"{self.settings.flush_timeout:g} s (spooled for a later run; the run itself is "
+                "unaffected)"
+            )
+        if self.internal_errors:
+            write(f"datacat: {self.internal_errors} internal errors (see log level DEBUG)")
+
+
+def _final_state(exitstatus: int | None, seconds: float) -> dict[str, Any]:
+    if exitstatus is None:
+        return {"status": "aborted", "duration": seconds}
+    try:
+        name = pytest.ExitCode(exitstatus).name
+    except ValueError:
+        name = str(exitstatus)
+    status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "finished"
+    return {"status": status, "exit_status": exitstatus, "exit_code": name, "duration": seconds}
+
+
+class _NotRecording:
+    """Registered instead of the recorder when the session could not even be created."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        terminalreporter.write_line(f"datacat: not recording this run: {self.error!r}")

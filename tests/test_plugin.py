@@ -1,0 +1,128 @@
+"""The plugin's entry point: options and their precedence, and doing nothing unless enabled."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import requests
+
+from pytest_datacat.plugin import Settings, resolve
+
+INI = """
+[pytest]
+datacat_url = http://ini.invalid:1
+datacat_product = p-ini
+datacat_version = v-ini
+datacat_api_key = k-ini
+datacat_flush_timeout = 7
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "environ", "expected"),
+    [
+        ((), {}, Settings("http://ini.invalid:1", "p-ini", "v-ini", "k-ini", 7.0)),
+        (
+            (),
+            {
+                "DATACAT_URL": "http://env:2",
+                "DATACAT_PRODUCT": "p-env",
+                "DATACAT_EXIT_TIMEOUT": "1",
+            },
+            Settings("http://env:2", "p-env", "v-ini", "k-ini", 1.0),
+        ),
+        (
+            ("--datacat-url=http://cli:3", "--datacat-product=p-cli", "--datacat-api-key=k-cli"),
+            {"DATACAT_URL": "http://env:2", "DATACAT_PRODUCT": "p-env", "DATACAT_VERSION": "v-env"},
+            Settings("http://cli:3", "p-cli", "v-env", "k-cli", 7.0),
+        ),
+        (
+            ("--no-datacat",),
+            {},
+            Settings("http://ini.invalid:1", "p-ini", "v-ini", "k-ini", 7.0, True),
+        ),
+        (
+            (),
+            {"DATACAT_DISABLED": "true"},
+            Settings("http://ini.invalid:1", "p-ini", "v-ini", "k-ini", 7.0, True),
+        ),
+    ],
+)
+def test_precedence_is_ini_then_environment_then_command_line(
+    pytester: pytest.Pytester, args: tuple[str, ...], environ: dict[str, str], expected: Settings
+) -> None:
+    pytester.makeini(INI)
+    config = pytester.parseconfig(*args)
+    assert resolve(config, environ) == expected
+    assert resolve(config, environ).enabled is not expected.disabled
+
+
+def test_without_a_url_nothing_is_imported_started_or_registered(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import sys
+        import threading
+
+        import pytest
+
+        def test_inert(pytestconfig):
+            assert pytestconfig.pluginmanager.has_plugin("datacat")
+            assert not pytestconfig.pluginmanager.has_plugin("datacat-recorder")
+            loaded = [m for m in sys.modules if m == "datacat" or m.startswith("datacat.")]
+            assert loaded == [] and "pytest_datacat.recorder" not in sys.modules
+            assert threading.active_count() == 1
+
+        def test_fixtures_still_work(datacat_session, record_datacat):
+            record_datacat("k", "v")
+            datacat_session.log_event("ignored")
+
+        @pytest.mark.datacat("label")
+        def test_marker_is_known():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("--strict-markers", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=3)
+    assert "datacat:" not in result.stdout.str()
+
+
+def _sessions(server_url: str, product: str) -> list[dict[str, object]]:
+    response = requests.get(
+        f"{server_url}/api/data/sessions", params={"product": product}, timeout=5
+    )
+    response.raise_for_status()
+    sessions: list[dict[str, object]] = response.json()
+    return sessions
+
+
+def test_disabled_runs_record_nothing(
+    pytester: pytest.Pytester, server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytester.makepyfile("def test_one(): pass")
+    product = f"disabled-{uuid.uuid4()}"
+    monkeypatch.setenv("DATACAT_URL", server_url)
+    monkeypatch.setenv("DATACAT_PRODUCT", product)
+    blocked = pytester.runpytest_subprocess("-p", "no:datacat")
+    switched_off = pytester.runpytest_subprocess("--no-datacat")
+    for result in (blocked, switched_off):
+        result.assert_outcomes(passed=1)
+        assert "datacat:" not in result.stdout.str()
+    assert _sessions(server_url, product) == []
+
+
+def test_precedence_end_to_end(
+    pytester: pytest.Pytester, server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ini names a dead server and product; the environment's URL wins, the command line's
+    product wins over both, the ini's version stays."""
+    pytester.makeini(INI.replace("http://ini.invalid:1", "http://127.0.0.1:9"))
+    product = f"cli-{uuid.uuid4()}"
+    pytester.makepyfile("def test_one(): pass")
+    monkeypatch.setenv("DATACAT_URL", server_url)
+    monkeypatch.setenv("DATACAT_PRODUCT", "p-env")
+    result = pytester.runpytest_subprocess(f"--datacat-product={product}")
+    result.assert_outcomes(passed=1)
+    [session] = _sessions(server_url, product)
+    assert session["state"]["version"] == "v-ini"  # type: ignore[index]
+    assert f"{server_url}/sessions/{session['id']}" in result.stdout.str()

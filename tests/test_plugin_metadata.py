@@ -1,0 +1,55 @@
+"""The run's metadata and the product/version defaults, on real folders and a real git checkout."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from pytest_datacat import metadata
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, None),
+        ({"CI": "true"}, {"provider": "unknown"}),
+        (
+            {"GITHUB_ACTIONS": "true", "GITHUB_RUN_ID": "42", "HOME": "/root"},
+            {"provider": "github-actions", "GITHUB_RUN_ID": "42"},
+        ),
+        (
+            {"GITLAB_CI": "true", "CI_PIPELINE_ID": "7"},
+            {"provider": "gitlab-ci", "CI_PIPELINE_ID": "7"},
+        ),
+    ],
+)
+def test_ci_provider_and_its_variables(
+    environ: dict[str, str], expected: dict[str, str] | None
+) -> None:
+    assert metadata.ci_info(environ) == expected
+
+
+def test_product_and_version_come_from_pyproject(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "shop"\nversion = "1.2"\n')
+    assert metadata.default_product(tmp_path) == "shop"
+    assert metadata.default_version(tmp_path) == "1.2"
+
+
+def test_without_pyproject_or_git_the_folder_names_the_product(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text("not [toml")
+    assert metadata.default_product(tmp_path) == tmp_path.name
+    assert metadata.git_info(tmp_path) is None
+    assert metadata.default_version(tmp_path) == "unknown"
+
+
+def test_git_commit_and_branch(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    git("init", "-q", "-b", "feature")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
+    assert metadata.git_info(tmp_path) == {"commit": git("rev-parse", "HEAD"), "branch": "feature"}
+    assert metadata.default_version(tmp_path) == git("rev-parse", "--short", "HEAD")

@@ -1,0 +1,235 @@
+"""A recorded run, read back from a real server over HTTP: one session per run, with and without
+xdist; a server that is down, failing or stalling never changes the run; Ctrl-C ends the session."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+import requests
+
+SUITE = """
+import warnings
+
+import pytest
+
+
+def test_pass(record_datacat):
+    record_datacat("answer", 42)
+
+
+@pytest.mark.datacat("smoke", owner="team-a")
+def test_fail():
+    assert 1 == 2
+
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("setup broke")
+
+
+def test_error(broken):
+    pass
+
+
+def test_skip():
+    pytest.skip("not today")
+
+
+@pytest.mark.xfail(reason="known bug")
+def test_xfail():
+    raise ValueError("bug")
+
+
+@pytest.mark.xfail(reason="fixed?")
+def test_xpass():
+    pass
+
+
+def test_warns():
+    warnings.warn(UserWarning("careful"))
+
+
+def test_own_event(datacat_session):
+    datacat_session.log_event("custom", data={"from": "test"})
+    datacat_session.log_metric("custom.metric", 3.5)
+    with datacat_session.timer("custom.timer"):
+        try:
+            raise KeyError("k")
+        except KeyError:
+            datacat_session.log_exception()
+"""
+OUTCOMES = {"passed": 3, "failed": 1, "errors": 1, "skipped": 1, "xfailed": 1, "xpassed": 1}
+NAMES = {"test_passed": 3, "test_failed": 1, "test_error": 1, "test_skipped": 1}
+NAMES |= {"test_xfailed": 1, "test_xpassed": 1, "test_warning": 1, "custom": 1, "exception": 1}
+OWN = ("test_warning", "custom", "exception")  # events that are not a test's result
+
+
+def _get(url: str, **params: Any) -> Any:
+    response = requests.get(url, params=params, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+def _run(pytester: pytest.Pytester, server_url: str, *args: str) -> tuple[Any, dict[str, Any]]:
+    """Run SUITE against ``server_url``; the result and the only session of its product."""
+    product = f"run-{uuid.uuid4()}"
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess(
+        f"--datacat-url={server_url}", f"--datacat-product={product}", *args
+    )
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    return result, _get(f"{server_url}/api/sessions/{listed['id']}")
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["single", "xdist"])
+def test_a_run_is_one_session(
+    pytester: pytest.Pytester, server_url: str, xdist: tuple[str, ...]
+) -> None:
+    result, session = _run(pytester, server_url, *xdist)
+    result.assert_outcomes(**OUTCOMES, warnings=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    sid = session["id"]
+    result.stdout.fnmatch_lines([f"datacat: session {sid} -> {server_url}/sessions/{sid}"])
+    _check_state(session["state"], collected=8)
+    assert session["ended_at"] and not session["active"]
+    events = _get(f"{server_url}/api/sessions/{sid}/events")
+    assert Counter(e["name"] for e in events) == NAMES
+    results = [e for e in events if e["name"] not in OWN]
+    by_test = {e["data"]["nodeid"].split("::")[-1]: e for e in results}
+    by_test |= {e["name"]: e for e in events if e["name"] in OWN}
+    _check_events(by_test, xdist)
+    _check_metrics(_get(f"{server_url}/api/sessions/{sid}/metrics"))
+
+
+def _check_state(state: dict[str, Any], collected: int) -> None:
+    assert state["progress"] == {**OUTCOMES, "collected": collected}  # "current": None deleted
+    assert state["status"] == "finished" and state["exit_status"] == 1
+    assert state["exit_code"] == "TESTS_FAILED"
+    meta = state["pytest"]
+    assert {"args", "rootdir", "python", "platform", "hostname", "git", "ci"} <= set(meta)
+    assert any(arg.startswith("--datacat-url=") for arg in meta["args"])
+
+
+def _check_events(by_test: dict[str, dict[str, Any]], xdist: tuple[str, ...]) -> None:
+    failed, error, passed = by_test["test_fail"], by_test["test_error"], by_test["test_pass"]
+    assert failed["level"] == "error" and failed["exception_type"] == "AssertionError"
+    assert "assert 1 == 2" in "\n".join(failed["stacktrace"])
+    assert failed["source_file"].endswith("test_suite.py")
+    assert SUITE.strip().splitlines()[failed["source_line"] - 1] == "    assert 1 == 2"
+    assert failed["labels"] == ["smoke"] and failed["data"]["recorded"] == {"owner": "team-a"}
+    assert "datacat" in failed["data"]["markers"]
+    assert error["exception_type"] == "RuntimeError" and error["data"]["phase"] == "setup"
+    assert error["exception_msg"] == "setup broke"
+    assert passed["data"]["recorded"] == {"answer": 42} and passed["data"]["duration"] >= 0
+    assert by_test["test_skip"]["data"]["reason"] == "Skipped: not today"
+    assert by_test["test_xfail"]["data"]["reason"] == "known bug"
+    assert by_test["test_warns"]["level"] == "info"
+    assert by_test["test_warning"]["message"] == "careful"
+    assert by_test["custom"]["data"] == {"from": "test"}
+    assert by_test["exception"]["exception_type"] == "KeyError"
+    assert by_test["exception"]["source_function"] == "test_own_event"
+    workers = {by_test[name]["data"]["worker"] for name in ("test_pass", "test_fail", "test_skip")}
+    assert workers <= ({"gw0", "gw1"} if xdist else {"main"})
+
+
+def _check_metrics(metrics: list[dict[str, Any]]) -> None:
+    durations = {
+        m["tags"]["nodeid"].split("::")[-1]: m
+        for m in metrics
+        if m["name"] == "pytest.test.duration"
+    }
+    assert len(durations) == 8 and durations["test_fail"]["tags"]["outcome"] == "failed"
+    assert durations["test_error"]["type"] == "timer" and durations["test_error"]["value"] >= 0
+    totals = {m["tags"]["outcome"]: m["value"] for m in metrics if m["name"] == "pytest.tests"}
+    assert totals == {**OUTCOMES, "collected": 8}
+    assert [m["value"] for m in metrics if m["name"] == "custom.metric"] == [3.5]
+    assert [m["type"] for m in metrics if m["name"] == "custom.timer"] == ["timer"]
+
+
+def test_ctrl_c_records_the_interruption_and_ends_the_session(
+    pytester: pytest.Pytester, server_url: str
+) -> None:
+    product = f"interrupted-{uuid.uuid4()}"
+    pytester.makepyfile(
+        "def test_a(): pass\ndef test_b(): raise KeyboardInterrupt\ndef test_c(): pass\n"
+    )
+    result = pytester.runpytest_subprocess(
+        f"--datacat-url={server_url}", f"--datacat-product={product}"
+    )
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    session = _get(f"{server_url}/api/sessions/{listed['id']}")
+    assert session["ended_at"] and session["state"]["status"] == "interrupted"
+    assert session["state"]["progress"]["passed"] == 1
+    [event] = _get(f"{server_url}/api/sessions/{listed['id']}/events", name="run_interrupted")
+    assert event["exception_type"] == "KeyboardInterrupt"
+    assert event["data"]["current"].endswith("test_b")
+
+
+class _Failing(BaseHTTPRequestHandler):
+    """A server that answers every request with 500 (no real server can be made to)."""
+
+    def do_POST(self) -> None:
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"error": "internal", "details": "always"}')
+
+    do_GET = do_POST
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def failing_url() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def stalling_url() -> Iterator[str]:
+    """A socket that accepts connections into its backlog and never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.fixture
+def down_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("server", ["down_url", "failing_url", "stalling_url"])
+def test_a_broken_server_never_changes_the_run(
+    pytester: pytest.Pytester,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    server: str,
+) -> None:
+    url = request.getfixturevalue(server)
+    pytester.makepyfile(test_suite=SUITE)
+    monkeypatch.setenv("DATACAT_SPOOL_DIR", str(pytester.path / "spool"))
+    monkeypatch.setenv("DATACAT_TIMEOUT", "1")
+    started = time.monotonic()
+    result = pytester.runpytest_subprocess(f"--datacat-url={url}", "--datacat-flush-timeout=1")
+    elapsed = time.monotonic() - started
+    result.assert_outcomes(**OUTCOMES, warnings=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines([f"datacat: * items not delivered to {url} within 1 s*"])
+    assert elapsed < 30  # flush deadline 1 s + interpreter start; generous for a loaded machine

@@ -1,0 +1,67 @@
+"""From pytest reports to DataCat events: outcomes and the fields of failures (pure functions)."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+
+from pytest_datacat import reports
+
+
+def _report(outcome: str, when: str, longrepr: Any = None, **extra: Any) -> pytest.TestReport:
+    return pytest.TestReport(
+        "t.py::test_x", ("t.py", 3, "test_x"), {}, outcome, longrepr, when, duration=0.5, **extra
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "when", "extra", "expected"),
+    [
+        ("passed", "setup", {}, None),
+        ("passed", "call", {}, "passed"),
+        ("passed", "teardown", {}, None),
+        ("passed", "call", {"wasxfail": ""}, "xpassed"),
+        ("skipped", "setup", {}, "skipped"),
+        ("skipped", "call", {"wasxfail": "bug"}, "xfailed"),
+        ("failed", "call", {}, "failed"),
+        ("failed", "setup", {}, "error"),
+        ("failed", "teardown", {}, "error"),
+    ],
+)
+def test_outcome_counts_like_pytest(
+    outcome: str, when: str, extra: dict[str, Any], expected: str | None
+) -> None:
+    assert reports.outcome(_report(outcome, when, **extra)) == expected
+
+
+def test_a_text_failure_names_its_exception_from_the_E_lines() -> None:
+    text = "def test_x():\n>       boom()\nE       KeyError: 'k'\n\nt.py:3: KeyError"
+    name, fields = reports.result_event(_report("failed", "call", text), "failed")
+    assert name == "test_failed" and fields["level"] == "error"
+    assert fields["exception_type"] == "KeyError" and fields["exception_msg"] == "'k'"
+    assert fields["stacktrace"] == text.splitlines()
+    assert fields["data"]["worker"] == "main" and fields["data"]["location"] == [
+        "t.py",
+        3,
+        "test_x",
+    ]
+
+
+def test_a_skip_carries_its_reason_and_extra_data() -> None:
+    extra = {"markers": ["slow"], "labels": ["a"], "recorded": {"k": 1}}
+    longrepr = ("t.py", 3, "Skipped: later")
+    report = _report("skipped", "setup", longrepr, datacat_extra=extra, worker_id="gw1")
+    name, fields = reports.result_event(report, "skipped")
+    assert name == "test_skipped" and fields["level"] == "info" and fields["labels"] == ["a"]
+    assert fields["data"]["reason"] == "Skipped: later" and fields["data"]["recorded"] == {"k": 1}
+    assert fields["data"]["worker"] == "gw1" and fields["data"]["markers"] == ["slow"]
+
+
+def test_a_warning_event_points_at_its_source() -> None:
+    message = warnings.WarningMessage(DeprecationWarning("old"), DeprecationWarning, "m.py", 7)
+    name, fields = reports.warning_event(message, "call", "t.py::test_x")
+    assert name == "test_warning" and fields["level"] == "warning" and fields["message"] == "old"
+    assert (fields["source_file"], fields["source_line"]) == ("m.py", 7)
+    assert fields["data"]["category"] == "DeprecationWarning"
