@@ -8,11 +8,13 @@ sleep, one exception event per failure; exceptions reach the caller unchanged.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -310,3 +312,79 @@ def test_without_a_url_tracking_is_a_no_op_that_starts_nothing() -> None:
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def test_many_calls_from_many_threads_become_a_few_exact_aggregates(server_url: str) -> None:
+    @datacat.track("hot")
+    def hot(value: float) -> None:
+        pass
+
+    def hammer() -> None:
+        for _ in range(5000):
+            hot(1.0)
+
+    options = {**TEST_OPTIONS, "flush_interval": 1.0}
+    with datacat.session(server_url, product="track-tests", **options) as session:
+        threads = [
+            threading.Thread(target=contextvars.copy_context().run, args=(hammer,))
+            for _ in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    metrics = [m for m in fetch(server_url, session.id, "metrics") if m["name"] == "hot"]
+    assert sum(m["count"] for m in metrics) == 20_000  # none lost to races
+    assert len(metrics) <= 10  # one per flush interval, not one per call
+    for metric in metrics:
+        assert sum(metric["bucket_counts"]) == metric["count"]
+        assert metric["min"] <= metric["value"] / metric["count"] <= metric["max"]
+
+
+def test_timings_of_an_idle_function_arrive_while_its_session_lives(server_url: str) -> None:
+    name = f"{__name__}.function"
+    with datacat.session(server_url, product="track-tests", **TEST_OPTIONS) as session:
+        function()
+        session.flush(10)  # the session itself has arrived; the timing is still folded here
+        deadline = time.monotonic() + 20
+        while not timings(fetch(server_url, session.id, "metrics"), name):
+            assert time.monotonic() < deadline, "the folded timing never arrived"
+            time.sleep(0.05)
+        assert fetch(server_url, session.id)["status"] == "active"
+    assert timings(fetch(server_url, session.id, "metrics"), name) == {
+        "ok": (1, pytest.approx(SLEEP, abs=10))
+    }
+
+
+FORK_SCRIPT = """
+import os, sys, datacat
+
+@datacat.track("forked")
+def work():
+    pass
+
+with datacat.session(sys.argv[1], product="track-fork", spool_dir="") as session:
+    for _ in range(3):
+        work()  # folded, not handed over yet when the process forks
+    pid = os.fork()
+    if pid == 0:
+        work()
+        folds = list(sys.modules["datacat.track"]._live)
+        os._exit(0 if [len(fold.durations) + fold.count for fold in folds] == [1] else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, "the child kept parent timings"
+print(session.id)
+"""
+
+
+def test_a_forked_child_drops_the_timings_its_parent_folded(server_url: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, server_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    totals = timings(fetch(server_url, done.stdout.strip(), "metrics"), "forked")
+    assert totals["ok"][0] == 3  # sent once, by the parent
