@@ -42,10 +42,6 @@ def status_class(status: int | None) -> str:
     return "error" if status is None else f"{status // 100}xx"
 
 
-def _host(hostname: str | None, port: int | None) -> str:
-    return f"{hostname or ''}:{port}" if port else hostname or ""
-
-
 class RequestsInstrumentor(Instrumentor):
     """Wraps ``requests.sessions.Session.send``."""
 
@@ -72,7 +68,7 @@ class RequestsInstrumentor(Instrumentor):
     ) -> None:
         method = str(getattr(request, "method", "") or "GET").upper()
         parts = urlsplit(str(getattr(request, "url", "") or ""))
-        host = _host(parts.hostname, parts.port)
+        host = parts.netloc.rpartition("@")[2]  # without credentials
         tags = {"method": method, "host": host, "status_class": status_class(status)}
         self.session.observe(METRIC, seconds, type="timer", tags=tags)
         if exc is not None:
