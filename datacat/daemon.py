@@ -46,10 +46,24 @@ log = logging.getLogger("datacat.daemon")
 
 @dataclass
 class Watch:
-    """What the daemon knows of one open session."""
+    """What the daemon knows of one open session's heartbeats."""
 
     last_heartbeat: float | None = None  # monotonic; None until the first heartbeat
     hung: bool = False
+
+    def beat(self, now: float) -> float | None:
+        """A heartbeat arrived; the seconds of silence if the session had been reported hung."""
+        silent = now - self.last_heartbeat if self.hung and self.last_heartbeat else None
+        self.last_heartbeat, self.hung = now, False
+        return silent
+
+    def newly_hung(self, now: float, timeout: float) -> float | None:
+        """The seconds of silence when this check is the first to find the session hung."""
+        last = self.last_heartbeat
+        if last is None or self.hung or now - last <= timeout:
+            return None
+        self.hung = True
+        return now - last
 
 
 class Daemon:
@@ -78,26 +92,17 @@ class Daemon:
             self.watches.pop(sid, None)
             return []
         watch = self.watches.setdefault(sid, Watch())
-        if kind != "heartbeat":
+        silent = watch.beat(now) if kind == "heartbeat" else None
+        if silent is None:
             return []
-        before = []
-        if watch.hung and watch.last_heartbeat is not None:
-            hung_for = round(now - watch.last_heartbeat, 3)
-            before.append(self._event(sid, RECOVERED_EVENT, "info", {"silent_seconds": hung_for}))
-        watch.last_heartbeat, watch.hung = now, False
-        return before
+        return [self._event(sid, RECOVERED_EVENT, "info", silent)]
 
     def check_hangs(self) -> int:
         """Report sessions whose heartbeats stopped ``hang_timeout`` ago; how many were new."""
-        now = time.monotonic()
-        hung: list[JSONDict] = []
+        now, timeout = time.monotonic(), self.config.hang_timeout
         with self._lock:
-            for sid, watch in self.watches.items():
-                last = watch.last_heartbeat
-                if last is not None and not watch.hung and now - last > self.config.hang_timeout:
-                    watch.hung = True
-                    data = {"silent_seconds": round(now - last, 3)}
-                    hung.append(self._event(sid, HUNG_EVENT, "error", data))
+            found = [(sid, w.newly_hung(now, timeout)) for sid, w in self.watches.items()]
+        hung = [self._event(sid, HUNG_EVENT, "error", silent) for sid, silent in found if silent]
         if hung:
             self.worker.put_operations(hung)
             self.worker.kick()
@@ -124,9 +129,10 @@ class Daemon:
             time.sleep(max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(pause * 2, self.config.max_backoff)
 
-    def _event(self, sid: str, name: str, level: str, data: JSONDict) -> JSONDict:
+    def _event(self, sid: str, name: str, level: str, silent: float) -> JSONDict:
+        data = {"silent_seconds": round(silent, 3), "pid": self.app_pid}
         body = {"name": name, "level": level, "category": "daemon", "timestamp": time.time()}
-        return wire("event", sid, {**body, "data": {**data, "pid": self.app_pid}})
+        return wire("event", sid, {**body, "data": data})
 
     def _crash(self, sid: str) -> JSONDict:
         data = {"pid": self.app_pid, "detected_by": "datacat daemon"}

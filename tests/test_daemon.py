@@ -172,3 +172,14 @@ def test_the_options_come_from_the_app_not_the_daemon_environment(
     config = daemon.config_from(hello)
     assert (config.url, config.hang_timeout) == ("http://app:2", 3.0)
     assert daemon.read_hello(io.BytesIO(b"")) == {}  # the app died before saying hello
+
+
+def test_a_watch_reports_a_hang_once_and_the_recovery_once() -> None:
+    watch = daemon.Watch()
+    assert watch.newly_hung(100.0, timeout=1) is None  # never beat: never hung
+    assert watch.beat(100.0) is None
+    assert watch.newly_hung(100.5, timeout=1) is None
+    assert watch.newly_hung(102.0, timeout=1) == 2.0
+    assert watch.newly_hung(103.0, timeout=1) is None  # already reported
+    assert watch.beat(104.0) == 4.0
+    assert watch.beat(104.1) is None
