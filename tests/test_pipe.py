@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from autoinstrument_helpers import session, wait_for
 
 from datacat import config as config_module
 from datacat.config import Config
@@ -43,15 +44,9 @@ def _create(sid: str) -> list[dict]:
     return [wire("create", sid, {"product": "pipe-test", "version": "1"})]
 
 
-def _session(url: str, sid: str, timeout: float = 10.0) -> dict:
+def _session(url: str, sid: str) -> dict:
     """The session as the server has it, once it exists."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        response = requests.get(f"{url}/api/sessions/{sid}", timeout=5)
-        if response.status_code == 200:
-            return dict(response.json())
-        time.sleep(0.05)
-    raise AssertionError(f"session {sid} never arrived")
+    return wait_for(lambda: session(url, sid), what=f"session {sid}")
 
 
 def test_batches_reach_the_server_through_the_daemon(
@@ -64,7 +59,9 @@ def test_batches_reach_the_server_through_the_daemon(
     assert _session(server_url, sid)["state"]["product"] == "pipe-test"
 
 
-def test_a_full_pipe_never_blocks_and_answers_retryable(transport: PipeTransport) -> None:
+def test_a_full_pipe_never_blocks_and_answers_retryable(
+    transport: PipeTransport, server_url: str
+) -> None:
     sid = str(uuid.uuid4())
     transport.send_batch(_create(sid))
     assert transport.daemon_pid is not None
@@ -76,6 +73,9 @@ def test_a_full_pipe_never_blocks_and_answers_retryable(transport: PipeTransport
     assert all(r.status == PIPE_FULL and r.retryable for r in full)
     assert transport.dropped_writes == len(full)
     os.kill(transport.daemon_pid, signal.SIGCONT)
+    after = str(uuid.uuid4())  # the stream is intact: a line written after the jam arrives whole
+    wait_for(lambda: transport.send_batch(_create(after)).delivered, what="the pipe to drain")
+    assert _session(server_url, after)["id"] == after
 
 
 def test_a_dead_daemon_means_sending_directly(transport: PipeTransport, server_url: str) -> None:
