@@ -127,6 +127,7 @@ class PipeTransport:
                 self._drain(self.config.exit_timeout if timeout is None else timeout)
                 os.close(self._fd)
             self._fd = None
+            self._broken = True  # what comes after close goes over HTTP, never to a new daemon
         if self._http is not None:
             self._http.close()
 
