@@ -4,8 +4,10 @@ Owns the wrapt wrapper that times the real lifetime of the seven kinds of callab
 methods, classmethods, staticmethods, coroutines, generators, async generators) and turns
 exceptions into events recorded once per exception; the current session (a contextvar, so
 asyncio tasks and copied contexts see it); and the process-wide default session, created lazily
-from configuration the first time something needs it. With no session anywhere a tracked call
-costs the wrapt proxy, one contextvar lookup and a flag check. Nothing here raises into the host.
+from configuration the first time something needs it; and the folding of call durations into
+one aggregate timer metric per flush interval (a ``datacat-track`` sweeper thread hands them to
+the session). With no session anywhere a tracked call costs the wrapt proxy, one contextvar
+lookup and a flag check. Nothing here raises into the host.
 """
 
 from __future__ import annotations
@@ -51,9 +53,9 @@ class SessionLike(Protocol):
 
     def log_exception(self, exc: BaseException | None = ..., *, data: Any = ...) -> None: ...
 
-    def end(self) -> None: ...
+    def end(self) -> Any: ...
 
-    def crash(self, reason: str, data: Any = ...) -> None: ...
+    def crash(self, reason: str, data: Any = ...) -> Any: ...
 
 
 _current: ContextVar[SessionLike | None] = ContextVar("datacat_current_session", default=None)
@@ -93,7 +95,18 @@ def _open_default() -> SessionLike | None:
     # Only an explicitly configured URL turns tracking on; the client's fallback URL does not.
     if not os.environ.get("DATACAT_URL") or resolve().disabled:
         return None
-    return cast(SessionLike, create_session())
+    return cast(SessionLike, create_session(product=_main_name()))
+
+
+def _main_name() -> str | None:
+    """The product a default session is named after when ``DATACAT_PRODUCT`` is unset: for
+    ``python -m package`` the package (``sys.argv[0]`` is then ``.../__main__.py``), else None
+    (the client's default: the script's name)."""
+    if os.environ.get("DATACAT_PRODUCT"):
+        return None
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    return name.removesuffix(".__main__") if isinstance(name, str) and name else None
 
 
 # -- recording ------------------------------------------------------------------------------
@@ -195,6 +208,7 @@ def record_exception(
 
 _live: set[_Fold] = set()  # folds of sessions not known to have ended
 _sweeper_pid = 0  # the process whose sweeper thread runs
+_hooks_installed = False
 _sweeper_lock = threading.Lock()
 SWEEP_PERIOD = 0.1  # seconds between looks for folds whose interval is over
 FOLD_EVERY = 4096  # durations a list may hold before its caller folds it inline
@@ -300,28 +314,36 @@ def _new_fold(session: SessionLike, spec: _Spec, ok: bool) -> _Fold | _Direct:
 
 def _start_sweeper() -> None:
     """One daemon thread per process hands folds over once per flush interval."""
-    global _sweeper_pid
+    global _sweeper_pid, _hooks_installed
     with _sweeper_lock:
-        if _sweeper_pid == os.getpid() or not may_start_thread():
+        if _sweeper_pid == os.getpid():
             return
-        if not _sweeper_pid:
+        if not _hooks_installed:
+            _hooks_installed = True
             atexit.register(flush_timings)  # runs before the client's exit flush (LIFO)
             os.register_at_fork(after_in_child=_forget_in_child)
-        _sweeper_pid = os.getpid()
-        threading.Thread(target=_sweep_forever, name="datacat-track", daemon=True).start()
+        if may_start_thread():
+            _sweeper_pid = os.getpid()
+            threading.Thread(target=_sweep_forever, name="datacat-track", daemon=True).start()
 
 
 def _sweep_forever() -> None:
     while True:
         sleep(SWEEP_PERIOD)
-        now = perf_counter()
-        for fold in list(_live):
-            if now - fold.last >= fold.interval:
-                fold.last = now
-                if fold.session.ended:
-                    fold.release()
-                else:
-                    fold.flush()
+        try:
+            _sweep(perf_counter())
+        except Exception:
+            logger.debug("datacat: sweeping timings failed", exc_info=True)
+
+
+def _sweep(now: float) -> None:
+    for fold in list(_live):
+        if now - fold.last >= fold.interval:
+            fold.last = now
+            if fold.session.ended:
+                fold.release()
+            else:
+                fold.flush()
 
 
 def flush_timings(session: SessionLike | None = None) -> None:
@@ -587,8 +609,8 @@ class SessionScope:
         self._args = dict(options, url=url, product=product, version=version, state=state)
         self._open: list[tuple[SessionLike, Token[SessionLike | None]]] = []
 
-    def __enter__(self) -> Any:
-        session = cast(SessionLike, create_session(**self._args))
+    def __enter__(self) -> Session:
+        session = create_session(**self._args)
         self._open.append((session, _current.set(session)))
         return session
 
@@ -598,7 +620,7 @@ class SessionScope:
         flush_timings(session)
         _close(session, exc)
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> Session:
         return self.__enter__()
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
@@ -651,8 +673,8 @@ class Timer:
     ``@datacat.timer(name)`` times each call of a function the same way."""
 
     def __init__(self, name: str, tags: Mapping[str, str] | None = None) -> None:
-        self._spec = _Spec(name, None, tags, True, False, 1.0)
-        self._tags = tags
+        self.name = name
+        self._tags = {str(k): str(v) for k, v in (tags or {}).items()}
         self._open: list[tuple[SessionLike | None, float]] = []
 
     def __enter__(self) -> Timer:
@@ -662,8 +684,8 @@ class Timer:
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
         session, start = self._open.pop()
         if session is not None:
-            tags = self._spec.ok_tags if exc is None else self._spec.error_tags
-            _Direct(session, self._spec.name, tags).add(perf_counter() - start)
+            tags = {**self._tags, "outcome": "ok" if exc is None else "error"}
+            _Direct(session, self.name, tags).add(perf_counter() - start)
 
     async def __aenter__(self) -> Timer:
         return self.__enter__()
@@ -672,7 +694,7 @@ class Timer:
         self.__exit__(kind, exc, tb)
 
     def __call__(self, func: F) -> F:
-        return track(self._spec.name, tags=self._tags, record_exceptions=False)(func)
+        return track(self.name, tags=self._tags, record_exceptions=False)(func)
 
 
 def timer(name: str, *, tags: Mapping[str, str] | None = None) -> Timer:

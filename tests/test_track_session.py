@@ -168,21 +168,28 @@ print(datacat.current_session().id)
 """
 
 
+@pytest.mark.parametrize("how", ["script", "module"])
 def test_the_default_session_is_created_once_and_ended_at_exit(
-    server_url: str, tmp_path: Path
+    server_url: str, tmp_path: Path, how: str
 ) -> None:
-    script = tmp_path / f"default_{uuid.uuid4().hex[:8]}.py"
-    script.write_text(DEFAULT_SCRIPT)
+    name = f"default_{uuid.uuid4().hex[:8]}"  # the product: named after the script or package
+    if how == "script":
+        (tmp_path / f"{name}.py").write_text(DEFAULT_SCRIPT)
+        command = [sys.executable, str(tmp_path / f"{name}.py")]
+    else:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__main__.py").write_text(DEFAULT_SCRIPT)
+        command = [sys.executable, "-m", name]
     env = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
     env.update(DATACAT_URL=server_url, DATACAT_SPOOL_DIR="", DATACAT_VERSION="9")
     done = subprocess.run(
-        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     listed = requests.get(
-        f"{server_url}/api/data/sessions", params={"product": script.stem}, timeout=10
+        f"{server_url}/api/data/sessions", params={"product": name}, timeout=10
     ).json()
-    assert [s["id"] for s in listed] == [done.stdout.strip()]  # one session, named after the script
+    assert [s["id"] for s in listed] == [done.stdout.strip()]  # exactly one session
     details = fetch(server_url, listed[0]["id"])
     assert details["status"] == "ended"
     assert details["state"]["version"] == "9"
