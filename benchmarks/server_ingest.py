@@ -28,6 +28,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 SINGLE_TARGET = 1_500
@@ -35,6 +36,7 @@ BATCH_TARGET = 50_000
 RATIO_TARGET = 0.9
 PREFILL = 10_000
 BATCH_SIZE = 1_000
+SERVER_PID = [0]
 
 WAITRESS = """
 import sys
@@ -52,9 +54,27 @@ def free_port() -> int:
         return port
 
 
+def cpu_seconds(root: int) -> float:
+    """User + system CPU of process ``root`` and its children (the server's workers), from /proc.
+
+    Other engineers share this machine, so wall-clock rates move with their load; the server's
+    CPU per request does not, and is printed next to the rates.
+    """
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if root in (pid, ppid):
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
 def server(kind: str, db: str, workers: int, threads: int) -> Iterator[int]:
-    """A running server on a free port; yields the port."""
+    """A running server on a free port; yields the port (and records the pid in SERVER_PID)."""
     port = free_port()
     if kind == "waitress":
         command = [sys.executable, "-c", WAITRESS, db, str(port), str(threads)]
@@ -63,6 +83,7 @@ def server(kind: str, db: str, workers: int, threads: int) -> Iterator[int]:
         command += ["--db", db, "--workers", str(workers)]
     env = {**os.environ, "DATACAT_SERVER_THREADS": str(threads)}
     proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
+    SERVER_PID[0] = proc.pid
     try:
         wait_healthy(port)
         yield port
@@ -167,20 +188,25 @@ def _batch_client(port: int, bodies: list[bytes], out: Any) -> None:
     out.put(len(bodies))
 
 
-def single_rate(port: int, session_id: str, clients: int, seconds: float) -> float:
-    """Single-event POSTs per second from ``clients`` processes over ``seconds``."""
+def single_rate(port: int, session_id: str, clients: int, seconds: float) -> tuple[float, float]:
+    """Single-event POSTs per second from ``clients`` processes, and server CPU us per request."""
+    cpu = cpu_seconds(SERVER_PID[0])
     counts = run_clients(_single_client, [(port, session_id, seconds)] * clients)
-    return sum(counts) / seconds
+    cpu = cpu_seconds(SERVER_PID[0]) - cpu
+    return sum(counts) / seconds, cpu / sum(counts) * 1e6
 
 
-def batch_rate(port: int, session_id: str, clients: int, batches: int) -> float:
-    """Events per second through ``POST /api/batch`` (bodies built before the clock starts)."""
+def batch_rate(port: int, session_id: str, clients: int, batches: int) -> tuple[float, float]:
+    """Events per second through ``POST /api/batch`` (bodies built before the clock starts),
+    and server CPU us per event."""
     per_client = [
         [batch_body(session_id, BATCH_SIZE) for _ in range(batches)] for _ in range(clients)
     ]
-    started = time.perf_counter()
+    cpu, started = cpu_seconds(SERVER_PID[0]), time.perf_counter()
     counts = run_clients(_batch_client, [(port, bodies) for bodies in per_client])
-    return sum(counts) * BATCH_SIZE / (time.perf_counter() - started)
+    elapsed, cpu = time.perf_counter() - started, cpu_seconds(SERVER_PID[0]) - cpu
+    events = sum(counts) * BATCH_SIZE
+    return events / elapsed, cpu / events * 1e6
 
 
 def run_clients(target: Any, arg_lists: list[tuple[Any, ...]]) -> list[int]:
@@ -200,7 +226,7 @@ def prefill(port: int, session_id: str) -> None:
         request(conn, "POST", "/api/batch", batch_body(session_id, BATCH_SIZE))
 
 
-def measure(args: argparse.Namespace) -> dict[str, float]:
+def measure(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or f"sqlite:///{tmp}/bench.db"
         with server(args.server, db, args.workers, args.threads) as port:
@@ -213,23 +239,26 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     return figures
 
 
-def report(args: argparse.Namespace, figures: dict[str, float]) -> None:
-    ratio = figures["full"] / figures["empty"]
+def report(args: argparse.Namespace, measured: dict[str, tuple[float, float]]) -> None:
+    (empty, empty_cpu), (full, full_cpu) = measured["empty"], measured["full"]
+    batched, batched_cpu = measured["batched"]
     print(
         f"server: {args.server} (workers={args.workers}, threads={args.threads}), "
-        f"clients={args.clients}, db={args.db or 'sqlite (temporary file)'}"
+        f"clients={args.clients}, db={args.db or 'sqlite (temporary file)'}, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"single-event POST, empty session      : {figures['empty']:9,.0f} req/s"
-        f"   (target >= {SINGLE_TARGET:,})"
+        f"single-event POST, empty session       : {empty:9,.0f} req/s    "
+        f"{empty_cpu:5.0f} us server CPU/req   (target >= {SINGLE_TARGET:,} req/s)"
     )
     print(
-        f"single-event POST, {PREFILL:,}-event session: {figures['full']:9,.0f} req/s"
-        f"   ratio to empty {ratio:.2f} (target >= {RATIO_TARGET})"
+        f"single-event POST, {PREFILL:,}-event session: {full:9,.0f} req/s    "
+        f"{full_cpu:5.0f} us server CPU/req   ratio to empty {full / empty:.2f} "
+        f"(target >= {RATIO_TARGET})"
     )
     print(
-        f"batched events ({BATCH_SIZE} per request)     : {figures['batched']:9,.0f} events/s"
-        f"   (target >= {BATCH_TARGET:,}); {figures['batched'] / figures['empty']:.0f}x single"
+        f"batched events ({BATCH_SIZE} per request)      : {batched:9,.0f} events/s "
+        f"{batched_cpu:5.1f} us server CPU/event (target >= {BATCH_TARGET:,} events/s)"
     )
 
 

@@ -102,6 +102,8 @@ def test_parse_event(body: dict[str, Any], field: str, expected: Any) -> None:
         {},
         {"name": ""},
         {"name": " "},
+        {"name": "a\x00"},
+        {"name": "x", "message": "\x00"},
         {"name": "x" * 201},
         {"name": "x", "level": "loud"},
         {"name": "x", "labels": "a"},

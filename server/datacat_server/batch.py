@@ -74,7 +74,7 @@ def apply_batch(store: storage.Storage, items: list[Operation | ValidationError]
         stamp = now()
         if run.applied:
             rows = [{"op_id": op_id, "applied_at": stamp} for op_id in run.applied]
-            conn.execute(applied_ops.insert(), rows)
+            storage.insert_rows(conn, applied_ops, rows)
     return {
         "success": not failed,
         "applied": len(run.applied),

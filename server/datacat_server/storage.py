@@ -10,6 +10,7 @@ update reads and rewrites one small row under the write lock (``BEGIN IMMEDIATE`
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from datacat.errors import ValidationError
 from datacat.merge import deep_merge
 from datacat.model import CRASH_EVENT, HUNG_EVENT, RECOVERED_EVENT, JSONDict
 from datacat_server.schema import (
@@ -38,9 +40,12 @@ class NotFound(Exception):
     """The session does not exist."""
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once: per-call costs
+
+
 def dumps(value: Any) -> str:
     """Compact JSON as stored in the database."""
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 class Storage:
@@ -238,12 +243,41 @@ def add_metrics(conn: Connection, rows: list[JSONDict]) -> None:
 
 
 def _append(conn: Connection, table: sa.Table, rows: list[JSONDict]) -> None:
+    try:
+        insert_rows(conn, table, rows)
+    except conn.dialect.loaded_dbapi.IntegrityError as exc:  # the session's foreign key
+        raise NotFound(rows[0]["session_id"]) from exc
+
+
+def insert_rows(conn: Connection, table: sa.Table, rows: list[JSONDict]) -> None:
+    """INSERT ``rows`` (all with the same keys) on the driver's cursor, SQL compiled once.
+
+    The hot path of the server: SQLAlchemy's generic execute costs more than the INSERT itself
+    (about 70 us of ~150 us per request). The SQL is still SQLAlchemy Core's, per dialect.
+    Errors are the driver's own (``conn.dialect.loaded_dbapi``), except that a value the
+    database refuses (PostgreSQL text cannot hold NUL) is a ``ValidationError``.
+    """
     if not rows:
         return
+    sql, keys = _compiled_insert(conn.dialect, table, tuple(rows[0]))
+    params = [tuple(row[k] for k in keys) for row in rows] if keys else rows
+    cursor = conn.connection.cursor()
     try:
-        conn.execute(table.insert(), rows)
-    except sa.exc.IntegrityError as exc:
-        raise NotFound(rows[0]["session_id"]) from exc
+        cursor.executemany(sql, params) if len(params) > 1 else cursor.execute(sql, params[0])
+    except conn.dialect.loaded_dbapi.DataError as exc:
+        raise ValidationError("invalid value", str(exc).splitlines()[0][:200]) from None
+    finally:
+        cursor.close()
+
+
+@functools.cache
+def _compiled_insert(
+    dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...]
+) -> tuple[str, tuple[str, ...] | None]:
+    """SQL text and, for positional paramstyles, the order of the parameters."""
+    compiled = table.insert().compile(dialect=dialect, column_keys=list(columns))
+    order = compiled.positiontup if compiled.positional else None
+    return compiled.string, tuple(order) if order is not None else None
 
 
 def add_event(conn: Connection, session_id: str, event: JSONDict) -> None:
