@@ -36,11 +36,12 @@ SUFFIX = ".batch.json"
 
 @dataclass
 class ReplayResult:
-    """What one replay did: files sent, operations the server refused, whether files remain."""
+    """What one replay did: files sent, operations the server refused, whether all went."""
 
     sent: int = 0
     rejected: int = 0
     complete: bool = True
+    busy: bool = False  # another process holds the replay lock
 
 
 class Spool:
@@ -149,7 +150,7 @@ class Spool:
         self._size = None  # other processes may have written or replayed: count again later
         with self.replay_lock() as mine:
             if not mine:
-                return ReplayResult(complete=False)
+                return ReplayResult(complete=False, busy=True)
             for path in self.files():
                 if not self._replay_one(path, transport, timeout, result):
                     result.complete = False

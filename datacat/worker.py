@@ -126,28 +126,19 @@ class _Aggregates:
     """Observations of one drain folded into one metric per (session, name, type, tags)."""
 
     def __init__(self) -> None:
-        self._by_key: dict[tuple[Any, ...], list[Any]] = {}
+        self._by_key: dict[tuple[Any, ...], list[Any]] = {}  # key -> the values observed
 
     def add(self, sid: str, payload: tuple[Any, ...]) -> None:
+        # Only collect here; count/sum/min/max run once per key in C (``_metric``).
         name, value, kind, tags, unit, buckets = payload
         tag_key = tuple(sorted(tags.items())) if tags else ()
         bounds = tuple(buckets) if buckets is not None and kind != "counter" else None
         key = (sid, name, kind, tag_key, unit, bounds)
-        agg = self._by_key.get(key)
-        if agg is None:
-            agg = self._by_key[key] = [
-                0,
-                0.0,
-                value,
-                value,
-                [0] * (len(bounds) + 1) if bounds else None,
-            ]
-        agg[0] += 1
-        agg[1] += value
-        agg[2] = min(agg[2], value)
-        agg[3] = max(agg[3], value)
-        if bounds:
-            agg[4][bisect.bisect_left(bounds, value)] += 1
+        values = self._by_key.get(key)
+        if values is None:
+            self._by_key[key] = [value]
+        else:
+            values.append(value)
 
     def pop(self, sid: str | None) -> list[JSONDict]:
         """Metric operations of one session (``None``: of all), removed from the aggregates."""
@@ -155,19 +146,22 @@ class _Aggregates:
         return [self._metric(k, self._by_key.pop(k)) for k in keys]
 
     @staticmethod
-    def _metric(key: tuple[Any, ...], agg: list[Any]) -> JSONDict:
+    def _metric(key: tuple[Any, ...], values: list[Any]) -> JSONDict:
         sid, name, kind, tag_key, unit, bounds = key
         body: JSONDict = {
             "name": name,
             "type": kind,
-            "value": agg[1],
-            "count": agg[0],
+            "value": sum(values),
+            "count": len(values),
             "timestamp": time.time(),
         }
         if kind != "counter":
-            body.update(min=agg[2], max=agg[3])
+            body.update(min=min(values), max=max(values))
         if bounds:
-            body.update(buckets=list(bounds), bucket_counts=agg[4])
+            counts = [0] * (len(bounds) + 1)
+            for value in values:
+                counts[bisect.bisect_left(bounds, value)] += 1
+            body.update(buckets=list(bounds), bucket_counts=counts)
         if unit:
             body["unit"] = unit
         if tag_key:
@@ -225,6 +219,7 @@ class Worker:
             ("requests", "batches", "operations", "rejected", "dropped", "spooled"), 0
         )
         self._batcher = Batcher()
+        self._recreate: list[Item] = []
         self._outbox: deque[list[JSONDict]] = deque()  # batches with op_ids, oldest first
         self._failures = 0
         self._retry_at = 0.0
@@ -255,8 +250,16 @@ class Worker:
             return False
         queue.append(item)
         if len(queue) >= self.batch_size or self.thread is None:
+            if self._recreate:
+                self._put_recreate()
             self.kick()
         return True
+
+    def _put_recreate(self) -> None:
+        """First item in a forked child: the inherited sessions are created again before it
+        (idempotent: same id), because the parent may not have delivered their creation yet."""
+        items, self._recreate = self._recreate, []
+        self.queue.extendleft(reversed(items))
 
     def put_operations(self, operations: Iterable[JSONDict]) -> int:
         """Enqueue ready wire operations (kept ``op_id``s); how many were accepted."""
@@ -286,6 +289,9 @@ class Worker:
     def close(self, deadline: float) -> bool:
         """Exit: end open sessions, flush until ``deadline`` (monotonic), spool what is left."""
         if self._closed:
+            return True
+        if not (self.queue or self._outbox or self.sessions):
+            self._closed = True  # nothing of ours to send: no network at exit
             return True
         for session in list(self.sessions.values()):
             session.end_for_exit()
@@ -376,10 +382,10 @@ class Worker:
         self._park()  # keep order: what is newer than the spool goes behind it
         result = self.spool.replay(self.transport, timeout=self._request_timeout)
         self.stats["rejected"] += result.rejected
-        self.stats["requests"] += result.sent + (0 if result.complete else 1)
+        self.stats["requests"] += result.sent + (0 if result.complete or result.busy else 1)
         if result.complete:
             self._succeeded()
-        else:
+        elif not result.busy:  # another process replaying is no reason to back off
             self._failed(None)
         return result.complete
 
@@ -466,13 +472,10 @@ class Worker:
         self._park()
 
     def _after_fork(self) -> None:
-        """In a forked child: the parent's items are the parent's to send. The parent's open
-        sessions are created again first (idempotent: same id), because the parent may not
-        have delivered their creation yet when the child starts logging to them."""
+        """In a forked child: the parent's items and sessions are the parent's to send and end."""
         self.queue.clear()
         self._outbox.clear()
-        for sid, session in self.sessions.items():
-            self.queue.append(("create", sid, session.create_body))
+        self._recreate = [("create", sid, s.create_body) for sid, s in self.sessions.items()]
         self.sessions.clear()
         self.spool = Spool.for_url(self.config) if self.config.spool_dir else None
         self._failures = 0

@@ -87,7 +87,8 @@ def test_another_process_replaying_holds_us_off(tmp_path: Path) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         with Peer("ok") as peer:
-            assert spool.replay(HttpTransport(peer.url)).complete is False
+            busy = spool.replay(HttpTransport(peer.url))
+            assert busy.complete is False and busy.busy
             assert peer.bodies == []
     finally:
         holder.communicate("\n", timeout=10)

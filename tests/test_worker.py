@@ -275,3 +275,27 @@ def test_put_operations_forwards_ready_batches(server_url: str, tmp_path: Path) 
     assert worker.flush(10)
     assert details(server_url, sid)["id"] == sid
     worker.close(time.monotonic() + 1)
+
+
+QUIET_CHILD_SCRIPT = """
+import os, sys, datacat
+s = datacat.create_session(sys.argv[1], spool_dir=sys.argv[2], flush_interval=0.05)
+assert s.flush(10)
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)  # a child that logs nothing: its exit hook must not send anything
+os.waitpid(pid, 0)
+assert s.end(10)
+"""
+
+
+def test_fork_child_that_logs_nothing_sends_nothing(server_url: str, tmp_path: Path) -> None:
+    with Peer("forward", target=server_url) as peer:
+        out = subprocess.run(
+            [sys.executable, "-c", QUIET_CHILD_SCRIPT, peer.url, str(tmp_path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+    assert [op["op"] for op in peer.operations] == ["create", "end"]
