@@ -83,7 +83,7 @@ _CI_PROVIDERS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def run_metadata(config: pytest.Config) -> dict[str, Any]:
     """The ``pytest`` part of the session state: how, where and on what the run started."""
-    return {
+    meta = {
         "args": [str(arg) for arg in config.invocation_params.args],
         "rootdir": str(config.rootpath),
         "python": platform.python_version(),
@@ -95,6 +95,7 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
         "git": git_info(config.rootpath),
         "ci": ci_info(os.environ),
     }
+    return {key: value for key, value in meta.items() if value is not None}
 
 
 def git_info(path: Path) -> dict[str, str] | None:

@@ -140,7 +140,7 @@ class Recorder:
     def _test_finished(self, nodeid: str) -> None:
         result, duration = self._tests.pop(nodeid)
         tags = {"nodeid": nodeid, "outcome": result or "passed"}
-        self._send("observe", "pytest.test.duration", duration, type="timer", tags=tags)
+        self._send("log_timer", "pytest.test.duration", duration, tags=tags)
 
     @_guarded
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:

@@ -61,14 +61,16 @@ def report_extra(
 def _describe(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> Fields:
     from pytest_datacat.plugin import RECORDED
 
+    marks = list(item.iter_markers())  # one walk up the node chain: it is per test
     labels: list[str] = []
     data: dict[str, Any] = {}
-    for mark in item.iter_markers("datacat"):
-        labels.extend(str(arg) for arg in mark.args)
-        data = {**mark.kwargs, **data}  # the closest marker wins
+    for mark in marks:
+        if mark.name == "datacat":
+            labels.extend(str(arg) for arg in mark.args)
+            data = {**mark.kwargs, **data}  # the closest marker wins
     recorded: dict[str, Any] = item.stash.get(RECORDED, {})
     data.update(recorded)
-    extra: Fields = {"markers": list(dict.fromkeys(m.name for m in item.iter_markers()))}
+    extra: Fields = {"markers": list(dict.fromkeys(m.name for m in marks))}
     if labels:
         extra["labels"] = labels
     if data:

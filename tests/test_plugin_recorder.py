@@ -114,7 +114,7 @@ def _check_state(state: dict[str, Any], collected: int) -> None:
     assert state["status"] == "finished" and state["exit_status"] == 1
     assert state["exit_code"] == "TESTS_FAILED"
     meta = state["pytest"]
-    assert {"args", "rootdir", "python", "platform", "hostname", "git", "ci"} <= set(meta)
+    assert {"args", "rootdir", "python", "pytest", "platform", "hostname", "pid"} <= set(meta)
     assert any(arg.startswith("--datacat-url=") for arg in meta["args"])
 
 
@@ -154,24 +154,33 @@ def _check_metrics(metrics: list[dict[str, Any]]) -> None:
     assert [m["type"] for m in metrics if m["name"] == "custom.timer"] == ["timer"]
 
 
-def test_ctrl_c_records_the_interruption_and_ends_the_session(
-    pytester: pytest.Pytester, server_url: str
-) -> None:
+def test_ctrl_c_and_collection_errors(pytester: pytest.Pytester, server_url: str) -> None:
+    """A module that cannot be imported is an error event; Ctrl-C (a test raising
+    KeyboardInterrupt) is recorded and the session still ends."""
     product = f"interrupted-{uuid.uuid4()}"
     pytester.makepyfile(
-        "def test_a(): pass\ndef test_b(): raise KeyboardInterrupt\ndef test_c(): pass\n"
+        test_broken="import no_such_module_here",
+        test_run="def test_a(): pass\ndef test_b(): raise KeyboardInterrupt\ndef test_c(): pass\n",
     )
     result = pytester.runpytest_subprocess(
-        f"--datacat-url={server_url}", f"--datacat-product={product}"
+        f"--datacat-url={server_url}",
+        f"--datacat-product={product}",
+        "--continue-on-collection-errors",
     )
     assert result.ret == pytest.ExitCode.INTERRUPTED
     [listed] = _get(f"{server_url}/api/data/sessions", product=product)
     session = _get(f"{server_url}/api/sessions/{listed['id']}")
     assert session["ended_at"] and session["state"]["status"] == "interrupted"
     assert session["state"]["progress"]["passed"] == 1
-    [event] = _get(f"{server_url}/api/sessions/{listed['id']}/events", name="run_interrupted")
-    assert event["exception_type"] == "KeyboardInterrupt"
-    assert event["data"]["current"].endswith("test_b")
+    assert session["state"]["progress"]["errors"] == 1
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    [interrupted] = [e for e in events if e["name"] == "run_interrupted"]
+    assert interrupted["exception_type"] == "KeyboardInterrupt"
+    assert interrupted["data"]["current"].endswith("test_b")
+    [broken] = [e for e in events if e["name"] == "collection_error"]
+    assert broken["level"] == "error" and broken["message"] == "test_broken.py"
+    assert broken["exception_type"] == "ModuleNotFoundError"
+    assert "no_such_module_here" in broken["exception_msg"]
 
 
 class _Failing(BaseHTTPRequestHandler):
