@@ -7,6 +7,7 @@ user values (repr for the unknown, truncation of oversized strings), and the pro
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import math
@@ -94,6 +95,8 @@ def jsonable(value: Any, depth: int = 0) -> Any:
         return {_key(k): jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v, depth + 1) for v in value]
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
     return truncate(_safe_repr(value))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -167,8 +168,10 @@ class HttpTransport:
 
     def _session(self) -> requests.Session:
         session: requests.Session | None = getattr(self._local, "session", None)
-        if session is None:
+        if session is None or self._local.pid != os.getpid():
+            # new thread, or a forked child: never share the parent's sockets
             session = self._local.session = requests.Session()
+            self._local.pid = os.getpid()
         return session
 
 

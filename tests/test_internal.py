@@ -1,0 +1,80 @@
+"""``datacat._internal``: JSON-safe values, snapshots, log-once and swallowed internal errors."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from typing import Any
+
+import pytest
+
+from datacat import _internal
+from datacat._internal import MAX_STRING, jsonable, log_once, snapshot, swallow, truncate
+
+
+class Odd:
+    def __repr__(self) -> str:
+        return "<odd>"
+
+
+class Broken:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        (True, True),
+        (3, 3),
+        (1.5, 1.5),
+        (math.nan, "nan"),
+        (-math.inf, "-inf"),
+        ("text", "text"),
+        ((1, 2), [1, 2]),
+        ({1: {2}}, {"1": [2]}),
+        (Odd(), "<odd>"),
+        (Broken(), "<unrepresentable Broken>"),
+        (datetime.date(2026, 11, 26), "2026-11-26"),
+        (b"\x00", "b'\\x00'"),
+    ],
+)
+def test_jsonable_makes_strict_json(value: Any, expected: Any) -> None:
+    converted = jsonable(value)
+    assert converted == expected
+    json.dumps(converted, allow_nan=False)
+
+
+def test_long_strings_are_cut_with_a_marker_and_deep_nesting_ends() -> None:
+    assert truncate("x" * (MAX_STRING + 5)) == "x" * MAX_STRING + "…[truncated 5 chars]"
+    deep: Any = []
+    for _ in range(100):
+        deep = [deep]
+    json.dumps(jsonable(deep))
+
+
+def test_snapshot_is_independent_of_later_mutation() -> None:
+    original = {"a": {"b": [1]}}
+    copy = snapshot(original)
+    original["a"]["b"].append(2)
+    assert copy == {"a": {"b": [1]}}
+
+
+def test_log_once_logs_a_key_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_internal, "_seen", set())
+    for _ in range(3):
+        log_once("k", "datacat: once %s", "only")
+    assert caplog.text.count("once only") == 1
+
+
+def test_swallow_logs_and_returns_the_default(caplog: pytest.LogCaptureFixture) -> None:
+    @swallow(default=-1)
+    def explode() -> int:
+        raise ValueError("inside")
+
+    assert explode() == -1
+    assert "internal error" in caplog.text or "explode" in str(_internal._seen)
