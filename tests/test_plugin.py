@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 
 import pytest
@@ -17,6 +18,13 @@ datacat_version = v-ini
 datacat_api_key = k-ini
 datacat_flush_timeout = 7
 """
+
+
+@pytest.fixture(autouse=True)
+def _no_datacat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs see only the options a test gives (not a DATACAT_URL of the outer run)."""
+    for name in [n for n in os.environ if n.startswith("DATACAT_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.mark.parametrize(

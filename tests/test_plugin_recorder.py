@@ -3,6 +3,7 @@ xdist; a server that is down, failing or stalling never changes the run; Ctrl-C 
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -70,6 +71,13 @@ OUTCOMES = {"passed": 3, "failed": 1, "errors": 1, "skipped": 1, "xfailed": 1, "
 NAMES = {"test_passed": 3, "test_failed": 1, "test_error": 1, "test_skipped": 1}
 NAMES |= {"test_xfailed": 1, "test_xpassed": 1, "test_warning": 1, "custom": 1, "exception": 1}
 OWN = ("test_warning", "custom", "exception")  # events that are not a test's result
+
+
+@pytest.fixture(autouse=True)
+def _no_datacat_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner runs see only the options a test gives (not a DATACAT_URL of the outer run)."""
+    for name in [n for n in os.environ if n.startswith("DATACAT_")]:
+        monkeypatch.delenv(name)
 
 
 def _get(url: str, **params: Any) -> Any:
