@@ -22,7 +22,7 @@ import threading
 import types
 from bisect import bisect_right
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from contextvars import ContextVar, Token
 from time import perf_counter, sleep, time
 from typing import Any, Protocol, TypeVar, cast, overload
@@ -186,17 +186,23 @@ def record_exception(
     several tracked frames); the mark lives on the exception object. True if logged now."""
     try:
         seen = getattr(exc, RECORDED_ATTR, None)
-        if not isinstance(seen, set):
-            seen = set()
-            setattr(exc, RECORDED_ATTR, seen)
-        if session.id in seen:
+        if isinstance(seen, set) and session.id in seen:
             return False
-        seen.add(session.id)
+        _mark(exc, session.id, seen)
         session.log_exception(exc, data={"function": function} if function else None)
         return True
     except Exception:
         logger.debug("datacat: could not record an exception", exc_info=True)
         return False
+
+
+def _mark(exc: BaseException, session_id: str, seen: Any) -> None:
+    if isinstance(seen, set):
+        seen.add(session_id)
+        return
+    # An exception that refuses attributes is still logged, maybe once per tracked frame.
+    with suppress(Exception):
+        setattr(exc, RECORDED_ATTR, {session_id})
 
 
 # -- timings folded outside the caller's thread -----------------------------------------------

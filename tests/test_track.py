@@ -258,6 +258,20 @@ def test_options_name_tags_sampling_and_switches(server_url: str) -> None:
     ]
 
 
+def test_interrupts_propagate_as_errors_without_an_event(server_url: str) -> None:
+    @datacat.track("interrupted")
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    scope = datacat.session(server_url, product="track-tests", **TEST_OPTIONS)
+    with scope as session, pytest.raises(KeyboardInterrupt):
+        interrupted()
+    assert timings(fetch(server_url, session.id, "metrics"), "interrupted") == {
+        "error": (1, pytest.approx(0, abs=10))
+    }
+    assert exceptions(fetch(server_url, session.id, "events")) == []
+
+
 def test_an_explicit_session_wins_over_the_current_one(server_url: str) -> None:
     with datacat.session(server_url, product="track-tests", **TEST_OPTIONS) as explicit:
 
