@@ -121,21 +121,28 @@ class Recorder:
 
     @_guarded
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        calls = getattr(report, reports.EXTRA, {}).get("calls")
-        if calls:  # a worker's own use of the session, made before this result
-            self.sent += len(calls)
-            replay(self.session, calls)
-        result = reports.outcome(report)
-        test = self._tests.setdefault(report.nodeid, [None, 0.0])
+        extra = report.__dict__.get(reports.EXTRA)
+        if extra is not None and "calls" in extra:  # a worker's own use of the session
+            self.sent += len(extra["calls"])
+            replay(self.session, extra["calls"])
+        test = self._tests.get(report.nodeid)
+        if test is None:
+            test = self._tests[report.nodeid] = [None, 0.0]
         test[1] += report.duration
+        if report.when == "call" or report.outcome != "passed":  # the reports that decide
+            self._result(report, test)
+        if report.when == "teardown":
+            self._test_finished(report.nodeid)
+        if time.monotonic() >= self._next_progress:
+            self._progress(force=True)
+
+    def _result(self, report: pytest.TestReport, test: list[Any]) -> None:
+        result = reports.outcome(report)
         if result is not None:
             self.counts[reports.COUNTERS[result]] += 1
             test[0] = test[0] if test[0] in ("failed", "error") else result
             name, fields = reports.result_event(report, result)
             self._send("log_event", name, **fields)
-        if report.when == "teardown":
-            self._test_finished(report.nodeid)
-        self._progress()
 
     def _test_finished(self, nodeid: str) -> None:
         result, duration = self._tests.pop(nodeid)
