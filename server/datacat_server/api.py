@@ -11,6 +11,7 @@ import hmac
 import json
 import math
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -97,49 +98,42 @@ def get_session(session_id: str) -> Response:
 @bp.post("/sessions/<session_id>/state")
 def update_state(session_id: str) -> Response:
     update, ts = model.parse_state(_body())
-    with _store().write() as conn:
-        storage.update_state(conn, session_id, update, ts)
-    return _json(_SUCCESS)
+    return _commit(storage.update_state, session_id, update, ts)
 
 
 @bp.post("/sessions/<session_id>/events")
 def add_event(session_id: str) -> Response:
-    event = model.parse_event(_body())
-    with _store().write() as conn:
-        storage.add_event(conn, session_id, event)
-    return _json(_SUCCESS)
+    return _commit(storage.add_event, session_id, model.parse_event(_body()))
 
 
 @bp.post("/sessions/<session_id>/metrics")
 def add_metric(session_id: str) -> Response:
-    metric = model.parse_metric(_body())
-    with _store().write() as conn:
-        storage.add_metrics(conn, [storage.metric_row(session_id, metric)])
-    return _json(_SUCCESS)
+    row = storage.metric_row(session_id, model.parse_metric(_body()))
+    return _commit(storage.add_metrics, [row])
 
 
 @bp.post("/sessions/<session_id>/heartbeat")
 def heartbeat(session_id: str) -> Response:
-    data = model.parse_heartbeat(_body())
-    with _store().write() as conn:
-        storage.heartbeat(conn, session_id, data["timestamp"])
-    return _json(_SUCCESS)
+    return _commit(storage.heartbeat, session_id, model.parse_heartbeat(_body())["timestamp"])
 
 
 @bp.post("/sessions/<session_id>/end")
 def end(session_id: str) -> Response:
-    data = model.parse_end(_body())
-    with _store().write() as conn:
-        storage.end(conn, session_id, data["timestamp"])
-    return _json(_SUCCESS)
+    return _commit(storage.end, session_id, model.parse_end(_body())["timestamp"])
 
 
 @bp.post("/sessions/<session_id>/crash")
 def crash(session_id: str) -> Response:
     data = model.parse_crash(_body())
+    args = (session_id, data["reason"], data["data"], data["timestamp"])
+    return _commit(storage.crash, *args, answer=_CRASH_OK)
+
+
+def _commit(write: Callable[..., None], *args: Any, answer: bytes = _SUCCESS) -> Response:
+    """Run ``write(conn, *args)`` in one write transaction and answer ``answer``."""
     with _store().write() as conn:
-        storage.crash(conn, session_id, data["reason"], data["data"], data["timestamp"])
-    return _json(_CRASH_OK)
+        write(conn, *args)
+    return _json(answer)
 
 
 @bp.post("/batch")

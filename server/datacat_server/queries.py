@@ -102,19 +102,10 @@ def status_of(row: Row[Any], clock: Clock) -> JSONDict:
     )
     crashed = row.crashed_at is not None
     ended = row.ended_at is not None
-    status = (
-        "crashed"
-        if crashed
-        else "ended"
-        if ended
-        else "hung"
-        if row.hung
-        else "suspended"
-        if suspended
-        else "active"
-    )
+    # The first that holds names the status: a crash outranks an end, a hang a silence.
+    ranked = (("crashed", crashed), ("ended", ended), ("hung", row.hung), ("suspended", suspended))
     return {
-        "status": status,
+        "status": next((name for name, holds in ranked if holds), "active"),
         "active": not ended,
         "ended": ended and not crashed,
         "crashed": crashed,

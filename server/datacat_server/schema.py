@@ -38,46 +38,32 @@ sessions = sa.Table(
 )
 
 
-def _session_fk() -> sa.Column[Any]:
-    return sa.Column(
-        "session_id", sa.String(36), sa.ForeignKey("sessions.id"), nullable=False, index=False
+def _appended(name: str, *columns: sa.Column[Any]) -> sa.Table:
+    """A table of rows appended to a session: id order is arrival order, body is the JSON."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("session_id", sa.String(36), sa.ForeignKey("sessions.id"), nullable=False),
+        sa.Column("ts", sa.Float, nullable=False),
+        *columns,
+        sa.Column("body", sa.Text, nullable=False),
+        sa.Index(f"ix_{name}_session", "session_id", "id"),
     )
 
 
-events = sa.Table(
+events = _appended(
     "events",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    _session_fk(),
-    sa.Column("ts", sa.Float, nullable=False),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("level", sa.String(16), nullable=False),
-    sa.Column("body", sa.Text, nullable=False),
-    sa.Index("ix_events_session", "session_id", "id"),
 )
-
-metrics = sa.Table(
+metrics = _appended(
     "metrics",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    _session_fk(),
-    sa.Column("ts", sa.Float, nullable=False),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("type", sa.String(16), nullable=False),
     sa.Column("value", sa.Float, nullable=False),
-    sa.Column("body", sa.Text, nullable=False),
-    sa.Index("ix_metrics_session", "session_id", "id"),
 )
-
-state_updates = sa.Table(
-    "state_updates",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    _session_fk(),
-    sa.Column("ts", sa.Float, nullable=False),
-    sa.Column("body", sa.Text, nullable=False),
-    sa.Index("ix_state_updates_session", "session_id", "id"),
-)
+state_updates = _appended("state_updates")
 
 # key = sha256 of "path\0canonical JSON value": bounded size, so any value is indexable.
 state_values = sa.Table(

@@ -108,7 +108,11 @@ class WriterLock:
         if self.path is None:
             return
         self._thread_lock.acquire()
-        fcntl.flock(self._file(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()  # never leave the other threads locked out
+            raise
 
     def __exit__(self, *exc: object) -> None:
         if self.path is None:
