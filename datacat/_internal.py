@@ -22,6 +22,7 @@ logger = logging.getLogger("datacat")
 MAX_STRING = 16 * 1024
 TRUNCATED = "…[truncated {} chars]"
 _MAX_DEPTH = 32
+_PLAIN = frozenset({int, bool, type(None)})
 
 _seen: set[str] = set()
 _seen_lock = threading.Lock()
@@ -83,12 +84,36 @@ def may_start_thread() -> bool:
 def jsonable(value: Any, depth: int = 0) -> Any:
     """``value`` as strict JSON data: unknown objects become ``repr``, long strings are cut,
     non-finite floats become strings, and very deep nesting is cut off."""
-    if value is None or isinstance(value, bool | int):
-        return value
+    if _plain(value):
+        return value  # the common case first: this runs for every value the sender sends
+    kind = type(value)
+    if kind is dict and depth < _MAX_DEPTH:
+        return {k if type(k) is str else _key(k): _leaf(v, depth) for k, v in value.items()}
+    if kind is list and depth < _MAX_DEPTH:
+        return [_leaf(v, depth) for v in value]
+    return _unusual(value, depth)
+
+
+def _leaf(value: Any, depth: int) -> Any:
+    return value if _plain(value) else jsonable(value, depth + 1)
+
+
+def _plain(value: Any) -> bool:
+    """Already strict JSON as it is: None, bool, int, finite float, a string not too long."""
+    kind = type(value)
+    if kind is str:
+        return len(value) <= MAX_STRING
+    return kind in _PLAIN or (kind is float and math.isfinite(value))
+
+
+def _unusual(value: Any, depth: int) -> Any:
+    """Subclasses of the JSON types, floats, and everything else."""
+    if isinstance(value, int):  # an int subclass such as IntEnum (None and bool are plain)
+        return int(value)
     if isinstance(value, str):
-        return truncate(value)
+        return truncate(str(value))
     if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
+        return float(value) if math.isfinite(value) else repr(value)
     if depth >= _MAX_DEPTH:
         return truncate(_safe_repr(value))
     if isinstance(value, dict):

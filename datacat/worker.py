@@ -21,7 +21,6 @@ import os
 import random
 import threading
 import time
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -196,8 +195,18 @@ def event_body(
     return body
 
 
+# A private generator: an application's ``random.seed(...)`` must not repeat our ids; it is
+# reseeded in forked children (``_after_fork``). UUID version 4 bits set by hand: ~4x faster
+# than ``str(uuid.uuid4())``, which matters at one id per operation.
+_rng = random.Random()
+_V4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
+_V4_SET = (0x8000 << 48) | (4 << 76)
+
+
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A random UUID (version 4) in canonical form."""
+    h = f"{(_rng.getrandbits(128) & _V4_CLEAR) | _V4_SET:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def wire(op: str, sid: str, data: Any) -> JSONDict:
@@ -555,5 +564,6 @@ def _after_fork() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
     _internal.reset_after_fork()
+    _rng.seed()  # from os.urandom: the child must not repeat the parent's ids
     for worker in list(_all_workers):
         worker._after_fork()

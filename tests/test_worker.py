@@ -6,6 +6,7 @@ server (``server_factory`` for down-and-back) or a misbehaving real HTTP peer (`
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ from client_helpers import Peer, details, session_factory, wait_for
 
 from datacat import _internal
 from datacat.session import Session
-from datacat.worker import OBSERVE, RAW, Batcher, Worker
+from datacat.worker import OBSERVE, RAW, Batcher, Worker, new_id
 
 Make = Callable[..., Session]
 SID = "00000000-0000-4000-8000-000000000001"
@@ -88,6 +89,14 @@ def test_non_finite_metrics_are_dropped_and_counted(
     ]
     assert batcher.operations(items) == []
     assert batcher.nonfinite == 3 and "not a finite number" in caplog.text
+
+
+def test_ids_are_uuid4_and_ignore_the_applications_random_seed() -> None:
+    random.seed(7)
+    first = new_id()
+    random.seed(7)
+    second = new_id()
+    assert first != second and uuid.UUID(first).version == 4 and str(uuid.UUID(first)) == first
 
 
 def test_raw_operations_keep_their_op_id() -> None:
