@@ -43,13 +43,16 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # built once: per-call costs
+
+
 def _body() -> Any:
     """The request body as JSON; an empty body is ``None``."""
     raw = request.get_data(cache=False)
     if not raw.strip():
         return None
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        return _DECODER.decode(raw.decode(json.detect_encoding(raw)))
     except (ValueError, RecursionError) as exc:
         raise ValidationError("invalid JSON", str(exc)[:200]) from None
 
