@@ -56,11 +56,27 @@ class Config:
     machine_id: str | None = None
     hostname: str | None = None
 
-    def destination(self) -> tuple[str, str | None, str, int, bool]:
-        """What decides which sender a session shares: where and how batches go (``daemon``:
-        through the local daemon's pipe, issue 6)."""
-        return (self.url, self.api_key, self.spool_dir, self.spool_max_bytes, self.daemon)
+    def destination(self) -> tuple[Any, ...]:
+        """What decides which sender a session shares: where batches go (``daemon``: through
+        the local daemon's pipe) and how they are batched, retried and spooled. Sessions with
+        the same values share one sender thread."""
+        return tuple(getattr(self, name) for name in SENDER_OPTIONS)
 
+
+#: The options a sender (``datacat.worker.Worker``) is made with.
+SENDER_OPTIONS = (
+    "url",
+    "api_key",
+    "daemon",
+    "spool_dir",
+    "spool_max_bytes",
+    "timeout",
+    "batch_size",
+    "flush_interval",
+    "queue_size",
+    "exit_timeout",
+    "max_backoff",
+)
 
 _POSITIVE = (
     "timeout",

@@ -30,6 +30,7 @@ from datacat import _internal
 from datacat._internal import jsonable, log_once, logger, swallow
 from datacat.config import Config
 from datacat.merge import changes_nothing, combine_updates, deep_merge
+from datacat.model import MAX_BATCH_OPERATIONS
 from datacat.spool import Spool
 from datacat.transport import BatchResult, HttpTransport, Transport
 
@@ -220,7 +221,7 @@ class Worker:
         self.transport = transport
         self.config = config
         self.maxsize = config.queue_size
-        self.batch_size = config.batch_size
+        self.batch_size = min(config.batch_size, MAX_BATCH_OPERATIONS)
         self.queue: deque[Item] = deque()
         self.spool = Spool.for_url(config) if config.spool_dir else None
         self.sessions: dict[str, Any] = {}  # open sessions, ended at exit
@@ -406,6 +407,9 @@ class Worker:
                 batch = self._outbox[0]
             result = self.transport.send_batch(batch, timeout=self._request_timeout)
             self.stats["requests"] += 1
+            if result.status == 413 and len(batch) > 1:
+                self._split_head(batch)  # too big for the server: send it in halves
+                continue
             if result.retryable:
                 self._failed(result)
                 self._park()
@@ -414,6 +418,13 @@ class Worker:
             with self._outbox_lock:
                 if self._outbox and self._outbox[0] is batch:
                     self._outbox.popleft()
+
+    def _split_head(self, batch: list[JSONDict]) -> None:
+        half = len(batch) // 2
+        with self._outbox_lock:
+            if self._outbox and self._outbox[0] is batch:
+                self._outbox[0] = batch[half:]
+                self._outbox.appendleft(batch[:half])
 
     def _account(self, batch: list[JSONDict], result: BatchResult) -> None:
         self._succeeded()

@@ -38,6 +38,8 @@ class Peer:
         target: str | None = None,
     ) -> None:
         self.mode, self.status, self.headers, self.target = mode, status, headers or {}, target
+        self.limit: int | None = None  # more operations than this in one request: 413
+        self.accepted: list[dict[str, Any]] = []  # operations of requests answered 200
         self.bodies: list[Any] = []
         self.times: list[float] = []
         self.release = threading.Event()
@@ -76,6 +78,9 @@ class Peer:
             error = json.dumps({"error": f"status {self.status}", "details": "peer"}).encode()
             return self.status, self.headers, error
         ops = (json.loads(body) or {}).get("operations", []) if body else []
+        if self.limit is not None and len(ops) > self.limit:
+            return 413, {}, json.dumps({"error": "too large", "details": "peer"}).encode()
+        self.accepted.extend(ops)
         ok = {"success": True, "applied": len(ops), "duplicates": 0, "failed": []}
         return 200, {}, json.dumps(ok).encode()
 

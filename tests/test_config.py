@@ -82,3 +82,5 @@ def test_state_is_copied_and_destination_groups_senders() -> None:
     state["a"] = 2
     assert config.state == {"a": 1}
     assert Config(url="http://a.test").destination() != Config(url="http://b.test").destination()
+    assert Config(batch_size=1).destination() != Config(batch_size=2).destination()
+    assert Config(product="a").destination() == Config(product="b").destination()

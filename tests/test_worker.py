@@ -173,6 +173,17 @@ def test_429_retry_after_is_honoured(make: Make) -> None:
     assert len(peer.bodies) >= 2 and peer.times[1] - peer.times[0] >= 0.9
 
 
+def test_batch_too_large_for_the_server_is_split(make: Make) -> None:
+    with Peer("ok") as peer:
+        peer.limit = 3
+        session = make(peer.url, flush_interval=5.0)
+        for i in range(10):
+            session.log_event("e", {"i": i})
+        assert session.flush(10)
+    sent = [op["data"].get("data", {}).get("i") for op in peer.accepted]
+    assert sent == [None, *range(10)]  # the create, then every event once, in order
+
+
 def test_stalled_server_never_blocks_the_caller(make: Make) -> None:
     with Peer("stall") as peer:
         session = make(peer.url, timeout=5.0, batch_size=50)
