@@ -92,7 +92,7 @@ def api_server(
 ) -> Iterator[ServerProcess]:
     """A server on ``storage_url`` shared by one test module (2 workers, like production)."""
     log_dir = tmp_path_factory.mktemp("api-server")
-    server = ServerProcess(storage_url, workers=2, heartbeat_timeout=1.0, log_dir=log_dir)
+    server = ServerProcess(storage_url, workers=2, heartbeat_timeout=10.0, log_dir=log_dir)
     yield server.start()
     server.stop()
 
