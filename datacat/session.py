@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import socket
 import sys
 import time
@@ -31,6 +32,7 @@ from datacat.transport import HttpTransport
 from datacat.worker import OBSERVE, Batcher, Item, Worker, get_worker, new_id
 
 F = TypeVar("F", bound=Callable[..., Any])
+R = TypeVar("R")
 _OTEL_TRACE = "opentelemetry.trace"
 _modules = sys.modules
 _now = time.time
@@ -90,6 +92,32 @@ class Timer:
                 return func(*args, **kwargs)
 
         return timed  # type: ignore[return-value]
+
+
+def _never_raises(default: Any = None) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """A verb that fails inside DataCat logs it once and returns ``default``; only a
+    ``blocking=True`` session raises (that is what its users asked for)."""
+
+    def wrap(method: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(method)
+        def guarded(self: Session, *args: Any, **kwargs: Any) -> R:
+            try:
+                return method(self, *args, **kwargs)
+            except Exception:
+                if self.config.blocking:
+                    raise
+                log_once(
+                    f"verb:{method.__name__}",
+                    "datacat: session.%s failed; ignored",
+                    method.__name__,
+                    level=logging.ERROR,
+                )
+                logger.debug("datacat: %s failed", method.__name__, exc_info=True)
+                return default
+
+        return guarded
+
+    return wrap
 
 
 class Session:
@@ -152,6 +180,7 @@ class Session:
 
     # -- state, events ---------------------------------------------------------------------------
 
+    @_never_raises()
     def update_state(self, state: Mapping[str, Any]) -> None:
         """Deep-merge ``state`` into the session's state (``None`` values delete keys)."""
         if not isinstance(state, Mapping):
@@ -183,6 +212,7 @@ class Session:
         if not self._put(("event", self.id, item)):
             self.dropped += 1
 
+    @_never_raises()
     def log_exception(
         self,
         exc: BaseException | tuple[Any, Any, Any] | None = None,
@@ -205,6 +235,7 @@ class Session:
 
     # -- metrics --------------------------------------------------------------------------------
 
+    @_never_raises()
     def log_metric(
         self,
         name: str,
@@ -225,6 +256,7 @@ class Session:
             body["tags"] = dict(tags)
         self._enqueue("metric", body)
 
+    @_never_raises()
     def log_gauge(
         self,
         name: str,
@@ -235,11 +267,13 @@ class Session:
     ) -> None:
         self.log_metric(name, value, tags=tags, type="gauge", unit=unit)
 
+    @_never_raises()
     def log_counter(
         self, name: str, delta: float = 1, *, tags: Mapping[str, Any] | None = None
     ) -> None:
         self.observe(name, delta, type="counter", tags=tags, unit=None, buckets=None)
 
+    @_never_raises()
     def log_histogram(
         self,
         name: str,
@@ -250,6 +284,7 @@ class Session:
     ) -> None:
         self.observe(name, value, type="histogram", tags=tags, unit=None, buckets=buckets)
 
+    @_never_raises()
     def log_timer(
         self,
         name: str,
@@ -291,6 +326,7 @@ class Session:
 
     # -- heartbeats and hangs -------------------------------------------------------------------
 
+    @_never_raises()
     def heartbeat(self) -> None:
         """ "My main loop is turning": a heartbeat, and it arms the hang watchdog."""
         monitor = self._monitor
@@ -310,33 +346,39 @@ class Session:
         if self._monitor is None or not self._monitor.hung:
             self.send_heartbeat()
 
+    @_never_raises()
     def start_heartbeat(self, interval: float | None = None) -> None:
         self.stop_heartbeat()
         beater = heartbeat_module.HeartbeatThread(self, interval or self.config.heartbeat_interval)
         if beater.start():
             self._beater = beater
 
+    @_never_raises()
     def stop_heartbeat(self) -> None:
         if self._beater is not None:
             self._beater.stop()
             self._beater = None
 
+    @_never_raises()
     def pause_hang_detection(self) -> None:
         if self._monitor is not None:
             self._monitor.pause()
 
+    @_never_raises()
     def resume_hang_detection(self) -> None:
         if self._monitor is not None:
             self._monitor.resume()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
+    @_never_raises(default=False)
     def end(self, timeout: float | None = None) -> bool:
         """End the session and flush (at most ``timeout``, default ``exit_timeout``)."""
         if self._finish("end", {"timestamp": time.time()}):
             return self.flush(self.config.exit_timeout if timeout is None else timeout)
         return True
 
+    @_never_raises(default=False)
     def crash(self, reason: str, data: Any = None) -> bool:
         """Mark the session crashed (and ended), then flush like ``end``."""
         body: JSONDict = {"reason": str(reason), "timestamp": time.time()}
@@ -363,6 +405,7 @@ class Session:
             self._worker.sessions.pop(self.id, None)
         return True
 
+    @_never_raises(default=False)
     def flush(self, timeout: float | None = None) -> bool:
         """Wait (at most ``timeout`` seconds) until what was logged so far reached the server."""
         if self._worker is None:

@@ -260,3 +260,15 @@ def test_verbs_return_at_once_when_nothing_listens(make: Make) -> None:
     for i in range(1000):
         session.log_event("e", {"i": i})
     assert time.perf_counter() - start < 1.0
+
+
+def test_bad_arguments_never_raise_into_the_caller(make: Make, server_url: str) -> None:
+    session = make(server_url)
+    loop: dict[str, Any] = {}
+    loop["self"] = loop
+    session.update_state(loop)
+    session.log_metric("m", 1, tags=5)  # type: ignore[arg-type]
+    session.log_timer("t", "slow")  # type: ignore[arg-type]
+    session.log_event("still works")
+    assert session.flush(10)
+    assert [e["name"] for e in details(server_url, session.id)["events"]] == ["still works"]
