@@ -306,6 +306,40 @@ class Session:
             body["tags"] = dict(tags)
         self._enqueue("metric", body)
 
+    @_never_raises()
+    def log_aggregate(
+        self,
+        name: str,
+        value: float,
+        *,
+        count: int,
+        min: float,
+        max: float,
+        type: str = "timer",
+        unit: str | None = "s",
+        tags: Mapping[str, Any] | None = None,
+        buckets: Any = None,
+        bucket_counts: Any = None,
+    ) -> None:
+        """One aggregate the caller folded itself (``count`` observations summing to
+        ``value``), sent as one metric as it is (``@track`` folds in bulk this way)."""
+        body: JSONDict = {
+            "name": name,
+            "value": value,
+            "type": type,
+            "count": count,
+            "min": min,
+            "max": max,
+            "timestamp": time.time(),
+        }
+        if unit is not None:
+            body["unit"] = unit
+        if tags:
+            body["tags"] = dict(tags)
+        if buckets is not None:
+            body.update(buckets=list(buckets), bucket_counts=list(bucket_counts or ()))
+        self._enqueue("metric", body)
+
     def timer(self, name: str, *, tags: Mapping[str, str] | None = None) -> Timer:
         return Timer(self, name, tags)
 

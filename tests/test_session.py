@@ -272,3 +272,21 @@ def test_bad_arguments_never_raise_into_the_caller(make: Make, server_url: str) 
     session.log_event("still works")
     assert session.flush(10)
     assert [e["name"] for e in details(server_url, session.id)["events"]] == ["still works"]
+
+
+def test_log_aggregate_sends_a_folded_metric_as_is(make: Make, server_url: str) -> None:
+    session = make(server_url)
+    session.log_aggregate(
+        "folded",
+        0.6,
+        count=3,
+        min=0.1,
+        max=0.3,
+        tags={"fn": "f"},
+        buckets=[0.25, 1.0],
+        bucket_counts=[2, 1, 0],
+    )
+    assert session.flush(10)
+    (metric,) = by_name(details(server_url, session.id)["metrics"], "folded")
+    assert (metric["type"], metric["count"], metric["min"], metric["max"]) == ("timer", 3, 0.1, 0.3)
+    assert metric["bucket_counts"] == [2, 1, 0] and metric["tags"] == {"fn": "f"}
