@@ -4,7 +4,8 @@
 it would to ``HttpTransport``, and it writes them to the stdin pipe of a detached
 ``datacat daemon`` process (started on first use, in its own session so a signal to the app's
 process group does not reach it, with no output pipe at all so it can never block on one).
-Writes never block: the pipe is non-blocking, a batch the pipe cannot take now is answered as
+Writes never block the app: the pipe is non-blocking (the sender thread waits at most
+``PARTIAL_WAIT`` for a daemon that is just behind), a batch the pipe cannot take is answered as
 retryable (the sender keeps it, retries, spools), and what a full pipe took only in part is
 finished before anything else is written. If the daemon is gone the batches go over HTTP.
 
@@ -50,6 +51,8 @@ HELLO_OPTIONS = (
 LOG_ENV = "DATACAT_DAEMON_LOG"
 #: Status of a batch the pipe could not take right now: retryable, like "no answer".
 PIPE_FULL = 0
+#: Seconds the sender thread (never the app's) waits for a daemon that is just behind.
+PARTIAL_WAIT = 0.05
 
 log = logging.getLogger("datacat.pipe")
 
@@ -161,12 +164,17 @@ class PipeTransport:
         self._pending = hello(self.config)
 
     def _write(self, line: bytes) -> bool:
-        """Write ``line`` whole or not at all (apart from finishing an earlier partial line)."""
-        if self._pending and not self._flush_pending():
+        """True when ``line`` went into the pipe whole. A line the pipe took only in part stays
+        pending and is finished before anything else (the stream must stay parseable); the
+        batch is still answered "retry", and its ``op_id``s make the second copy harmless."""
+        if self._pending and not self._drain(PARTIAL_WAIT):
             return False
         self._pending = line
-        self._flush_pending()
-        return not self._broken
+        if self._drain(PARTIAL_WAIT):
+            return True
+        if len(self._pending) == len(line):
+            self._pending = b""  # none of it went in: the sender retries it whole
+        return False
 
     def _flush_pending(self) -> bool:
         try:
@@ -180,11 +188,15 @@ class PipeTransport:
             return False
         return True
 
-    def _drain(self, timeout: float) -> None:
+    def _drain(self, timeout: float) -> bool:
+        """Write what is pending, waiting at most ``timeout`` for the daemon to read."""
         deadline = time.monotonic() + timeout
-        while self._pending and self._fd is not None and time.monotonic() < deadline:
-            select.select([], [self._fd], [], max(0.0, deadline - time.monotonic()))
-            self._flush_pending()
+        while not self._flush_pending():
+            left = deadline - time.monotonic()
+            if self._fd is None or self._broken or left <= 0:
+                return False
+            select.select([], [self._fd], [], left)
+        return True
 
     def _lost(self, exc: OSError) -> None:
         if exc.errno == errno.EPIPE:

@@ -26,7 +26,10 @@ def config(server_url: str, tmp_path: Path) -> Config:
 
 
 @pytest.fixture
-def transport(config: Config) -> Iterator[PipeTransport]:
+def transport(
+    config: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[PipeTransport]:
+    monkeypatch.setenv("DATACAT_DAEMON_LOG", str(tmp_path / "daemon.log"))
     pipe = PipeTransport(config)
     yield pipe
     pid = pipe.daemon_pid
