@@ -105,7 +105,7 @@ def report(figures: dict[str, float]) -> None:
     tracked, unconfigured = over["@datacat.track, real session"], over[UNCONFIGURED]
     print(f"tracked / prometheus = {tracked / prometheus:.2f}   (target <= 0.50)")
     print(f"unconfigured = {unconfigured / 1000:.2f} us   (target <= 1.00 us)")
-    print(f"observations dropped by a full queue: {figures['dropped']:.0f}")
+    print(f"items the client dropped (full queue): {figures['dropped']:.0f}")
 
 
 def main() -> None:
