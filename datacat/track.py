@@ -551,7 +551,6 @@ def track(name: F, /) -> F: ...
 @overload
 def track(
     name: str | None = None,
-    /,
     *,
     session: SessionLike | None = None,
     tags: Mapping[str, str] | None = None,
@@ -564,7 +563,6 @@ def track(
 
 def track(
     name: Any = None,
-    /,
     *,
     session: SessionLike | None = None,
     tags: Mapping[str, str] | None = None,

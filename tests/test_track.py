@@ -220,7 +220,7 @@ def test_tracked_callables_pickle_by_reference(tracked: Any, args: tuple[Any, ..
 
 
 def test_options_name_tags_sampling_and_switches(server_url: str) -> None:
-    @datacat.track("custom.name", tags={"team": "core"})
+    @datacat.track(name="custom.name", tags={"team": "core"})
     def named() -> int:
         return 1
 
