@@ -25,11 +25,12 @@ from typing import Any, TypeVar
 from datacat import heartbeat as heartbeat_module
 from datacat import otel
 from datacat._internal import log_once, logger, snapshot
+from datacat.batching import OBSERVE, Batcher, Item, new_id
 from datacat.config import Config, resolve
 from datacat.errors import ConfigurationError, DatacatError
 from datacat.model import DEFAULT_BUCKETS
 from datacat.transport import HttpTransport
-from datacat.worker import OBSERVE, Batcher, Item, Worker, get_worker, new_id
+from datacat.worker import Worker, get_worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")

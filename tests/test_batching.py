@@ -1,0 +1,84 @@
+"""``datacat.batching``: what the sender puts into a batch (pure; no I/O)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+import pytest
+
+from datacat import _internal
+from datacat.batching import OBSERVE, RAW, Batcher, new_id
+
+SID = "00000000-0000-4000-8000-000000000001"
+
+
+def state(update: dict[str, Any], ts: float = 1.0) -> tuple[str, str, Any]:
+    return ("state", SID, {"state": update, "timestamp": ts})
+
+
+def test_consecutive_state_updates_fold_and_no_op_updates_vanish() -> None:
+    batcher = Batcher()
+    create = ("create", SID, {"id": SID, "state": {"a": 1}})
+    ops = batcher.operations(
+        [create, state({"a": 1}), state({"b": {"x": 1}}), state({"b": {"y": 2}}, 2)]
+    )
+    assert [op["op"] for op in ops] == ["create", "state"]
+    assert ops[1]["data"] == {"state": {"b": {"x": 1, "y": 2}}, "timestamp": 2}
+    assert batcher.operations([state({"b": {"x": 1}})]) == []
+
+
+def test_updates_that_cannot_fold_stay_apart_and_an_event_between_keeps_order() -> None:
+    batcher = Batcher()
+    ops = batcher.operations(
+        [state({"a": 1}), state({"a": {"b": 1}}), ("event", SID, {"name": "e"}), state({"c": 1})]
+    )
+    assert [op["op"] for op in ops] == ["state", "state", "event", "state"]
+
+
+def test_heartbeats_collapse_and_op_ids_are_unique() -> None:
+    ops = Batcher().operations([("heartbeat", SID, {"timestamp": t}) for t in (1, 2, 3)])
+    assert len(ops) == 1 and ops[0]["data"] == {"timestamp": 3}
+    many = Batcher().operations([("event", SID, {"name": str(i)}) for i in range(100)])
+    assert len({op["op_id"] for op in many}) == 100
+
+
+def test_observations_aggregate_and_precede_the_end_of_their_session() -> None:
+    observe = [
+        (OBSERVE, SID, ("t", v, "histogram", {"k": "v"}, None, (1.0, 2.0))) for v in (0.5, 1.5, 9)
+    ]
+    counter = [(OBSERVE, SID, ("c", 2, "counter", None, None, None))] * 3
+    ops = Batcher().operations([*observe, *counter, ("end", SID, {})])
+    assert [op["op"] for op in ops] == ["metric", "metric", "end"]
+    hist, count = ops[0]["data"], ops[1]["data"]
+    assert (hist["count"], hist["value"], hist["min"], hist["max"]) == (3, 11, 0.5, 9)
+    assert hist["bucket_counts"] == [1, 1, 1] and hist["tags"] == {"k": "v"}
+    assert (count["type"], count["value"], count["count"]) == ("counter", 6, 3)
+
+
+def test_non_finite_metrics_are_dropped_and_counted(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_internal, "_seen", set())  # earlier tests may have logged it once
+    batcher = Batcher()
+    items = [
+        ("metric", SID, {"name": "m", "value": float("nan")}),
+        ("metric", SID, {"name": "m", "value": "12"}),
+        (OBSERVE, SID, ("o", float("inf"), "timer", None, "s", None)),
+    ]
+    assert batcher.operations(items) == []
+    assert batcher.nonfinite == 3 and "not a finite number" in caplog.text
+
+
+def test_ids_are_uuid4_and_ignore_the_applications_random_seed() -> None:
+    random.seed(7)
+    first = new_id()
+    random.seed(7)
+    second = new_id()
+    assert first != second and uuid.UUID(first).version == 4 and str(uuid.UUID(first)) == first
+
+
+def test_raw_operations_keep_their_op_id() -> None:
+    op = {"op_id": "kept", "op": "event", "session_id": SID, "data": {"name": "x"}}
+    assert Batcher().operations([(RAW, SID, op)]) == [op]
