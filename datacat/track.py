@@ -611,24 +611,27 @@ class SessionScope:
         options: dict[str, Any],
     ) -> None:
         self._args = dict(options, url=url, product=product, version=version, state=state)
-        self._open: list[tuple[SessionLike, Token[SessionLike | None]]] = []
 
     def __enter__(self) -> Session:
         session = create_session(**self._args)
-        self._open.append((session, _current.set(session)))
+        _push(self, (session, _current.set(session)))
         return session
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        session, token = self._open.pop()
-        _restore(token)
-        flush_timings(session)
-        _close(session, exc)
+        opened = _pop(self)
+        if opened is not None:
+            _restore(opened[1])
+            flush_timings(opened[0])
+            _close(opened[0], exc)
 
     async def __aenter__(self) -> Session:
         return self.__enter__()
 
     async def __aexit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        session, token = self._open.pop()
+        opened = _pop(self)
+        if opened is None:
+            return
+        session, token = opened
         _restore(token)
         flush_timings(session)
         import asyncio  # loaded already when running under it
@@ -652,6 +655,25 @@ def session(
     """A context manager (sync and async) running its block in a new session; ``options`` are
     those of ``datacat.create_session``."""
     return SessionScope(url, product, version, state, options)
+
+
+# What open blocks need at their exit, per context: one scope or timer object may be entered
+# by several asyncio tasks or threads at once, and each exit must find its own entry.
+_blocks: ContextVar[tuple[tuple[object, Any], ...]] = ContextVar("datacat_blocks", default=())
+
+
+def _push(owner: object, state: Any) -> None:
+    _blocks.set((*_blocks.get(), (owner, state)))
+
+
+def _pop(owner: object) -> Any:
+    """The state ``owner`` pushed last in this context (None if it pushed none here)."""
+    blocks = _blocks.get()
+    for index in range(len(blocks) - 1, -1, -1):
+        if blocks[index][0] is owner:
+            _blocks.set(blocks[:index] + blocks[index + 1 :])
+            return blocks[index][1]
+    return None
 
 
 def _restore(token: Token[SessionLike | None]) -> None:
@@ -679,14 +701,13 @@ class Timer:
     def __init__(self, name: str, tags: Mapping[str, str] | None = None) -> None:
         self.name = name
         self._tags = {str(k): str(v) for k, v in (tags or {}).items()}
-        self._open: list[tuple[SessionLike | None, float]] = []
 
     def __enter__(self) -> Timer:
-        self._open.append((_session_for(None), perf_counter()))
+        _push(self, (_session_for(None), perf_counter()))
         return self
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> None:
-        session, start = self._open.pop()
+        session, start = _pop(self) or (None, 0.0)
         if session is not None:
             tags = {**self._tags, "outcome": "ok" if exc is None else "error"}
             _Direct(session, self.name, tags).add(perf_counter() - start)

@@ -115,6 +115,26 @@ def test_asyncio_tasks_see_the_session_of_their_block(server_url: str) -> None:
     assert timings(fetch(server_url, three.id, "metrics"), "async.work")["ok"][0] == 6
 
 
+def test_one_scope_and_one_timer_object_serve_concurrent_tasks(server_url: str) -> None:
+    shared_scope, shared_timer = scope(server_url), datacat.timer("shared")
+
+    async def job(pause: float) -> Any:
+        async with shared_scope as session, shared_timer:
+            await asyncio.sleep(pause)  # the first to enter is the first to leave
+            assert datacat.current_session() is session
+        return session
+
+    async def main() -> list[Any]:
+        return await asyncio.gather(job(0.01), job(0.2))
+
+    fast, slow = asyncio.run(main())
+    assert slow is not fast
+    for session, pause in ((slow, 0.2), (fast, 0.01)):
+        assert fetch(server_url, session.id)["status"] == "ended"
+        count, seconds = timings(fetch(server_url, session.id, "metrics"), "shared")["ok"]
+        assert count == 1 and pause * 0.9 <= seconds < 10
+
+
 def test_threads_started_with_a_copied_context_see_the_session(server_url: str) -> None:
     seen: dict[str, Any] = {}
 
