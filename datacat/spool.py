@@ -32,6 +32,7 @@ from datacat.transport import Transport
 
 JSONDict = dict[str, Any]
 SUFFIX = ".batch.json"
+STALE_TEMPORARY = 600.0  # seconds
 
 
 @dataclass
@@ -151,6 +152,7 @@ class Spool:
         with self.replay_lock() as mine:
             if not mine:
                 return ReplayResult(complete=False, busy=True)
+            self._remove_stale_temporaries()
             for path in self.files():
                 if not self._replay_one(path, transport, timeout, result):
                     result.complete = False
@@ -177,6 +179,13 @@ class Spool:
         result.sent += 1
         self.remove(path)
         return True
+
+    def _remove_stale_temporaries(self) -> None:
+        """Half-written files of a process killed while spooling (they never became batches)."""
+        for path in self.directory.glob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - path.stat().st_mtime > STALE_TEMPORARY:
+                    path.unlink()
 
     def _next_name(self) -> str:
         with self._lock:

@@ -31,6 +31,7 @@ from datacat.spool import Spool
 from datacat.transport import BatchResult, HttpTransport, Transport
 
 JSONDict = dict[str, Any]
+_current = threading.current_thread
 
 # Re-exported: the daemon and sessions build on these names from here.
 __all__ = ["OBSERVE", "RAW", "Batcher", "Item", "Worker", "get_worker", "new_id", "wire"]
@@ -110,7 +111,7 @@ class Worker:
         """Deliver everything enqueued so far; True when it all reached the server in time."""
         self.kick()
         thread = self.thread
-        if thread is None or self._closed or not thread.is_alive():
+        if thread is None or self._closed or not thread.is_alive() or thread is _current():
             return self._cycle(force=True)  # no sender thread (shutdown, closed): send inline
         with self._flushed:
             self._requested += 1

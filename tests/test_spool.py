@@ -4,8 +4,10 @@ replay by the next process and by ``datacat upload``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,17 @@ def test_files_keep_order_and_no_temporary_files_remain(tmp_path: Path) -> None:
     assert names == ["0", "1", "2", "3", "4"]
     assert not list(tmp_path.glob(".tmp-*"))
     assert oct(tmp_path.stat().st_mode & 0o777) == oct(0o700) or tmp_path.exists()
+
+
+def test_replay_removes_stale_half_written_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1 << 20)
+    stale, fresh = tmp_path / ".tmp-stale", tmp_path / ".tmp-fresh"
+    stale.write_text("{")
+    fresh.write_text("{")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    with Peer("ok") as peer:
+        assert spool.replay(HttpTransport(peer.url)).complete
+    assert not stale.exists() and fresh.exists()
 
 
 def test_bound_refuses_and_counts(tmp_path: Path) -> None:
