@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import logging
 import socket
 import sys
@@ -87,10 +88,33 @@ class Timer:
         self._session.log_timer(self.name, self.elapsed, count=self.count, tags=self.tags)
 
     def __call__(self, func: F) -> F:
+        """Decorate ``func``; a coroutine function or generator function is timed until it
+        finishes, not until it has made its coroutine or generator."""
+        if inspect.iscoroutinefunction(func):
+            return self._wrap_coroutine(func)
+        if inspect.isgeneratorfunction(func):
+            return self._wrap_generator(func)
+
         @functools.wraps(func)
         def timed(*args: Any, **kwargs: Any) -> Any:
             with Timer(self._session, self.name, self.tags):
                 return func(*args, **kwargs)
+
+        return timed  # type: ignore[return-value]
+
+    def _wrap_coroutine(self, func: F) -> F:
+        @functools.wraps(func)
+        async def timed(*args: Any, **kwargs: Any) -> Any:
+            with Timer(self._session, self.name, self.tags):
+                return await func(*args, **kwargs)
+
+        return timed  # type: ignore[return-value]
+
+    def _wrap_generator(self, func: F) -> F:
+        @functools.wraps(func)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with Timer(self._session, self.name, self.tags):
+                return (yield from func(*args, **kwargs))
 
         return timed  # type: ignore[return-value]
 

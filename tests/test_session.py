@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -290,3 +292,25 @@ def test_log_aggregate_sends_a_folded_metric_as_is(make: Make, server_url: str) 
     (metric,) = by_name(details(server_url, session.id)["metrics"], "folded")
     assert (metric["type"], metric["count"], metric["min"], metric["max"]) == ("timer", 3, 0.1, 0.3)
     assert metric["bucket_counts"] == [2, 1, 0] and metric["tags"] == {"fn": "f"}
+
+
+def test_timer_times_coroutines_and_generators_to_the_end(make: Make, server_url: str) -> None:
+    session = make(server_url)
+
+    @session.timer("coroutine")
+    async def sleepy() -> int:
+        await asyncio.sleep(0.05)
+        return 1
+
+    @session.timer("generator")
+    def numbers() -> Iterator[int]:
+        yield 1
+        time.sleep(0.05)
+        yield 2
+
+    assert inspect.iscoroutinefunction(sleepy) and asyncio.run(sleepy()) == 1
+    assert list(numbers()) == [1, 2]
+    assert session.flush(10)
+    metrics = details(server_url, session.id)["metrics"]
+    assert by_name(metrics, "coroutine")[0]["value"] >= 0.04
+    assert by_name(metrics, "generator")[0]["value"] >= 0.04
