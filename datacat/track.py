@@ -117,7 +117,7 @@ class _Spec:
 
     __slots__ = (
         "error_folds", "error_tags", "exceptions", "name", "ok_folds", "ok_tags", "rate",
-        "session", "span", "timing",
+        "session", "span", "timing", "unsampled",
     )  # fmt: skip
 
     def __init__(
@@ -137,6 +137,7 @@ class _Spec:
             base["sample_rate"] = repr(rate)  # lets readers scale sampled counts back up
         self.name, self.session, self.timing, self.exceptions = name, session, timing, exceptions
         self.rate, self.span = rate, span
+        self.unsampled = timing and rate >= 1.0  # every call timed: no sampling decision
         self.ok_tags = {**base, "outcome": "ok"}
         self.error_tags = {**base, "outcome": "error"}
         self.ok_folds: dict[SessionLike, _Fold | _Direct] = {}
@@ -385,7 +386,7 @@ def _sync_wrapper(spec: _Spec) -> Wrapper:
                 session = _default if _default is not _UNRESOLVED else _create_default()
                 if session is None:
                     return wrapped(*args, **kwargs)
-        start = perf_counter() if spec.timed() else None
+        start = perf_counter() if spec.unsampled or spec.timed() else None
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
