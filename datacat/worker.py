@@ -13,6 +13,7 @@ local daemon reuses ``Worker`` to forward what it receives (``put_operations``).
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import random
 import threading
@@ -23,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from datacat import _internal, batching
-from datacat._internal import log_once, logger, swallow
+from datacat._internal import log_once, logger
 from datacat.batching import OBSERVE, RAW, Batcher, Item, new_id, wire
 from datacat.config import Config
 from datacat.model import MAX_BATCH_OPERATIONS
@@ -168,15 +169,20 @@ class Worker:
     def _cycle(self, force: bool = False) -> bool:
         with self._flushed:
             target = self._requested
-        ok = bool(self._cycle_safely(force))
+        try:
+            ok = self._cycle_once(force)
+        except Exception:  # a bug or a foreign transport: count it as a failed attempt
+            log_once("cycle", "datacat: internal error in the sender", level=logging.ERROR)
+            logger.debug("datacat: sender cycle failed", exc_info=True)
+            self._failed(None)  # backs off, so a persistent error cannot spin
+            ok = False
         with self._flushed:
             self._done = max(self._done, target)
             self._last_ok = ok
             self._flushed.notify_all()
         return ok
 
-    @swallow(default=False)
-    def _cycle_safely(self, force: bool) -> bool:
+    def _cycle_once(self, force: bool) -> bool:
         self._collect()
         if self._failures and not force and time.monotonic() < self._retry_at:
             self._park()

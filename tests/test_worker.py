@@ -244,3 +244,31 @@ def test_fork_child_that_logs_nothing_sends_nothing(server_url: str, tmp_path: P
         )
         assert out.returncode == 0, out.stderr
     assert [op["op"] for op in peer.operations] == ["create", "end"]
+
+
+class ExplodingTransport:
+    """A transport with a bug (a plug-in one, say): every send raises."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def send_batch(self, operations: list[Any], timeout: float | None = None) -> Any:
+        self.calls += 1
+        raise RuntimeError("bug in a transport")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_failing_transport_backs_off_and_never_reaches_the_caller(tmp_path: Path) -> None:
+    from datacat.config import resolve
+
+    config = resolve(env={}, spool_dir="", flush_interval=0.01, max_backoff=0.2)
+    transport = ExplodingTransport()
+    worker = Worker(transport, config)
+    for i in range(100):
+        assert worker.put(("event", "s", {"name": str(i)}))
+    time.sleep(0.5)
+    assert 1 <= transport.calls < 15  # backed off, no spin
+    assert worker.flush(1) is False
+    worker.close(time.monotonic() + 0.5)
