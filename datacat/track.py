@@ -73,6 +73,14 @@ def current_session() -> SessionLike | None:
     return _session_for(None)
 
 
+def set_default_session(session: SessionLike | None) -> None:
+    """Make ``session`` the process-wide default (e.g. the one ``datacat run`` instruments with),
+    instead of one created from configuration on first use; None turns the default off."""
+    global _default
+    with _default_lock:
+        _default = session
+
+
 def _session_for(explicit: SessionLike | None) -> SessionLike | None:
     if explicit is not None:
         return explicit

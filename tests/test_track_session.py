@@ -170,6 +170,16 @@ def test_timer_times_a_block_and_a_function_into_the_current_session(server_url:
     assert next(m for m in metrics if m["name"] == "timed.function")["tags"]["part"] == "f"
 
 
+def test_a_session_set_as_default_is_used_outside_any_block(server_url: str) -> None:
+    session = datacat.create_session(server_url, product=PRODUCT, **TEST_OPTIONS)
+    track_module.set_default_session(session)
+    assert datacat.current_session() is session
+    work()
+    track_module.flush_timings()
+    session.end()
+    assert timings(fetch(server_url, session.id, "metrics"), "work")["ok"][0] == 1
+
+
 DEFAULT_SCRIPT = """
 import threading
 import datacat
