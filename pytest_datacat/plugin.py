@@ -116,9 +116,10 @@ def pytest_configure(config: pytest.Config) -> None:
         recorder.register(config, settings)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def datacat_session(pytestconfig: pytest.Config) -> Any:
-    """The run's DataCat session (a disabled, no-op one when the plugin is off)."""
+    """The run's DataCat session (a no-op one when the plugin is off); session-scoped, so
+    session fixtures may use it too."""
     session = pytestconfig.stash.get(SESSION, None)
     if session is None:
         import datacat

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import pytest
 
 import datacat
+from datacat.config import resolve
 from pytest_datacat import metadata, reports
 from pytest_datacat.plugin import SESSION, Settings
 from pytest_datacat.relay import ItemReporter, replay
@@ -77,14 +78,18 @@ class Recorder:
         self._tests: dict[str, list[Any]] = {}  # nodeid -> [outcome, summed duration]
         self._next_progress = 0.0
         self._started = time.monotonic()
-        self.session = datacat.create_session(
-            url=settings.url,
-            product=settings.product or metadata.default_product(config.rootpath),
-            version=settings.version or metadata.default_version(config.rootpath),
-            api_key=settings.api_key,
-            exit_timeout=EXIT_GRACE,
-            state={"pytest": metadata.run_metadata(config), "status": "running"},
-        )
+        options: dict[str, Any] = {
+            "url": settings.url,
+            "product": settings.product or metadata.default_product(config.rootpath),
+            "version": settings.version or metadata.default_version(config.rootpath),
+            "api_key": settings.api_key,
+            "exit_timeout": EXIT_GRACE,
+        }
+        # create_session would quietly give a no-op session for an unusable option; resolving
+        # first raises instead, so the summary can say why nothing is recorded.
+        resolve(**options)
+        state = {"pytest": metadata.run_metadata(config), "status": "running"}
+        self.session = datacat.create_session(**options, state=state)
         self.session.start_heartbeat()  # a killed run turns "suspended" instead of staying active
 
     @property

@@ -231,12 +231,27 @@ def down_url() -> str:
         return f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
-@pytest.mark.parametrize("server", ["down_url", "failing_url", "stalling_url"])
+@pytest.fixture
+def unusable_url() -> str:
+    return "localhost:9090"  # no scheme: the client cannot use it
+
+
+@pytest.mark.parametrize(
+    ("server", "line"),
+    [
+        ("down_url", "datacat: up to * items not delivered to {url} within 1 s*"),
+        ("failing_url", "datacat: up to * items not delivered to {url} within 1 s*"),
+        ("stalling_url", "datacat: up to * items not delivered to {url} within 1 s*"),
+        ("unusable_url", "datacat: not recording this run: *url must start with http*"),
+    ],
+    ids=["down", "failing", "stalling", "unusable"],
+)
 def test_a_broken_server_never_changes_the_run(
     pytester: pytest.Pytester,
     request: pytest.FixtureRequest,
     monkeypatch: pytest.MonkeyPatch,
     server: str,
+    line: str,
 ) -> None:
     url = request.getfixturevalue(server)
     pytester.makepyfile(test_suite=SUITE)
@@ -248,5 +263,5 @@ def test_a_broken_server_never_changes_the_run(
     result.assert_outcomes(**OUTCOMES, warnings=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
-    result.stdout.fnmatch_lines([f"datacat: * items not delivered to {url} within 1 s*"])
+    result.stdout.fnmatch_lines([line.format(url=url)])
     assert elapsed < 30  # flush deadline 1 s + interpreter start; generous for a loaded machine
