@@ -24,7 +24,7 @@ from bisect import bisect_right
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
 from contextlib import AbstractContextManager, nullcontext, suppress
 from contextvars import ContextVar, Token
-from time import perf_counter, sleep, time
+from time import perf_counter, sleep
 from typing import Any, Protocol, TypeVar, cast, overload
 
 import wrapt
@@ -218,8 +218,7 @@ def _mark(exc: BaseException, session_id: str, seen: Any) -> None:
 # Why not ``session.observe`` per call: the client folds observations one by one in its sender
 # thread (~1.7 µs each), and under the GIL the caller pays for that. Here a call only appends
 # its duration to a list; a sweeper thread folds the list in bulk (sort + bisect, in C) once per
-# flush interval and hands each fold to the client as one aggregate metric. (Client API wanted:
-# a public verb taking such an aggregate; until then the session's queue takes the metric body.)
+# flush interval and hands each fold to the client as one metric (``Session.log_aggregate``).
 
 _live: set[_Fold] = set()  # folds of sessions not known to have ended
 _sweeper_pid = 0  # the process whose sweeper thread runs
@@ -280,15 +279,15 @@ class _Fold:
         with self.lock:
             if not self.count:
                 return
-            body = {
-                "name": self.name, "type": "timer", "unit": "s", "value": self.total,
-                "count": self.count, "min": self.low, "max": self.high, "tags": self.tags,
-                "buckets": list(DEFAULT_BUCKETS), "bucket_counts": self.counts,
-                "timestamp": time(),
-            }  # fmt: skip
+            total, count, low, high, counts = (
+                self.total, self.count, self.low, self.high, self.counts
+            )  # fmt: skip
             self._clear()
         try:
-            self.session._enqueue("metric", body)  # see the note above this class
+            self.session.log_aggregate(
+                self.name, total, count=count, min=low, max=high, tags=self.tags,
+                buckets=DEFAULT_BUCKETS, bucket_counts=counts,
+            )  # fmt: skip
         except Exception:
             logger.debug("datacat: handing timings over failed", exc_info=True)
 
