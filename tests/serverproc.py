@@ -134,6 +134,7 @@ class Api:
     def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
         self.url = url
         self.headers = headers or {}
+        self.http = requests.Session()  # keep-alive: a new connection per call is slow
 
     def create(self, **body: Any) -> dict[str, Any]:
         """Create a session (product/version defaulted) and return it; asserts 201."""
@@ -161,4 +162,4 @@ class Api:
     def request(self, method: str, path: str, **kw: Any) -> requests.Response:
         kw.setdefault("timeout", 30)
         headers = {**self.headers, **kw.pop("headers", {})}
-        return requests.request(method, self.url + path, headers=headers, **kw)
+        return self.http.request(method, self.url + path, headers=headers, **kw)

@@ -260,3 +260,15 @@ def test_metrics_endpoint_filters(api: Api) -> None:
     api.post(sid, "metrics", {"name": "b", "value": 2, "unit": "ms", "type": "timer", "count": 3})
     assert [m["name"] for m in rows(api, sid, "metrics", type="timer")[0]] == ["b"]
     assert rows(api, sid, "metrics", name="a")[0][0]["value"] == 1
+
+
+def test_nul_is_refused_in_text_fields_and_kept_inside_data(api: Api) -> None:
+    sid = api.create()["id"]
+    assert api.post(sid, "events", {"name": "a\u0000b"}).status_code == 400
+    assert api.post(sid, "crash", {"reason": "\u0000"}).status_code == 400
+    created = api.request("POST", "/api/sessions", json={"product": "\u0000", "version": "1"})
+    assert created.status_code == 400
+    assert api.post(sid, "events", {"name": "ok", "data": {"k": "\u0000"}}).ok
+    assert api.post(sid, "state", {"k": "\u0000"}).ok
+    session = api.get(sid)
+    assert session["events"][0]["data"] == {"k": "\x00"} and session["state"]["k"] == "\x00"

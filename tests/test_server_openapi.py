@@ -49,13 +49,13 @@ def test_every_route_is_documented_and_nothing_else(tmp_path: Any) -> None:
     assert routes == documented
 
 
-def test_served_document_is_the_file(api_url: str) -> None:
-    assert requests.get(f"{api_url}/openapi.json", timeout=10).json() == DOCUMENT
+def test_served_document_is_the_file(server_url: str) -> None:
+    assert requests.get(f"{server_url}/openapi.json", timeout=10).json() == DOCUMENT
 
 
 @pytest.fixture(scope="module")
-def full_session(api_url: str) -> str:
-    api = Api(api_url)
+def full_session(server_url: str) -> str:
+    api = Api(server_url)
     sid = api.create(machine_id="m", hostname="h", state={"a": {"b": 1}})["id"]
     api.post(sid, "state", {"a": {"c": [1, 2]}})
     api.post(sid, "events", {"name": "boom", "exception_type": "E", "stacktrace": ["x"]})
@@ -76,8 +76,8 @@ def full_session(api_url: str) -> str:
     return sid
 
 
-def test_session_answers_match(api_url: str, full_session: str) -> None:
-    api = Api(api_url)
+def test_session_answers_match(server_url: str, full_session: str) -> None:
+    api = Api(server_url)
     created = api.request("POST", "/api/sessions", json={"product": "o", "version": "1"})
     check(created, "/api/sessions", "post")
     check(api.request("GET", f"/api/sessions/{full_session}"), "/api/sessions/{session_id}")
@@ -89,8 +89,8 @@ def test_session_answers_match(api_url: str, full_session: str) -> None:
         check(api.request("GET", f"/api/sessions/{full_session}/{kind}"), path)
 
 
-def test_write_and_error_answers_match(api_url: str, full_session: str) -> None:
-    api = Api(api_url)
+def test_write_and_error_answers_match(server_url: str, full_session: str) -> None:
+    api = Api(server_url)
     sid = full_session
     check(api.post(sid, "state", {"x": 1}), "/api/sessions/{session_id}/state", "post")
     check(api.post(sid, "events", {"name": 1}), "/api/sessions/{session_id}/events", "post")

@@ -6,12 +6,11 @@ import argparse
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from datacat_server import serve
-from serverproc import Api, ServerProcess, free_port
+from serverproc import Api, free_port
 
 from datacat.cli import build_parser
 from datacat.errors import ConfigurationError
@@ -69,10 +68,3 @@ def test_prints_its_url_and_exits_cleanly_on_signal(tmp_path: Path, signum: int)
     assert (tmp_path / "datacat.db").exists()  # the default database, in the working directory
     proc.send_signal(signum)
     assert proc.wait(timeout=30) == 0
-
-
-def test_two_workers_share_one_database(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory(workers=2)
-    api = Api(server.url)
-    ids = [api.create()["id"] for _ in range(6)]
-    assert all(api.get(sid)["id"] == sid for sid in ids)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -64,29 +63,20 @@ def test_concurrent_creates_of_one_id_make_one_session(api_url: str) -> None:
     assert len(Api(api_url).get(sid)["state_history"]) == 1
 
 
-def test_acknowledged_writes_survive_kill_9(storage_url: str, tmp_path: Path) -> None:
-    server = ServerProcess(storage_url, workers=2, log_dir=tmp_path).start()
-    try:
-        api = Api(server.url)
-        sid = api.create()["id"]
-        for i in range(40):
-            assert api.post(sid, "events", {"name": f"e{i}"}).ok
-        assert api.post(sid, "state", {"last": 39}).ok
-        server.kill()
-        server.start()
-        session = api.get(sid)
-        assert [e["name"] for e in session["events"]] == [f"e{i}" for i in range(40)]
-        assert session["state"]["last"] == 39
-    finally:
-        server.stop()
-
-
-def test_restart_keeps_the_port_and_the_data(server_factory: Callable[..., ServerProcess]) -> None:
-    server = server_factory()
-    sid = Api(server.url).create()["id"]
-    port = server.port
-    server.restart()
-    assert server.port == port and Api(server.url).get(sid)["id"] == sid
+def test_acknowledged_writes_survive_kill_9_and_restart(api_server: ServerProcess) -> None:
+    api = Api(api_server.url)
+    sid = api.create()["id"]
+    for i in range(40):
+        assert api.post(sid, "events", {"name": f"e{i}"}).ok
+    assert api.post(sid, "state", {"last": 39}).ok
+    port = api_server.port
+    api_server.kill()  # SIGKILL to master and workers at once
+    api_server.start()
+    session = api.get(sid)
+    assert [e["name"] for e in session["events"]] == [f"e{i}" for i in range(40)]
+    assert session["state"]["last"] == 39
+    api_server.restart()
+    assert api_server.port == port and api.get(sid)["state"]["last"] == 39
 
 
 @pytest.mark.parametrize(
