@@ -129,7 +129,7 @@ class Recorder:
         extra = report.__dict__.get(reports.EXTRA)
         if extra is not None and "calls" in extra:  # a worker's own use of the session
             self.sent += len(extra["calls"])
-            replay(self.session, extra["calls"])
+            self.internal_errors += replay(self.session, extra["calls"])
         test = self._tests.get(report.nodeid)
         if test is None:
             test = self._tests[report.nodeid] = [None, 0.0]

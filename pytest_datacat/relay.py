@@ -48,7 +48,10 @@ RELAYED = frozenset(
 
 def _relayed(verb: str) -> Callable[..., None]:
     def relay(self: RelayedSession, *args: Any, **kwargs: Any) -> None:
-        self.calls.append((verb, json_safe(list(args)), json_safe(kwargs)))
+        try:
+            self.calls.append((verb, json_safe(list(args)), json_safe(kwargs)))
+        except (TypeError, ValueError):  # not even repr() makes it JSON (a cycle): drop, count
+            self.dropped += 1
 
     relay.__name__ = relay.__qualname__ = verb
     relay.__doc__ = f"Relayed to the controller's ``Session.{verb}``."
@@ -124,11 +127,19 @@ class RelayedSession:
         return {}
 
 
-def replay(session: Any, calls: list[Call]) -> None:
-    """On the controller: perform a worker's relayed calls on the real session."""
+def replay(session: Any, calls: list[Call]) -> int:
+    """On the controller: perform a worker's relayed calls on the real session; how many
+    could not be (unknown verb, arguments the verb does not take)."""
+    failed = 0
     for verb, args, kwargs in calls:
-        if verb in RELAYED:
+        try:
+            if verb not in RELAYED:
+                raise ValueError(f"not a relayed verb: {verb!r}")
             getattr(session, verb)(*args, **kwargs)
+        except Exception:
+            failed += 1
+            logger.debug("datacat: cannot replay %s from a worker", verb, exc_info=True)
+    return failed
 
 
 class ItemReporter:
