@@ -4,9 +4,9 @@ The command is executed in place of ``datacat`` itself (``exec``), so its exit c
 stdin, stdout and stderr are exactly its own. Instrumentation reaches it through
 ``datacat/_bootstrap/sitecustomize.py``, put first on ``PYTHONPATH``; the options travel as
 ``DATACAT_*`` environment variables, which ``datacat.config`` reads. ``bootstrap()`` is what that
-``sitecustomize`` calls inside the program: one session for the run, every instrumentor on. The
-client's exit hook ends the session; the excepthook instrumentor marks it crashed first when the
-program dies of an uncaught exception.
+``sitecustomize`` calls inside the program: one session for the run with background heartbeats,
+every instrumentor on. The client's exit hook ends the session; the excepthook instrumentor marks
+it crashed first when the program dies of an uncaught exception.
 """
 
 from __future__ import annotations
@@ -83,14 +83,18 @@ def main(args: argparse.Namespace) -> int:
 
 
 def bootstrap(env: Mapping[str, str] | None = None) -> Any:
-    """Inside the program: a session for the run and every instrumentor on; never raises."""
+    """Inside the program: a session for the run, background heartbeats (so a long run is not
+    taken for suspended, and the daemon can tell a frozen process), every instrumentor on.
+    Never raises."""
     env = os.environ if env is None else env
     if env.get(RUN_ENV) != "1":
         return None
     try:
         from datacat import autoinstrument
 
-        return autoinstrument.instrument()
+        session = autoinstrument.instrument()
+        session.start_heartbeat()
+        return session
     except Exception:
         log.warning("datacat: could not instrument this program", exc_info=True)
         return None

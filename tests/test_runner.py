@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import uuid
 from pathlib import Path
@@ -15,6 +16,7 @@ from autoinstrument_helpers import (
     client_env,
     events,
     metrics,
+    session,
     sessions_of,
     wait_for,
 )
@@ -90,6 +92,35 @@ def test_daemon_mode_runs_through_the_local_daemon(server_url: str, tmp_path: Pa
     done = run(EXITING, tmp_path, server_url, "--product", product, "--daemon")
     assert done.returncode == 7
     wait_for(lambda: only_session(server_url, product)["ended_at"], what="end via the daemon")
+
+
+SLEEPING = """
+import time
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_daemon_mode_reports_a_frozen_then_killed_program(server_url: str, tmp_path: Path) -> None:
+    product = f"run-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "script.py"
+    script.write_text(SLEEPING)
+    env = {**os.environ, **client_env(server_url, tmp_path)}
+    env.update(DATACAT_HEARTBEAT_INTERVAL="0.1", DATACAT_HANG_TIMEOUT="1")
+    command = [*DATACAT, "--product", product, "--daemon", "--", PYTHON, str(script)]
+    program = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert program.stdout is not None and program.stdout.readline() == "ready\n"
+        sid = only_session(server_url, product)["id"]
+        wait_for(lambda: session(server_url, sid)["last_heartbeat"], what="heartbeats")
+        program.send_signal(signal.SIGSTOP)  # the exec'd program itself: datacat run is gone
+        wait_for(lambda: only_session(server_url, product)["hung"], what="hang")
+    finally:
+        program.kill()
+        program.wait(10)
+        assert program.stdout is not None
+        program.stdout.close()
+    wait_for(lambda: only_session(server_url, product)["crashed"], what="crash")
 
 
 def test_an_existing_sitecustomize_still_runs(server_url: str, tmp_path: Path) -> None:
