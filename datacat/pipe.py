@@ -153,7 +153,7 @@ class PipeTransport:
     def _start(self) -> None:
         try:
             self._process = spawn_daemon()
-        except OSError as exc:
+        except (OSError, RuntimeError, ValueError) as exc:  # e.g. at interpreter shutdown
             log.warning("datacat: cannot start the local daemon (%s); sending directly", exc)
             self._broken = True
             return
