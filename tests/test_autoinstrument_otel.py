@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autoinstrument_helpers import events, instrumented, metrics
+from autoinstrument_helpers import (
+    client_env,
+    events,
+    instrumented,
+    metrics,
+    run_python,
+    wait_for,
+)
 from opentelemetry.sdk.trace import TracerProvider
 
 from datacat import autoinstrument
@@ -42,3 +49,26 @@ def test_uninstrument_detaches_the_processor(dc_session: Any) -> None:
     assert processor in provider._active_span_processor._span_processors
     autoinstrument.uninstrument()
     assert processor not in provider._active_span_processor._span_processors
+
+
+GLOBAL_PROVIDER = """
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+import datacat, datacat.autoinstrument
+trace.set_tracer_provider(TracerProvider())  # set up before DataCat, as an app would
+s = datacat.autoinstrument.instrument(["otel"], session=datacat.create_session())
+with trace.get_tracer("app").start_as_current_span("startup"):
+    pass
+s.end()
+print(s.id)
+"""
+
+
+def test_the_global_provider_set_before_instrumenting_is_covered(
+    server_url: str, tmp_path: Path
+) -> None:
+    done = run_python(GLOBAL_PROVIDER, tmp_path, client_env(server_url, tmp_path))
+    assert done.returncode == 0, done.stderr
+    sid = done.stdout.strip()
+    (metric,) = wait_for(lambda: metrics(server_url, sid, "otel.span.duration"), what="timer")
+    assert metric["tags"]["span"] == "startup"
