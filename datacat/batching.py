@@ -1,10 +1,10 @@
 """Turning queued items into batch operations: what the sender sends, and what it leaves out.
 
 Owns the item kinds of the queue, ``Batcher`` (client-made ``op_id``s, state updates that change
-nothing dropped, consecutive updates of one session folded, heartbeats collapsed, observations
-aggregated per session/name/type/tags, non-JSON values converted, non-finite metrics dropped and
-counted), the event body built from ``Session.log_event``'s tuple, and the id generator. Pure:
-no I/O, no threads.
+nothing dropped, updates of one session waiting in one batch folded, heartbeats collapsed,
+observations aggregated per session/name/type/tags, non-JSON values converted, non-finite
+metrics dropped and counted), the event body built from ``Session.log_event``'s tuple, and the
+id generator. Pure: no I/O, no threads.
 """
 
 from __future__ import annotations
@@ -36,26 +36,30 @@ class Batcher:
     def operations(self, items: Iterable[Item]) -> list[JSONDict]:
         ops: list[JSONDict] = []
         last: dict[str, JSONDict] = {}  # the latest operation of each session in ``ops``
+        updates: dict[str, JSONDict] = {}  # each session's state update waiting in ``ops``
+        folded: set[int] = set()  # ids of updates folded into a later one
         aggregates = _Aggregates()
         for op, sid, payload in items:
             if op == OBSERVE:
                 self._observe(aggregates, sid, payload)
                 continue
-            if op in ("end", "crash"):
-                ops.extend(aggregates.pop(sid))
-            wire = self._fold(op, sid, payload, last.get(sid))
-            if wire is not None:
-                ops.append(wire)
-                last[sid] = wire
+            if op in ("create", "end", "crash"):
+                ops.extend(aggregates.pop(sid) if op != "create" else ())
+                updates.pop(sid, None)  # never fold an update across these
+            if op == "state":
+                wire_op = self._state(sid, payload, updates, folded)
+            else:
+                wire_op = self._fold(op, sid, payload, last.get(sid))
+            if wire_op is not None:
+                ops.append(wire_op)
+                last[sid] = wire_op
         ops.extend(aggregates.pop(None))
-        return ops
+        return [op for op in ops if id(op) not in folded] if folded else ops
 
     def _fold(self, op: str, sid: str, payload: Any, previous: JSONDict | None) -> JSONDict | None:
         """The wire operation for one item, or None when it was folded into ``previous``."""
         if op == RAW:
             return dict(payload, op_id=payload.get("op_id") or new_id())
-        if op == "state":
-            return self._state(sid, payload, previous)
         if op == "heartbeat" and previous is not None and previous["op"] == "heartbeat":
             previous["data"] = payload
             return None
@@ -69,19 +73,25 @@ class Batcher:
             self.states.pop(sid, None)
         return wire(op, sid, jsonable(payload))
 
-    def _state(self, sid: str, payload: JSONDict, previous: JSONDict | None) -> JSONDict | None:
+    def _state(
+        self, sid: str, payload: JSONDict, updates: dict[str, JSONDict], folded: set[int]
+    ) -> JSONDict | None:
+        """A state update, or None when it changes nothing. An update of the same session
+        already waiting in this batch is folded into it, at this later place (and time)."""
         update = jsonable(payload["state"])
         known = self.states.get(sid)
         if known is not None:
             if changes_nothing(known, update):
                 return None
             self.states[sid] = deep_merge(known, update)
-        if previous is not None and previous["op"] == "state":
-            combined = combine_updates(previous["data"]["state"], update)
+        waiting = updates.get(sid)
+        if waiting is not None:
+            combined = combine_updates(waiting["data"]["state"], update)
             if combined is not None:
-                previous["data"] = {"state": combined, "timestamp": payload["timestamp"]}
-                return None
-        return wire("state", sid, {"state": update, "timestamp": payload["timestamp"]})
+                folded.add(id(waiting))
+                update = combined
+        updates[sid] = wire("state", sid, {"state": update, "timestamp": payload["timestamp"]})
+        return updates[sid]
 
     def _finite(self, metric: JSONDict) -> bool:
         value = metric.get("value")

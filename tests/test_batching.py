@@ -29,12 +29,18 @@ def test_consecutive_state_updates_fold_and_no_op_updates_vanish() -> None:
     assert batcher.operations([state({"b": {"x": 1}})]) == []
 
 
-def test_updates_that_cannot_fold_stay_apart_and_an_event_between_keeps_order() -> None:
-    batcher = Batcher()
-    ops = batcher.operations(
-        [state({"a": 1}), state({"a": {"b": 1}}), ("event", SID, {"name": "e"}), state({"c": 1})]
+def test_updates_fold_across_other_operations_at_the_later_place() -> None:
+    ops = Batcher().operations(
+        [state({"a": 1}), state({"a": {"b": 1}}), ("event", SID, {"name": "e"}), state({"c": 1}, 2)]
     )
-    assert [op["op"] for op in ops] == ["state", "state", "event", "state"]
+    assert [op["op"] for op in ops] == ["state", "event", "state"]
+    assert ops[0]["data"]["state"] == {"a": 1}  # an object cannot fold onto a replaced key
+    assert ops[2]["data"] == {"state": {"a": {"b": 1}, "c": 1}, "timestamp": 2}
+
+
+def test_updates_never_fold_across_the_end_of_a_session() -> None:
+    items = [state({"a": 1}), ("end", SID, {}), ("create", SID, {"id": SID}), state({"b": 1})]
+    assert [op["op"] for op in Batcher().operations(items)] == ["state", "end", "create", "state"]
 
 
 def test_heartbeats_collapse_and_op_ids_are_unique() -> None:
