@@ -36,6 +36,13 @@ raise RuntimeError("boom")
 
 EXITING = """
 import sys
+import datacat
+
+@datacat.track
+def compute():
+    pass
+
+compute()
 print("args:", sys.argv[1:])
 sys.exit(7)
 """
@@ -85,6 +92,8 @@ def test_exit_code_and_arguments_pass_through_and_the_session_ends(
     assert (done.returncode, done.stdout, done.stderr) == (7, "args: ['a', '--b']\n", "")
     found = wait_for(lambda: (s := only_session(server_url, product))["ended_at"] and s)
     assert not found["crashed"]
+    assert len(sessions_of(server_url, product)) == 1  # @datacat.track shares the run's session
+    assert metrics(server_url, found["id"])[0]["name"].endswith("compute")
 
 
 def test_daemon_mode_runs_through_the_local_daemon(server_url: str, tmp_path: Path) -> None:

@@ -34,7 +34,8 @@ def instrumentor(target: str) -> Instrumentor:
 def instrument(targets: Iterable[str] | None = None, session: Any = None) -> Any:
     """Turn on ``targets`` (default: all) for ``session`` and return the session.
 
-    Without a session, one is created from the environment (``datacat.create_session()``).
+    Without a session, the one ``@datacat.track`` uses is taken (made from the environment if
+    needed) and stays the default of both.
     Targets already on switch to the given session. Unknown targets raise ``ValueError``.
     """
     global _session
@@ -57,5 +58,9 @@ def uninstrument() -> None:
 
 
 def _create_session() -> Any:
+    """The session ``@datacat.track`` would use (made from the environment if there is none
+    yet), shared with it: one process, one session."""
     datacat: Any = importlib.import_module("datacat")  # late: the front door imports this package
-    return datacat.create_session()
+    session = datacat.current_session() or datacat.create_session()
+    importlib.import_module("datacat.track").set_default_session(session)
+    return session
