@@ -20,7 +20,9 @@ from datacat._internal import jsonable, log_once
 from datacat.merge import changes_nothing, combine_updates, deep_merge
 
 JSONDict = dict[str, Any]
-Item = tuple[str, str, Any]  # (op, session id, payload) as a session verb queued it
+# (op, session id, payload) as a session verb queued it; the two hot verbs queue their
+# arguments flat instead, (op, session id, *arguments), to make one tuple per call, not two.
+Item = tuple[Any, ...]
 
 OBSERVE = "observe"  # raw observation, aggregated by the sender
 RAW = "raw"  # a ready wire operation (the daemon forwards these)
@@ -39,10 +41,12 @@ class Batcher:
         updates: dict[str, JSONDict] = {}  # each session's state update waiting in ``ops``
         folded: set[int] = set()  # ids of updates folded into a later one
         aggregates = _Aggregates()
-        for op, sid, payload in items:
+        for item in items:
+            op, sid = item[0], item[1]
             if op == OBSERVE:
-                self._observe(aggregates, sid, payload)
+                self._observe(aggregates, sid, item[2:])
                 continue
+            payload = item[2] if len(item) == 3 else event_body(*item[2:])
             if op in ("create", "end", "crash"):
                 ops.extend(aggregates.pop(sid) if op != "create" else ())
                 updates.pop(sid, None)  # never fold an update across these
@@ -65,8 +69,6 @@ class Batcher:
             return None
         if op == "metric" and not self._finite(payload):
             return None
-        if op == "event" and type(payload) is tuple:
-            payload = event_body(*payload)
         if op == "create":
             self.states.setdefault(sid, jsonable(payload.get("state") or {}))
         elif op in ("end", "crash"):

@@ -227,14 +227,26 @@ class Session:
         **fields: Any,
     ) -> None:
         """Record an event; ``fields`` are further event fields (``exception_type``, ...).
-        The hot path: a tuple is queued; the sender builds the event body (``event_body``)."""
+        The hot path: one flat tuple is queued; the sender builds the body (``event_body``)."""
         if type(data) is dict:
             data = data.copy()
         trace = None
         if self._otel and _OTEL_TRACE in _modules and "trace_id" not in fields:
             trace = otel.span_ids()
-        item = (name, data, level, category, labels, message, fields, _now(), trace)
-        if not self._put(("event", self.id, item)):
+        item = (
+            "event",
+            self.id,
+            name,
+            data,
+            level,
+            category,
+            labels,
+            message,
+            fields,
+            _now(),
+            trace,
+        )
+        if not self._put(item):
             self.dropped += 1
 
     @_never_raises()
@@ -380,7 +392,7 @@ class Session:
     ) -> None:
         """The hot path of ``@track``: aggregated per flush interval into one metric per
         (name, type, tags) with count, sum, min, max and bucket counts."""
-        if not self._put((OBSERVE, self.id, (name, value, type, tags, unit, buckets))):
+        if not self._put((OBSERVE, self.id, name, value, type, tags, unit, buckets)):
             self.dropped += 1
 
     # -- heartbeats and hangs -------------------------------------------------------------------

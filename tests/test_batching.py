@@ -52,9 +52,9 @@ def test_heartbeats_collapse_and_op_ids_are_unique() -> None:
 
 def test_observations_aggregate_and_precede_the_end_of_their_session() -> None:
     observe = [
-        (OBSERVE, SID, ("t", v, "histogram", {"k": "v"}, None, (1.0, 2.0))) for v in (0.5, 1.5, 9)
+        (OBSERVE, SID, "t", v, "histogram", {"k": "v"}, None, (1.0, 2.0)) for v in (0.5, 1.5, 9)
     ]
-    counter = [(OBSERVE, SID, ("c", 2, "counter", None, None, None))] * 3
+    counter = [(OBSERVE, SID, "c", 2, "counter", None, None, None)] * 3
     ops = Batcher().operations([*observe, *counter, ("end", SID, {})])
     assert [op["op"] for op in ops] == ["metric", "metric", "end"]
     hist, count = ops[0]["data"], ops[1]["data"]
@@ -71,7 +71,7 @@ def test_non_finite_metrics_are_dropped_and_counted(
     items = [
         ("metric", SID, {"name": "m", "value": float("nan")}),
         ("metric", SID, {"name": "m", "value": "12"}),
-        (OBSERVE, SID, ("o", float("inf"), "timer", None, "s", None)),
+        (OBSERVE, SID, "o", float("inf"), "timer", None, "s", None),
     ]
     assert batcher.operations(items) == []
     assert batcher.nonfinite == 3 and "not a finite number" in caplog.text
