@@ -106,6 +106,7 @@ def test_a_run_is_one_session(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     sid = session["id"]
     result.stdout.fnmatch_lines([f"datacat: session {sid} -> {server_url}/sessions/{sid}"])
+    assert requests.get(f"{server_url}/sessions/{sid}", timeout=10).status_code == 200
     _check_state(session["state"], collected=8)
     assert session["ended_at"] and not session["active"]
     events = _get(f"{server_url}/api/sessions/{sid}/events")
