@@ -517,17 +517,25 @@ class _Tracked(wrapt.FunctionWrapper):
 
     __bound_function_wrapper__ = _BoundTracked
 
-    def __init__(self, wrapped: Any, wrapper: Wrapper) -> None:
+    def __init__(self, wrapped: Any, wrapper: Wrapper, enabled: Callable[[], bool] | None) -> None:
         if type(wrapped) is types.FunctionType:
             # Why: on each unbound call wrapt probes ``wrapped.__self__`` when its instance is
             # None; for a plain function that raises and clears an AttributeError (~0.4 µs,
             # most of the proxy's cost). A non-None instance skips the probe; binding to an
             # instance or class is unaffected (wrapt passes the real one to bound wrappers).
             super(wrapt.FunctionWrapper, self).__init__(  # type: ignore[call-arg]
-                wrapped, _UNBOUND, wrapper, None, "function"
+                wrapped, _UNBOUND, wrapper, enabled, "function"
             )
         else:
-            super().__init__(wrapped, wrapper)
+            super().__init__(wrapped, wrapper, enabled)
+
+
+def _tracking_on() -> bool:
+    """wrapt's ``enabled`` hook of decorations without ``session=`` or spans: when it answers
+    False (no session anywhere) wrapt calls the function directly, skipping the wrapper."""
+    if _current.get() is not None:
+        return True
+    return (_default if _default is not _UNRESOLVED else _create_default()) is not None
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         return self.__qualname__  # pickle resolves it in __module__ and checks identity
@@ -598,7 +606,8 @@ def track(
             sample_rate,
             otel.spans_requested() if span is None else span,
         )
-        return cast(F, _Tracked(func, _kind_wrapper(func, spec)))
+        enabled = _tracking_on if spec.session is None and not spec.span else None
+        return cast(F, _Tracked(func, _kind_wrapper(func, spec), enabled))
 
     return decorate
 
