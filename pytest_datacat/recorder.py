@@ -49,6 +49,21 @@ def register(config: pytest.Config, settings: Settings) -> None:
     config.pluginmanager.register(ItemReporter(), "datacat-items")
 
 
+def _create_session(config: pytest.Config, settings: Settings) -> datacat.Session:
+    options: dict[str, Any] = {
+        "url": settings.url,
+        "product": settings.product or metadata.default_product(config.rootpath),
+        "version": settings.version or metadata.default_version(config.rootpath),
+        "api_key": settings.api_key,
+        "exit_timeout": EXIT_GRACE,
+    }
+    # create_session would quietly give a no-op session for an unusable option; resolving
+    # first raises instead, so the summary can say why nothing is recorded.
+    resolve(**options)
+    state = {"pytest": metadata.run_metadata(config), "status": "running"}
+    return datacat.create_session(**options, state=state)
+
+
 def _guarded(method: F) -> F:
     """Run a hook body so that nothing it raises reaches pytest; count it instead."""
 
@@ -78,18 +93,7 @@ class Recorder:
         self._tests: dict[str, list[Any]] = {}  # nodeid -> [outcome, summed duration]
         self._next_progress = 0.0
         self._started = time.monotonic()
-        options: dict[str, Any] = {
-            "url": settings.url,
-            "product": settings.product or metadata.default_product(config.rootpath),
-            "version": settings.version or metadata.default_version(config.rootpath),
-            "api_key": settings.api_key,
-            "exit_timeout": EXIT_GRACE,
-        }
-        # create_session would quietly give a no-op session for an unusable option; resolving
-        # first raises instead, so the summary can say why nothing is recorded.
-        resolve(**options)
-        state = {"pytest": metadata.run_metadata(config), "status": "running"}
-        self.session = datacat.create_session(**options, state=state)
+        self.session = _create_session(config, settings)
         self.session.start_heartbeat()  # a killed run turns "suspended" instead of staying active
 
     @property
