@@ -529,6 +529,9 @@ class _Tracked(wrapt.FunctionWrapper):
         else:
             super().__init__(wrapped, wrapper, enabled)
 
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return self.__qualname__  # pickle resolves it in __module__ and checks identity
+
 
 def _tracking_on() -> bool:
     """wrapt's ``enabled`` hook of decorations without ``session=`` or spans: when it answers
@@ -536,9 +539,6 @@ def _tracking_on() -> bool:
     if _current.get() is not None:
         return True
     return (_default if _default is not _UNRESOLVED else _create_default()) is not None
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        return self.__qualname__  # pickle resolves it in __module__ and checks identity
 
 
 def _kind_wrapper(wrapped: Any, spec: _Spec) -> Wrapper:
