@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import json
 import logging
 import math
 import sys
@@ -24,7 +23,6 @@ MAX_STRING = 16 * 1024
 TRUNCATED = "…[truncated {} chars]"
 _MAX_DEPTH = 32
 _PLAIN = frozenset({int, bool, type(None)})
-_encode = json.JSONEncoder(allow_nan=False).encode
 
 _seen: set[str] = set()
 _seen_lock = threading.Lock()
@@ -81,17 +79,6 @@ def mark_shutting_down() -> None:
 def may_start_thread() -> bool:
     """False during interpreter shutdown (Python 3.12+ refuses new threads then)."""
     return not _shutting_down and not sys.is_finalizing()
-
-
-def strict(value: Any) -> Any:
-    """``value`` itself when it is strict JSON with no string over the limit (checked by the C
-    encoder, which is several times cheaper than the walk), else ``jsonable(value)``."""
-    try:
-        if len(_encode(value)) <= MAX_STRING:
-            return value
-    except (TypeError, ValueError, RecursionError):
-        pass
-    return jsonable(value)
 
 
 def jsonable(value: Any, depth: int = 0) -> Any:

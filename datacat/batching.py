@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from datacat._internal import jsonable, log_once, strict
+from datacat._internal import jsonable, log_once
 from datacat.merge import changes_nothing, combine_updates, deep_merge
 
 JSONDict = dict[str, Any]
@@ -73,7 +73,7 @@ class Batcher:
             self.states.setdefault(sid, jsonable(payload.get("state") or {}))
         elif op in ("end", "crash"):
             self.states.pop(sid, None)
-        return wire(op, sid, strict(payload))
+        return wire(op, sid, jsonable(payload))
 
     def _state(
         self, sid: str, payload: JSONDict, updates: dict[str, JSONDict], folded: set[int]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from datacat import _internal
-from datacat._internal import MAX_STRING, jsonable, log_once, snapshot, strict, swallow, truncate
+from datacat._internal import MAX_STRING, jsonable, log_once, snapshot, swallow, truncate
 
 
 class Odd:
@@ -78,11 +78,3 @@ def test_swallow_logs_and_returns_the_default(caplog: pytest.LogCaptureFixture) 
 
     assert explode() == -1
     assert "internal error" in caplog.text or "explode" in str(_internal._seen)
-
-
-def test_strict_keeps_strict_json_and_converts_the_rest() -> None:
-    plain = {"a": [1, 2.5, "x"], "b": None}
-    assert strict(plain) is plain
-    assert strict({"n": math.nan}) == {"n": "nan"}
-    assert strict({"o": Odd()}) == {"o": "<odd>"}
-    assert strict({"s": "y" * (MAX_STRING + 1)})["s"].endswith("[truncated 1 chars]")
