@@ -51,7 +51,7 @@ class Config:
     hang_timeout: float = 60.0
     max_backoff: float = 30.0
     daemon: bool = False
-    otel_spans: bool = True
+    otel_spans: bool = False  # ``@track`` opens OpenTelemetry spans (``datacat.otel``)
     state: Mapping[str, Any] | None = None
     machine_id: str | None = None
     hostname: str | None = None

@@ -169,7 +169,6 @@ class Session:
         self._worker = worker
         self._transport = transport
         self._batcher = Batcher()  # blocking mode: turns one item into its operation
-        self._otel = config.otel_spans
         self._monitor: heartbeat_module.HangMonitor | None = None
         self._beater: heartbeat_module.HeartbeatThread | None = None
         self._put: Callable[[Item], bool] = worker.put if worker is not None else self._send_now
@@ -231,7 +230,7 @@ class Session:
         if type(data) is dict:
             data = data.copy()
         trace = None
-        if self._otel and _OTEL_TRACE in _modules and "trace_id" not in fields:
+        if _OTEL_TRACE in _modules and "trace_id" not in fields:
             trace = otel.span_ids()
         item = (
             "event",
