@@ -314,7 +314,12 @@ def test_a_broken_session_never_reaches_the_caller() -> None:
         guarded(True)
 
 
-def test_without_a_url_tracking_is_a_no_op_that_starts_nothing() -> None:
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"DATACAT_URL": "http://127.0.0.1:9", "DATACAT_DISABLED": "1"}],
+    ids=["no URL", "disabled"],
+)
+def test_unconfigured_tracking_is_a_no_op_that_starts_nothing(env: dict[str, str]) -> None:
     code = """if True:
         import threading, datacat
         @datacat.track
@@ -324,8 +329,8 @@ def test_without_a_url_tracking_is_a_no_op_that_starts_nothing() -> None:
         assert datacat.current_session() is None
         assert threading.active_count() == 1, threading.enumerate()
     """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
+    subprocess.run([sys.executable, "-c", code], env={**clean, **env}, check=True, timeout=60)
 
 
 def test_many_calls_from_many_threads_become_a_few_exact_aggregates(server_url: str) -> None:
