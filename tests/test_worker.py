@@ -272,3 +272,17 @@ def test_a_failing_transport_backs_off_and_never_reaches_the_caller(tmp_path: Pa
     assert 1 <= transport.calls < 15  # backed off, no spin
     assert worker.flush(1) is False
     worker.close(time.monotonic() + 0.5)
+
+
+def test_memory_only_mode_keeps_a_bounded_backlog_and_counts_drops() -> None:
+    from datacat.config import resolve
+    from datacat.transport import HttpTransport
+
+    config = resolve(env={}, spool_dir="", queue_size=20, batch_size=5, timeout=0.2)
+    worker = Worker(HttpTransport("http://127.0.0.1:9", timeout=0.2), config)
+    for round_ in range(3):
+        for i in range(20):
+            worker.put(("event", "s", {"name": f"{round_}-{i}"}))
+        assert worker.flush(2) is False
+    assert sum(map(len, worker._outbox)) <= 20 and worker.stats["dropped"] >= 40
+    worker.close(time.monotonic() + 0.5)
