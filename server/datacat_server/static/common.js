@@ -62,6 +62,7 @@ export function fmtClock(iso) {
 
 export function fmtDuration(seconds) {
   if (seconds === null || seconds === undefined || !isFinite(seconds)) return "–";
+  if (seconds < 10) return `${Math.max(0, seconds).toFixed(seconds < 1 ? 3 : 1)}s`;
   const s = Math.max(0, Math.round(seconds));
   const parts = [[Math.floor(s / 86400), "d"], [Math.floor((s % 86400) / 3600), "h"],
     [Math.floor((s % 3600) / 60), "m"], [s % 60, "s"]];

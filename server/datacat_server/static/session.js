@@ -11,7 +11,8 @@ const openState = new Set(["$"]);
 const openEvents = new Set();
 const rendered = new Map();
 let current = null;
-let view = null; // the timeline's visible [start, end] in ms, null = everything
+let view = null; // the timeline's chosen [start, end] in ms, null = everything
+let displayed = [0, 1]; // what the timeline shows right now (an open session's end moves on)
 
 function renderIfChanged(key, data, render) {
   const text = JSON.stringify(data);
@@ -184,7 +185,7 @@ function fullRange(s, items) {
 function renderTimeline() {
   if (!current) return;
   const items = timelineItems(current);
-  const [start, end] = view || fullRange(current, items);
+  const [start, end] = (displayed = view || fullRange(current, items));
   // one SVG unit per CSS pixel, so marks stay round at any width
   const TW = Math.max(300, document.getElementById("timeline").clientWidth || 1000);
   const x = (t) => ((t - start) / (end - start)) * TW;
@@ -206,7 +207,10 @@ function renderTimeline() {
     root.append(svg("text", { x: x(t), y: TH - 8, class: "tick", "text-anchor": anchor }, fmtClock(new Date(t).toISOString())));
   }
   bindZoom(root, start, end);
-  document.getElementById("timeline").replaceChildren(root);
+  const box = document.getElementById("timeline");
+  box.dataset.start = start;
+  box.dataset.end = end;
+  box.replaceChildren(root);
   document.getElementById("timeline-range").textContent =
     `${fmtTime(new Date(start).toISOString())} — ${fmtTime(new Date(end).toISOString())} (${fmtDuration((end - start) / 1000)})`;
 }
@@ -216,7 +220,7 @@ function showDetail(item) {
 }
 
 function zoom(factor, at = 0.5) {
-  const [start, end] = view || fullRange(current, timelineItems(current));
+  const [start, end] = displayed;
   const width = Math.max(10, (end - start) * factor);
   const pivot = start + (end - start) * at;
   view = [pivot - width * at, pivot - width * at + width];
