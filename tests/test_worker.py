@@ -112,12 +112,14 @@ def test_batch_too_large_for_the_server_is_split(make: Make) -> None:
 def test_stalled_server_never_blocks_the_caller(make: Make) -> None:
     with Peer("stall") as peer:
         session = make(peer.url, timeout=5.0, batch_size=50)
-        worst = 0.0
+        durations = []
         for i in range(2000):
             start = time.perf_counter()
             session.log_event("e", {"i": i})
-            worst = max(worst, time.perf_counter() - start)
-        assert worst < 0.05
+            durations.append(time.perf_counter() - start)
+        durations.sort()
+        # generous: a busy machine may deschedule any call; a blocked one would take seconds
+        assert durations[len(durations) * 99 // 100] < 0.01 and durations[-1] < 1.0
         assert session.flush(timeout=0.2) is False
 
 
