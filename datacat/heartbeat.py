@@ -18,6 +18,7 @@ import threading
 import time
 import traceback
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from datacat import _internal
@@ -75,35 +76,40 @@ class HangMonitor:
     def check(self, now: float) -> None:
         if self.paused or self.hung or now - self.last <= self.timeout:
             return
-        with self._lock:
-            if self.hung:
-                return
-            self.hung = True
         session = self._session()
-        if session is not None:
-            stacks = thread_stacks(skip=threading.get_ident())
-            stuck = next((v for k, v in stacks.items() if k.endswith(f"({self.thread_id})")), [])
-            data = {
-                "seconds_since_heartbeat": round(now - self.last, 3),
-                "hang_timeout": self.timeout,
-                "threads": stacks,
-            }
+        if session is None:
+            return
+        stacks = thread_stacks(skip=threading.get_ident())  # slow: before taking the lock
+        stuck = next((v for k, v in stacks.items() if k.endswith(f"({self.thread_id})")), [])
+        data = {
+            "seconds_since_heartbeat": round(now - self.last, 3),
+            "hang_timeout": self.timeout,
+            "threads": stacks,
+        }
+        with self._lock:  # flag and event together: see ``unless_hung``
+            if self.hung or self.paused or time.monotonic() - self.last <= self.timeout:
+                return  # it beat (or was paused) while the stacks were taken
+            self.hung = True
             session.log_event(HUNG_EVENT, data, level="error", category="hang", stacktrace=stuck)
 
+    def unless_hung(self, send: Callable[[], None]) -> None:
+        """Run ``send`` (a background heartbeat) only while not hung, atomically with the hang
+        and recovery events: a heartbeat queued after the hang event and before the recovery
+        would make the server log a recovery of its own."""
+        with self._lock:
+            if not self.hung:
+                send()
+
     def _recovered(self) -> None:
+        session = self._session()
         with self._lock:
             if not self.hung:
                 return
             self.hung = False
-        session = self._session()
-        if session is not None:
-            session.log_event(
-                RECOVERED_EVENT, {"hang_timeout": self.timeout}, level="info", category="hang"
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self._session() is not None
+            if session is not None:
+                session.log_event(
+                    RECOVERED_EVENT, {"hang_timeout": self.timeout}, level="info", category="hang"
+                )
 
 
 class _Watchdog:

@@ -413,8 +413,11 @@ class Session:
     def background_heartbeat(self) -> None:
         """The heartbeat thread's beat: skipped while hung (the server would call a heartbeat
         after a hang its recovery)."""
-        if self._monitor is None or not self._monitor.hung:
+        monitor = self._monitor
+        if monitor is None:
             self.send_heartbeat()
+        else:
+            monitor.unless_hung(self.send_heartbeat)
 
     @_never_raises()
     def start_heartbeat(self, interval: float | None = None) -> None:

@@ -125,7 +125,7 @@ def test_stalled_server_never_blocks_the_caller(make: Make) -> None:
 
 EXIT_SCRIPT = """
 import sys, time, datacat
-s = datacat.create_session(sys.argv[1], spool_dir=sys.argv[2], exit_timeout=0.5, timeout=5.0)
+s = datacat.create_session(sys.argv[1], spool_dir=sys.argv[2], exit_timeout=0.5, timeout=30.0)
 for i in range(100):
     s.log_event("e", {"i": i})
 print(time.monotonic(), flush=True)
@@ -144,7 +144,7 @@ def test_process_exits_within_the_flush_deadline_when_server_stalls(tmp_path: Pa
         ended = time.monotonic()
     assert out.returncode == 0, out.stderr
     main_done = float(out.stdout.split()[0])
-    assert ended - main_done < 0.5 + 2.0  # exit_timeout plus a generous margin
+    assert ended - main_done < 0.5 + 4.0  # exit_timeout plus a margin, far below timeout=30
     assert ended - started < 15
     assert list(tmp_path.glob("*/*.batch.json"))  # what could not go is spooled
 
