@@ -179,6 +179,7 @@ def test_session_page_shows_state_events_and_metrics(
     assert page.text_content("#title") == f"{product} 2.1"
     assert page.text_content("#badges .badge") == "active"
     assert "build-7" in page.text_content("#facts")
+    assert page.get_attribute("[data-fact=Machine] a", "href") == "/sessions?machine_id=m-1"
     state = page.text_content("#state")
     assert "level" in state and '"ana"' in state and '"fast"' in state
     assert "player.level" in page.text_content("#changes")

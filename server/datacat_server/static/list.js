@@ -5,7 +5,7 @@ import { el, getJSON, showError, clearError, badge, sessionLink, fmtTime, fmtNum
 import { lineChart } from "./charts.js";
 
 const RANGES = { "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400 };
-const PASSED = ["product", "version", "status", "state_key", "state_value", "state_mode", "event", "hang", "sort", "order", "page", "per_page"];
+const PASSED = ["machine_id", "product", "version", "status", "state_key", "state_value", "state_mode", "event", "hang", "sort", "order", "page", "per_page"];
 const params = new URLSearchParams(location.search);
 const form = document.getElementById("filters");
 

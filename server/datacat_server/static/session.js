@@ -28,7 +28,8 @@ function renderHeader(s) {
   document.getElementById("badges").replaceChildren(badge(s.status), ...flags.map((f) => [" ", badge(f)]));
   const end = s.ended_at ? Date.parse(s.ended_at) : Date.now();
   const facts = [
-    ["Session", s.id], ["Machine", s.machine_id ?? "–"], ["Host", s.hostname ?? "–"],
+    ["Session", s.id], ["Machine", filterLink({ machine_id: s.machine_id }, s.machine_id)],
+    ["Host", s.hostname ?? "–"], ["Same version", filterLink({ product: s.product, version: s.version }, "all sessions")],
     ["Started", fmtTime(s.created_at)], ["Last activity", fmtTime(s.updated_at)],
     ["Ended", fmtTime(s.ended_at)], ["Duration", fmtDuration((end - Date.parse(s.created_at)) / 1000)],
     ["Last heartbeat", fmtTime(s.last_heartbeat)],
@@ -36,6 +37,12 @@ function renderHeader(s) {
   if (s.crash_reason) facts.push(["Crash reason", s.crash_reason]);
   document.getElementById("facts").replaceChildren(...facts.map(([k, v]) =>
     el("div", { "data-fact": k }, el("dt", {}, k), el("dd", {}, v))));
+}
+
+/** A link to the sessions list filtered by `query`, or a dash when there is nothing to filter. */
+function filterLink(query, label) {
+  if (Object.values(query).some((v) => v === null || v === undefined)) return "–";
+  return el("a", { href: "/sessions?" + new URLSearchParams(query).toString() }, label);
 }
 
 function renderState(state) {
