@@ -204,6 +204,13 @@ def test_sorting_and_paging(data: Data) -> None:
     assert "state" not in second["sessions"][0] and second["sessions"][0]["metric_count"] == 2
 
 
+@pytest.mark.parametrize("descending", [True, False])
+def test_sessions_without_an_end_sort_last(data: Data, descending: bool) -> None:
+    flt = dq.DashboardFilter(sort="ended", descending=descending)
+    page = run(data, dq.session_page, flt, CLOCK)
+    assert [s["ended_at"] is None for s in page["sessions"]] == [False, False, True, True]
+
+
 def test_metric_stats_one_figure_per_session(data: Data) -> None:
     stats = {m["name"]: m for m in run(data, dq.metric_stats, [])}
     fps = stats["fps"]  # per-session means 15 and 60

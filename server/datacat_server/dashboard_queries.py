@@ -152,7 +152,9 @@ def session_page(conn: Connection, flt: DashboardFilter, clock: Clock) -> JSONDi
     column = SORTS.get(flt.sort, sessions.c.created_at)
     # ties (same product, say) keep the newest first, then a stable order for paging
     then = [sessions.c.created_at.desc(), sessions.c.id.desc()]
-    order = [column.desc() if flt.descending else column.asc(), *then]
+    # NULLs (no end yet, no hostname) last either way, on SQLite and PostgreSQL alike
+    first = (column.desc() if flt.descending else column.asc()).nulls_last()
+    order = [first, *then]
     offset = (flt.page - 1) * flt.per_page
     query = sa.select(sessions).where(*conds).order_by(*order).limit(flt.per_page).offset(offset)
     items = queries._summaries(conn, conn.execute(query).all(), clock)
