@@ -1,0 +1,49 @@
+"""The client's examples run against a real server and show what they promise."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from client_helpers import details
+from serverproc import free_port
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run(*args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_basic(server_url: str) -> None:
+    out = run(str(EXAMPLES / "basic.py"), "--url", server_url)
+    assert "'status': 'done'" in out and "2 events, 4 metrics" in out
+
+
+def test_heartbeat_reports_one_hang_and_its_recovery(server_url: str) -> None:
+    out = run(str(EXAMPLES / "heartbeat.py"), "--url", server_url)
+    assert "['application_appears_hung', 'application_recovered']" in out
+
+
+def test_offline_then_replay(server_factory: Callable[..., Any], tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    first = run(str(EXAMPLES / "offline.py"), "--url", url, "--spool-dir", str(tmp_path))
+    assert "delivered now: False" in first
+    sid = first.split()[1].rstrip(":")
+    server_factory(port=port)
+    second = run(
+        str(EXAMPLES / "offline.py"), "--url", url, "--spool-dir", str(tmp_path), "--replay"
+    )
+    assert "spool replayed and session ended" in second
+    assert not list(tmp_path.glob("*/*.batch.json"))
+    got = details(url, sid)
+    assert [e["data"]["step"] for e in got["events"]] == list(range(10))
+    assert got["state"]["step"] == 9 and got["ended_at"]
