@@ -343,6 +343,8 @@ def test_unknown_session_answers_404(page: Any, watch: Watch, server_url: str) -
     response = page.goto(f"{server_url}/sessions/{uuid.uuid4()}")
     assert response.status == 404
     assert "Session not found" in page.text_content("h1")
+    answer = requests.get(f"{server_url}/sessions/{XSS}", timeout=10)
+    assert answer.status_code == 404 and XSS not in answer.text and "&lt;img" in answer.text
 
 
 def test_api_key_guards_every_page_and_view(
