@@ -5,7 +5,8 @@ Pages (``/``, ``/sessions``, ``/sessions/<id>``) are static shells; the browser 
 never as HTML, and draws charts as SVG it builds itself. Everything is served from here (no CDN),
 and a Content-Security-Policy allowing only this origin backs that up. With ``DATACAT_API_KEY``
 set, every page and JSON view needs the key: as a header like the API, or as the cookie the login
-form sets (an HMAC of the key, so the key itself never sits in the browser).
+form sets (an HMAC of the key, so the key itself never sits in the browser). The session page
+refreshes every ``DATACAT_DASHBOARD_REFRESH`` seconds (app config or environment; default 5).
 """
 
 from __future__ import annotations
