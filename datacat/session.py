@@ -498,6 +498,9 @@ class Session:
                 raise
             log_once("details", "datacat: cannot read session details from %s", self.url)
             return {}
+        finally:
+            if transport is not self._transport:
+                transport.close()
 
     def __enter__(self) -> Session:
         return self
