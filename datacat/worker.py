@@ -106,7 +106,8 @@ class Worker:
         """Wake the sender now (starting it if this process has none yet)."""
         if self.thread is None:
             self._start()
-        self._wake.set()
+        if not self._wake.is_set():  # while the sender is busy, puts over the mark stay cheap
+            self._wake.set()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything enqueued so far; True when it all reached the server in time."""
