@@ -132,8 +132,11 @@ print(time.monotonic(), flush=True)
 """
 
 
-def test_process_exits_within_the_flush_deadline_when_server_stalls(tmp_path: Path) -> None:
-    with Peer("stall") as peer:
+@pytest.mark.parametrize("mode", ["stall", "status"])  # never answers / answers 500
+def test_process_exits_within_the_flush_deadline_when_server_fails(
+    mode: str, tmp_path: Path
+) -> None:
+    with Peer(mode, status=500) as peer:
         started = time.monotonic()
         out = subprocess.run(
             [sys.executable, "-c", EXIT_SCRIPT, peer.url, str(tmp_path)],
