@@ -133,6 +133,13 @@ def log_activity(demo: Demo, rng: random.Random, sid: str, t: float) -> float:
                 "timestamp": t,
             },
         )
+    for status, share in (("200", 0.95), ("500", 0.05)):
+        requests = {"name": "http_requests", "type": "counter", "tags": {"status": status}}
+        demo.op(
+            "metric",
+            sid,
+            {**requests, "value": round(rng.randint(50, 400) * share), "timestamp": t},
+        )
     counts = [rng.randint(0, 30) for _ in range(len(BOUNDS) + 1)]
     demo.op(
         "metric",

@@ -230,7 +230,7 @@ def test_user_data_is_rendered_as_text_and_runs_nothing(
     seed.state(sid, {"nested": {SCRIPT: XSS}})
     seed.event(sid, name=XSS, message=SCRIPT, category=XSS, labels=[SCRIPT], data={XSS: SCRIPT})
     seed.event(sid, name=SCRIPT, exception_type=XSS, exception_msg=SCRIPT, stacktrace=[XSS])
-    seed.metric(sid, name=XSS, value=1, unit=SCRIPT)
+    seed.metric(sid, name=XSS, value=1, unit=SCRIPT, tags={XSS: SCRIPT})
     seed.metric(sid, name=SCRIPT, type="histogram", value=0.1)
     seed.metric(sid, name=SCRIPT + "c", type="counter", value=1)
     open_page(page, f"{server_url}/sessions/{sid}")
@@ -396,7 +396,7 @@ def test_demo_example_fills_a_server_whose_pages_render_cleanly(
         assert page.locator(f"#grid [data-status={status}] a").count() >= 1
     page.click("#session-table tbody tr:first-child a")
     page.wait_for_selector("body[data-loaded=true]")
-    assert page.locator("#metrics figure").count() == 4
+    assert page.locator("#metrics figure").count() == 6  # http_requests: one per status
 
 
 def test_pages_forbid_foreign_scripts(server_url: str) -> None:

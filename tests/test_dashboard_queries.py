@@ -136,6 +136,8 @@ def data(storage_url: str) -> Iterator[Data]:
     d.event(crashed, model.HUNG_EVENT, t + 12)
     d.metric(crashed, name="fps", value=60.0, timestamp=t + 12)
     d.metric(crashed, name="lat", type="histogram", value=3.0, count=6, timestamp=t + 12)
+    for outcome, count in (("passed", 40), ("failed", 2)):
+        d.metric(crashed, name="tests", value=count, tags={"outcome": outcome}, timestamp=t + 12)
     d.write("crash", crashed, "segfault", {}, t + 13)
     recovered = d.create("recovered", "beta", "1.0", t + 20)
     d.event(recovered, model.HUNG_EVENT, t + 21)
@@ -170,7 +172,7 @@ def test_totals_follow_the_filters(data: Data) -> None:
     flt = dq.DashboardFilter(base=SessionFilter(product="alpha"))
     conds = run(data, dq.conditions, flt, CLOCK)
     totals = run(data, dq.totals, conds, CLOCK)
-    assert totals == {"sessions": 2, "active": 0, "events": 3, "metrics": 6}
+    assert totals == {"sessions": 2, "active": 0, "events": 3, "metrics": 8}
     everything = run(data, dq.totals, [], CLOCK)
     assert (everything["sessions"], everything["active"]) == (4, 1)
 
@@ -201,7 +203,7 @@ def test_sorting_and_paging(data: Data) -> None:
     flt.page = 2
     second = run(data, dq.session_page, flt, CLOCK)
     assert [s["version"] for s in second["sessions"]] == ["2.0"]
-    assert "state" not in second["sessions"][0] and second["sessions"][0]["metric_count"] == 2
+    assert "state" not in second["sessions"][0] and second["sessions"][0]["metric_count"] == 4
 
 
 @pytest.mark.parametrize("descending", [True, False])
@@ -219,6 +221,17 @@ def test_metric_stats_one_figure_per_session(data: Data) -> None:
     assert stats["items"]["avg"] == 5.0  # a counter's total
     assert stats["lat"]["avg"] == 0.5  # a histogram's mean observation: 3.0 / 6
     assert [p[2] for p in fps["points"]] == [data.ids["ended"], data.ids["crashed"]]
+
+
+def test_tagged_metrics_are_separate_series(data: Data) -> None:
+    stats = [m for m in run(data, dq.metric_stats, []) if m["name"] == "tests"]
+    assert [(m["tags"], m["avg"]) for m in stats] == [
+        ({"outcome": "failed"}, 2.0),
+        ({"outcome": "passed"}, 40.0),
+    ]
+    detail = run(data, dq.session_detail, data.ids["crashed"], CLOCK)
+    series = [(m["tags"], m["last"]) for m in detail["metrics"] if m["name"] == "tests"]
+    assert series == [({"outcome": "failed"}, 2.0), ({"outcome": "passed"}, 40.0)]
 
 
 def test_session_detail(data: Data) -> None:

@@ -165,49 +165,64 @@ def session_page(conn: Connection, flt: DashboardFilter, clock: Clock) -> JSONDi
 
 
 def metric_stats(conn: Connection, conds: list[Any]) -> list[JSONDict]:
-    """Per metric name, one figure per filtered session and avg/min/max/median/std-dev of them.
+    """Per metric series (name, type, tags), one figure per filtered session and
+    avg/min/max/median/std-dev of them.
 
     A session's figure is its total for a counter (clients send deltas), the mean observation
     for a histogram (sum of values / sum of counts) and the mean value for gauges and timers.
     """
-    per_metric: dict[tuple[str, str], list[tuple[float, str, float]]] = defaultdict(list)
-    for (name, kind, sid, created), figure in _session_figures(conn, conds).items():
-        per_metric[(name, kind)].append((created, sid, figure))
-    return [_stats(name, kind, rows) for (name, kind), rows in sorted(per_metric.items())]
+    per_series: dict[tuple[str, str, str], list[tuple[float, str, float]]] = defaultdict(list)
+    for (name, kind, tags, sid, created), figure in _session_figures(conn, conds).items():
+        per_series[(name, kind, tags)].append((created, sid, figure))
+    return [_stats(key, rows) for key, rows in sorted(per_series.items())]
 
 
-def _session_figures(
-    conn: Connection, conds: list[Any]
-) -> dict[tuple[str, str, str, float], float]:
-    """(name, type, session, created) → that session's figure, summed up in the database;
-    only histogram rows come here one by one (their observation count is inside the body)."""
+# Rows whose stored body must be read: histograms (their count) and tagged rows (their series).
+# ``"tags":{"`` only occurs in a body whose tags are not empty (inside strings quotes are escaped).
+_TAGGED = metrics.c.body.like('%"tags":{"%')
+_READ_BODY = sa.or_(metrics.c.type == "histogram", _TAGGED)
+
+
+def _session_figures(conn: Connection, conds: list[Any]) -> dict[tuple[Any, ...], float]:
+    """(name, type, tags, session, created) → that session's figure. Untagged gauges, timers
+    and counters are summed up in the database; only the rest is read row by row."""
     m = metrics.c
     keys = (m.name, m.type, m.session_id, sessions.c.created_at)
     joined = sa.select(*keys).join_from(metrics, sessions, m.session_id == sessions.c.id)
     plain = joined.add_columns(sa.func.sum(m.value), sa.func.count()).where(
-        *conds, m.type != "histogram"
+        *conds, sa.not_(_READ_BODY)
     )
-    sums: dict[Any, list[float]] = {
-        tuple(r[:4]): [r[4], float(r[5])] for r in conn.execute(plain.group_by(*keys))
+    sums: dict[tuple[Any, ...], list[float]] = {
+        (name, kind, "", sid, created): [total, float(n)]
+        for name, kind, sid, created, total, n in conn.execute(plain.group_by(*keys))
     }
-    histograms = joined.add_columns(m.value, m.body).where(*conds, m.type == "histogram")
-    for *key, value, body in conn.execute(histograms):
-        acc = sums.setdefault(tuple(key), [0.0, 0.0])
+    for name, kind, sid, created, value, raw in conn.execute(
+        joined.add_columns(m.value, m.body).where(*conds, _READ_BODY)
+    ):
+        body = json.loads(raw)
+        acc = sums.setdefault((name, kind, _tags_label(body), sid, created), [0.0, 0.0])
         acc[0] += value
-        acc[1] += float(json.loads(body).get("count") or 1)
+        acc[1] += float(body.get("count") or 1) if kind == "histogram" else 1.0
     return {key: s if key[1] == "counter" else s / n for key, (s, n) in sums.items()}
 
 
-def _stats(name: str, kind: str, rows: list[tuple[float, str, float]]) -> JSONDict:
+def _tags_label(row: JSONDict) -> str:
+    """A series' tags as canonical JSON ("" when untagged): part of what tells series apart."""
+    tags = row.get("tags")
+    return json.dumps(tags, sort_keys=True) if tags else ""
+
+
+def _stats(key: tuple[str, str, str], rows: list[tuple[float, str, float]]) -> JSONDict:
+    name, kind, tags = key
     rows.sort()
     values = [figure for _, _, figure in rows]
-    points = [[iso(ts), figure, sid] for ts, sid, figure in _thin(rows)]
     return {
         "name": name,
         "type": kind,
+        "tags": json.loads(tags) if tags else {},
         "sessions": len(values),
         **describe(values),
-        "points": points,
+        "points": [[iso(ts), figure, sid] for ts, sid, figure in _thin(rows)],
     }
 
 
@@ -269,12 +284,12 @@ def _newest_events(conn: Connection, session_id: str) -> tuple[list[JSONDict], i
 
 
 def _metric_rows(conn: Connection, session_id: str) -> Iterator[JSONDict]:
-    """name, type, ts, value of every row; the stored body only where the bars need it.
+    """name, type, ts, value of every row; the stored body only where it is needed.
 
     Decoding every body (and formatting every time) made a page of 50,000 metrics take seconds.
     """
     m = metrics.c
-    body = sa.case((m.type == "histogram", m.body), else_=sa.null())
+    body = sa.case((_READ_BODY, m.body), else_=sa.null())
     query = sa.select(m.name, m.type, m.ts, m.value, body.label("body"))
     query = query.where(m.session_id == session_id).order_by(m.id)
     for name, kind, ts, value, raw in conn.execute(query):
@@ -297,21 +312,23 @@ def _body(row: Row[Any]) -> JSONDict:
 
 
 def metric_summaries(rows: Iterable[JSONDict], units: dict[str, str]) -> list[JSONDict]:
-    """Per metric name: type, unit, count, total, last, stats, a thinned series, histogram bars.
+    """Per series (name, type, tags): unit, count, total, last, stats, a thinned line, bars.
 
     ``rows`` are in order, each with ``name``, ``type``, ``ts`` (Unix seconds) and ``value``.
     """
-    by_name: dict[str, list[JSONDict]] = defaultdict(list)
+    series: dict[tuple[str, str, str], list[JSONDict]] = defaultdict(list)
     for row in rows:
-        by_name[row["name"]].append(row)
-    return [_summary(name, units.get(name), group) for name, group in sorted(by_name.items())]
+        series[(row["name"], row["type"], _tags_label(row))].append(row)
+    return [_summary(key, units.get(key[0]), group) for key, group in sorted(series.items())]
 
 
-def _summary(name: str, unit: str | None, group: list[JSONDict]) -> JSONDict:
+def _summary(key: tuple[str, str, str], unit: str | None, group: list[JSONDict]) -> JSONDict:
+    name, kind, _ = key
     values = [r["value"] for r in group]
     out: JSONDict = {
         "name": name,
-        "type": group[-1]["type"],
+        "type": kind,
+        "tags": group[-1].get("tags") or {},
         "unit": unit,
         "count": len(group),
         "total": sum(values),
@@ -319,7 +336,7 @@ def _summary(name: str, unit: str | None, group: list[JSONDict]) -> JSONDict:
         **describe(values),
         "series": [[iso(r["ts"]), r["value"]] for r in _thin(group)],
     }
-    if out["type"] == "histogram":
+    if kind == "histogram":
         out["histogram"] = histogram_bars(group)
     return out
 

@@ -84,6 +84,11 @@ export function badge(status) {
   return el("span", { class: "badge s-" + (STATUSES.includes(status) ? status : "other"), text: status });
 }
 
+/** A metric's tags as chips (`outcome=passed`). */
+export function tagChips(tags) {
+  return Object.entries(tags || {}).map(([k, v]) => el("span", { class: "tag label" }, `${k}=${v}`));
+}
+
 export function sessionLink(id, label) {
   return el("a", { href: "/sessions/" + encodeURIComponent(id) }, label ?? id);
 }

@@ -1,7 +1,7 @@
 // The overview (/) and sessions (/sessions) pages: filters kept in the page's URL, the filtered
 // and sorted sessions list with paging, metric statistics across the filtered sessions, and on
 // the overview the totals and the product → version grid.
-import { el, getJSON, showError, clearError, badge, sessionLink, fmtTime, fmtNum, STATUSES } from "./common.js";
+import { el, getJSON, showError, clearError, badge, sessionLink, fmtTime, fmtNum, STATUSES, tagChips } from "./common.js";
 import { lineChart } from "./charts.js";
 
 const RANGES = { "1h": 3600, "24h": 86400, "7d": 7 * 86400, "30d": 30 * 86400 };
@@ -94,7 +94,8 @@ function renderPager(page, pages) {
 
 function renderMetricStats(data) {
   const cards = data.metrics.map((m) => el("figure", { class: "metric", "data-metric": m.name },
-    el("figcaption", {}, el("strong", {}, m.name), " ", el("span", { class: "tag" }, m.type), " ",
+    el("figcaption", {}, el("strong", {}, m.name), " ", el("span", { class: "tag" }, m.type),
+      ...tagChips(m.tags), " ",
       el("span", { class: "muted" }, `${m.sessions} session${m.sessions === 1 ? "" : "s"}`)),
     lineChart(m.points, `${m.name} per session`),
     statsTable(m)));

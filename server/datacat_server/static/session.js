@@ -2,7 +2,7 @@
 // events and exceptions, the current state as a JSON tree, state changes as diffs, per-metric
 // summaries and a searchable event list; refreshes itself while the session is still open.
 import { el, svg, getJSON, showError, clearError, badge, fmtTime, fmtClock, fmtDuration, fmtNum,
-  jsonTree, scalar, shortJSON } from "./common.js";
+  jsonTree, shortJSON, tagChips } from "./common.js";
 import { lineChart, barChart } from "./charts.js";
 
 const sessionId = document.body.dataset.sessionId;
@@ -73,7 +73,7 @@ function renderChanges(changes) {
 function renderMetrics(metrics) {
   const cards = metrics.map((m) => el("figure", { class: "metric", "data-metric": m.name },
     el("figcaption", {}, el("strong", {}, m.name), " ", el("span", { class: "tag" }, m.type),
-      m.unit ? el("span", { class: "muted" }, " ", m.unit) : null),
+      ...tagChips(m.tags), m.unit ? el("span", { class: "muted" }, " ", m.unit) : null),
     ...metricBody(m)));
   if (!cards.length) cards.push(el("p", { class: "muted" }, "No metrics recorded."));
   document.getElementById("metrics").replaceChildren(...cards);
