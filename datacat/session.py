@@ -56,7 +56,11 @@ def create_session(
         return NoopSession(config)
     if config.blocking:
         return Session(config, transport=HttpTransport(config.url, config.api_key, config.timeout))
-    return Session(config, worker=get_worker(config))
+    try:
+        return Session(config, worker=get_worker(config))
+    except Exception:  # never break the host: a session that records nothing instead
+        logger.exception("datacat: cannot start a session; this one records nothing")
+        return NoopSession(config)
 
 
 @functools.cache
