@@ -69,6 +69,12 @@ def test_state_changes_are_leaf_diffs() -> None:
     ]
 
 
+def test_natural_order_of_products_and_versions() -> None:
+    pairs = [("b", "1.10"), ("a", "2"), ("b", "1.9"), ("b", "1.9rc1"), ("ab", "1")]
+    ordered = sorted(pairs, key=lambda pair: dq.natural(*pair))
+    assert ordered == [("a", "2"), ("ab", "1"), ("b", "1.9"), ("b", "1.9rc1"), ("b", "1.10")]
+
+
 def test_thin_keeps_the_bound_and_the_last_point() -> None:
     rows = list(range(10 * dq.MAX_POINTS + 3))
     thinned = dq._thin(rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -130,7 +131,7 @@ def _count_rows(conn: Connection, table: sa.Table, ids: sa.Select[Any]) -> int:
 
 
 def grid(conn: Connection, clock: Clock) -> list[JSONDict]:
-    """Product → version rows with a count per status, products and versions sorted."""
+    """Product → version rows with a count per status, in natural order (1.9 before 1.10)."""
     status = sa.case(*((queries._status_condition(s, clock), s) for s in STATUSES))
     sub = sa.select(sessions.c.product, sessions.c.version, status.label("status")).subquery()
     keys = (sub.c.product, sub.c.version, sub.c.status)
@@ -140,7 +141,16 @@ def grid(conn: Connection, clock: Clock) -> list[JSONDict]:
         cells[(product, version)][state or "active"] += n
     return [
         {"product": p, "version": v, "counts": counts, "total": sum(counts.values())}
-        for (p, v), counts in sorted(cells.items())
+        for (p, v), counts in sorted(cells.items(), key=lambda item: natural(*item[0]))
+    ]
+
+
+def natural(*texts: str) -> list[tuple[int, int | str]]:
+    """A sort key that orders numbers inside text by value: 1.9 before 1.10."""
+    return [
+        (0, int(part)) if part.isdigit() else (1, part)
+        for text in texts
+        for part in [*re.split(r"(\d+)", text), "\0"]  # "\0" ends each text
     ]
 
 
