@@ -323,11 +323,14 @@ def test_session_page_refreshes_while_active(page: Any, server_factory: Callable
     server = server_factory(env={"DATACAT_DASHBOARD_REFRESH": "0.3"})
     seed = Seeder(server.url)
     sid = seed.session("live-app")
+    seed.event(sid, name="was_there")
     open_page(page, f"{server.url}/sessions/{sid}")
     assert page.locator("#live.on").count() == 1
     seed.event(sid, name="arrived_later")
     seed.state(sid, {"phase": "two"})
     page.wait_for_selector("#events li[data-event=arrived_later]")
+    assert page.locator("#events li[data-event=was_there]").count() == 1
+    assert "(2 of 2)" in page.text_content("#events-count")
     page.wait_for_selector("#state :text('two')")
     seed.post(f"/api/sessions/{sid}/end")
     page.wait_for_selector("#live:not(.on)")

@@ -246,3 +246,8 @@ def test_session_detail(data: Data) -> None:
     assert [c["diff"][0]["path"] for c in detail["changes"]][-2:] == ["level", "level"]
     assert {m["name"]: m["unit"] for m in detail["metrics"]} == {"fps": "Hz", "items": None}
     assert run(data, dq.session_detail, str(uuid.uuid4()), CLOCK) is None
+    crashed = run(data, dq.session_detail, data.ids["crashed"], CLOCK)
+    assert [e["name"] for e in crashed["events"]] == [model.HUNG_EVENT, model.CRASH_EVENT]
+    newer = run(data, dq.session_detail, data.ids["crashed"], CLOCK, crashed["last_event_id"] - 1)
+    assert [e["name"] for e in newer["events"]] == [model.CRASH_EVENT]
+    assert (newer["event_total"], newer["last_event_id"]) == (2, crashed["last_event_id"])

@@ -191,7 +191,8 @@ def metrics_data() -> Response:
 @bp.get("/dashboard/api/sessions/<session_id>")
 def session_data(session_id: str) -> Response:
     with _store().read() as conn:
-        detail = dashboard_queries.session_detail(conn, session_id, _clock())
+        after = request.args.get("events_after", default=0, type=int)  # not a number: 0
+        detail = dashboard_queries.session_detail(conn, session_id, _clock(), after)
     if detail is None:
         raise NotFound(session_id)
     return jsonify(detail)

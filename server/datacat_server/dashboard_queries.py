@@ -257,14 +257,20 @@ def _thin(rows: Sequence[Any]) -> list[Any]:
     return [rows[int(i * step)] for i in range(MAX_POINTS - 1)] + [rows[-1]]
 
 
-def session_detail(conn: Connection, session_id: str, clock: Clock) -> JSONDict | None:
-    """Everything a session page shows: header, state, state changes, events, metric summaries."""
+def session_detail(
+    conn: Connection, session_id: str, clock: Clock, events_after: int = 0
+) -> JSONDict | None:
+    """Everything a session page shows: header, state, state changes, events, metric summaries.
+
+    ``events`` are the newest ``MAX_EVENTS`` after the row id ``events_after`` (a refreshing page
+    passes the ``last_event_id`` it has, so it only downloads what is new).
+    """
     row = conn.execute(sa.select(sessions).where(sessions.c.id == session_id)).first()
     if row is None:
         return None
     out = session_dict(row, clock)
     out["changes"] = state_changes(state_history(conn, session_id))
-    out["events"], out["event_total"] = _newest_events(conn, session_id)
+    out.update(_newest_events(conn, session_id, events_after))
     out["metrics"] = metric_summaries(_metric_rows(conn, session_id), _units(conn, session_id))
     return out
 
@@ -285,12 +291,16 @@ def state_changes(history: Iterable[JSONDict]) -> list[JSONDict]:
     return out
 
 
-def _newest_events(conn: Connection, session_id: str) -> tuple[list[JSONDict], int]:
+def _newest_events(conn: Connection, session_id: str, after: int) -> JSONDict:
     where = events.c.session_id == session_id
     total = conn.execute(sa.select(sa.func.count()).select_from(events).where(where)).scalar_one()
-    query = sa.select(events).where(where).order_by(events.c.id.desc()).limit(MAX_EVENTS)
-    rows = conn.execute(query).all()[::-1]
-    return [_body(r) for r in rows], int(total)
+    query = sa.select(events).where(where, events.c.id > after)
+    rows = conn.execute(query.order_by(events.c.id.desc()).limit(MAX_EVENTS)).all()[::-1]
+    return {
+        "events": [_body(r) for r in rows],
+        "event_total": int(total),
+        "last_event_id": rows[-1].id if rows else after,
+    }
 
 
 def _metric_rows(conn: Connection, session_id: str) -> Iterator[JSONDict]:

@@ -280,9 +280,13 @@ function render(s) {
   document.body.dataset.loaded = "true";
 }
 
+const MAX_EVENTS = 5000; // as many as the server sends at once
+
 async function refresh() {
   try {
-    const s = await getJSON("/dashboard/api/sessions/" + encodeURIComponent(sessionId));
+    const after = current ? current.last_event_id : 0;
+    const s = await getJSON(`/dashboard/api/sessions/${encodeURIComponent(sessionId)}?events_after=${after}`);
+    if (current) s.events = current.events.concat(s.events).slice(-MAX_EVENTS); // only new ones came
     clearError();
     render(s);
     if (s.active) setTimeout(refresh, refreshMs);
