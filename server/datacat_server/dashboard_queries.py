@@ -286,7 +286,7 @@ def state_changes(history: Iterable[JSONDict]) -> list[JSONDict]:
             for p in sorted(before.keys() | after.keys())
             if before.get(p) != after.get(p)
         ]
-        out.append({"timestamp": snapshot["timestamp"], "update": snapshot["update"], "diff": diff})
+        out.append({"timestamp": snapshot["timestamp"], "diff": diff})
         before = after
     return out
 

@@ -64,9 +64,13 @@ function changeItem(c) {
   return el("div", {}, el("time", { datetime: c.timestamp }, fmtTime(c.timestamp)), body);
 }
 
+const MAX_CHANGES = 500; // listed; the timeline still marks every one
+
 function renderChanges(changes) {
-  document.getElementById("changes-count").textContent = `(${changes.length})`;
-  const items = changes.slice().reverse().map((c) => el("li", {}, changeItem(c)));
+  const listed = changes.slice(-MAX_CHANGES).reverse();
+  document.getElementById("changes-count").textContent =
+    `(${changes.length}${changes.length > listed.length ? `, newest ${listed.length} listed` : ""})`;
+  const items = listed.map((c) => el("li", {}, changeItem(c)));
   document.getElementById("changes").replaceChildren(...items);
 }
 
@@ -205,6 +209,7 @@ function renderTimeline() {
     const mark = svg("circle", { cx: x(item.t).toFixed(1), cy: LANES[item.kind], r: 5, class: "mark k-" + item.kind, tabindex: 0 },
       svg("title", {}, `${fmtTime(new Date(item.t).toISOString())} — ${item.label}`));
     mark.addEventListener("click", () => showDetail(item));
+    mark.addEventListener("keydown", (event) => { if (event.key === "Enter" || event.key === " ") showDetail(item); });
     root.append(mark);
   }
   root.append(svg("line", { x1: 0, x2: TW, y1: TH - 22, y2: TH - 22, class: "axis" }));
