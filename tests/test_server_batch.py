@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -97,3 +99,22 @@ def test_malformed_envelope_is_400(api: Api, body: Any) -> None:
     response = api.request("POST", "/api/batch", json=body)
     assert response.status_code == 400
     assert set(response.json()) == {"error", "details"}
+
+
+def test_concurrent_copies_of_one_batch_apply_once(api: Api) -> None:
+    """A client that retries while its first attempt is still in flight must not duplicate."""
+    sid = api.create()["id"]
+    operations = ops(sid, *[("event", {"name": f"e{i}"}) for i in range(50)])
+    barrier = threading.Barrier(4)
+
+    def send(_i: int) -> dict[str, Any]:
+        barrier.wait()
+        response = Api(api.url).batch(operations)
+        assert response.status_code == 200, response.text
+        answer: dict[str, Any] = response.json()
+        return answer
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(send, range(4)))
+    assert sorted(a["applied"] for a in answers) == [0, 0, 0, 50]
+    assert len(api.get(sid)["events"]) == 50

@@ -58,6 +58,15 @@ def _failure(index: int, op_id: str | None, status: int, error: str, details: st
 
 def apply_batch(store: storage.Storage, items: list[Operation | ValidationError]) -> JSONDict:
     """Apply the parsed operations; answer the ``POST /api/batch`` body."""
+    try:
+        return _apply_once(store, items)
+    except store.engine.dialect.loaded_dbapi.IntegrityError:
+        # A copy of this batch (a client's retry while the first try was in flight) committed
+        # the same op_ids first; ours rolled back whole. Again, they now count as duplicates.
+        return _apply_once(store, items)
+
+
+def _apply_once(store: storage.Storage, items: list[Operation | ValidationError]) -> JSONDict:
     failed: list[JSONDict] = []
     valid = [v for index, item in enumerate(items) if (v := _validate(index, item, failed))]
     with store.write() as conn:
