@@ -45,8 +45,19 @@ def create_session(
     url: str | None = None, product: str | None = None, version: str | None = None, **options: Any
 ) -> Session:
     """Start a session; it is created on the server asynchronously (the id is made here)."""
+    return _make(Session, None, url=url, product=product, version=version, **options)
+
+
+def attach_session(session_id: str, url: str | None = None, **options: Any) -> Session:
+    """A handle on a session that exists already (made by another process): it sends to
+    ``session_id`` but never creates the session, and neither ``end()`` nor the exit hook
+    ends it (its creator does); ``end()`` only flushes. pytest-xdist workers use it."""
+    return _make(AttachedSession, str(session_id), url=url, **options)
+
+
+def _make(kind: type[Session], session_id: str | None, **options: Any) -> Session:
     try:
-        config = resolve(url=url, product=product, version=version, **options)
+        config = resolve(**options)
     except ConfigurationError:
         if options.get("blocking"):
             raise
@@ -55,9 +66,10 @@ def create_session(
     if config.disabled:
         return NoopSession(config)
     if config.blocking:
-        return Session(config, transport=HttpTransport(config.url, config.api_key, config.timeout))
+        transport = HttpTransport(config.url, config.api_key, config.timeout)
+        return kind(config, transport=transport, session_id=session_id)
     try:
-        return Session(config, worker=get_worker(config))
+        return kind(config, worker=get_worker(config), session_id=session_id)
     except Exception:  # never break the host: a session that records nothing instead
         logger.exception("datacat: cannot start a session; this one records nothing")
         return NoopSession(config)
@@ -153,9 +165,17 @@ class Session:
     """One run of a program, reported to a DataCat server."""
 
     def __init__(
-        self, config: Config, worker: Worker | None = None, transport: HttpTransport | None = None
+        self,
+        config: Config,
+        worker: Worker | None = None,
+        transport: HttpTransport | None = None,
+        session_id: str | None = None,
     ) -> None:
         self._setup(config, worker, transport)
+        if session_id is not None:  # ``attach_session``: neither created nor ended here, so
+            self.id = session_id  # not in ``worker.sessions`` (the exit hook ends those)
+            self.create_body = {}
+            return
         if worker is not None:
             worker.sessions[self.id] = self
         self.create_body = self._create_body()
@@ -176,6 +196,7 @@ class Session:
         self._monitor: heartbeat_module.HangMonitor | None = None
         self._beater: heartbeat_module.HeartbeatThread | None = None
         self._put: Callable[[Item], bool] = worker.put if worker is not None else self._send_now
+        self._stats_at_start = dict(worker.stats) if worker is not None else {}
 
     def _create_body(self) -> JSONDict:
         config = self.config
@@ -482,6 +503,20 @@ class Session:
             self._worker.sessions.pop(self.id, None)
         return True
 
+    @property
+    def undelivered(self) -> int:
+        """How many items are not known to have reached the server: dropped (queue full),
+        refused by the server, still waiting, or in the spool for a later run. Counted for
+        this session's sender (all sessions of its destination), since this session began."""
+        worker = self._worker
+        if worker is None:
+            return self.dropped
+        stats, start = worker.stats, self._stats_at_start
+        lost = sum(stats[k] - start.get(k, 0) for k in ("dropped", "rejected"))
+        if worker.spool is not None and worker.spool.has_files():
+            lost += stats["spooled"] - start.get("spooled", 0)
+        return lost + len(worker.queue) + sum(map(len, list(worker._outbox)))
+
     @_never_raises(default=False)
     def flush(self, timeout: float | None = None) -> bool:
         """Wait (at most ``timeout`` seconds) until what was logged so far reached the server."""
@@ -545,6 +580,21 @@ def _safe_str(exc: BaseException) -> str:
         return str(exc)
     except Exception:
         return f"<unprintable {type(exc).__name__}>"
+
+
+class AttachedSession(Session):
+    """``attach_session``: writes to a session another process created and will end."""
+
+    def __repr__(self) -> str:
+        return f"<datacat.Session {self.id} (attached) {self.url}>"
+
+    def _finish(self, op: str, body: JSONDict) -> bool:
+        self.stop_heartbeat()  # the session is its creator's to end: stop sending, then flush
+        if self._monitor is not None:
+            heartbeat_module.watchdog.discard(self._monitor)
+            self._monitor = None
+        self.ended = True
+        return True  # ``end()`` flushes what this handle sent
 
 
 class NoopSession(Session):

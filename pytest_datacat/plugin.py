@@ -18,8 +18,10 @@ import pytest
 
 #: Key under ``item.stash`` where ``record_datacat`` and the marker collect a test's metadata.
 RECORDED = pytest.StashKey[dict[str, Any]]()
-#: Key under ``config.stash`` holding the run's session (controller's or worker's view of it).
+#: Key under ``config.stash`` holding the run's session (on the controller or single process).
 SESSION = pytest.StashKey[Any]()
+#: Key under ``config.stash`` of an xdist worker: attaches to the run's session on first use.
+WORKER = pytest.StashKey[Any]()
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -105,7 +107,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:
         if workerinput.get("datacat_session_id"):
-            from pytest_datacat import relay  # light: a worker imports nothing of DataCat
+            from pytest_datacat import relay  # light: nothing of DataCat until the fixture
 
             relay.register_worker(config, workerinput)
         return
@@ -122,6 +124,9 @@ def datacat_session(pytestconfig: pytest.Config) -> Any:
     session fixtures may use it too."""
     session = pytestconfig.stash.get(SESSION, None)
     if session is None:
+        worker = pytestconfig.stash.get(WORKER, None)
+        if worker is not None:
+            return worker.get()
         import datacat
 
         session = pytestconfig.stash[SESSION] = datacat.NoopSession()

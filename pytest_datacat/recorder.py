@@ -23,17 +23,20 @@ import datacat
 from datacat.config import resolve
 from pytest_datacat import metadata, reports
 from pytest_datacat.plugin import SESSION, Settings
-from pytest_datacat.relay import ItemReporter, replay
+from pytest_datacat.relay import ItemReporter
 
 logger = logging.getLogger("datacat.pytest")
 
 #: Seconds between two live progress updates of the state (the last one is always sent).
 PROGRESS_INTERVAL = 0.5
+#: The timer metric of each test's duration (setup + call + teardown).
+DURATION = "pytest.test.duration"
 #: What the client's exit hook may still wait once the run's own flush deadline has passed:
 #: just enough to move what is left to the spool.
 EXIT_GRACE = 0.2
 
 F = TypeVar("F", bound=Callable[..., Any])
+_monotonic = time.monotonic
 
 
 def register(config: pytest.Config, settings: Settings) -> None:
@@ -89,7 +92,6 @@ class Recorder:
         self.current: str | None = None
         self.internal_errors = 0
         self.delivered: bool | None = None
-        self.sent = 0  # verbs called on the session: the most that can be undelivered
         self._tests: dict[str, list[Any]] = {}  # nodeid -> [outcome, summed duration]
         self._next_progress = 0.0
         self._started = time.monotonic()
@@ -100,16 +102,17 @@ class Recorder:
     def dashboard_url(self) -> str:
         return f"{(self.settings.url or '').rstrip('/')}/sessions/{self.session.id}"
 
-    def _send(self, verb: str, *args: Any, **kwargs: Any) -> None:
-        self.sent += 1
-        getattr(self.session, verb)(*args, **kwargs)
-
     # -- xdist wiring ---------------------------------------------------------------------------
 
     @pytest.hookimpl(optionalhook=True)
     @_guarded
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput.update(datacat_session_id=self.session.id, datacat_url=self.settings.url)
+        node.workerinput.update(
+            datacat_session_id=self.session.id,
+            datacat_url=self.settings.url,
+            datacat_api_key=self.settings.api_key,
+            datacat_flush_timeout=self.settings.flush_timeout,
+        )
 
     @pytest.hookimpl(optionalhook=True)
     @_guarded
@@ -130,20 +133,18 @@ class Recorder:
 
     @_guarded
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        extra = report.__dict__.get(reports.EXTRA)
-        if extra is not None and "calls" in extra:  # a worker's own use of the session
-            self.sent += len(extra["calls"])
-            self.internal_errors += replay(self.session, extra["calls"])
-        test = self._tests.get(report.nodeid)
+        # Runs three times per test: plain attribute reads, the progress throttled.
+        nodeid, when = report.nodeid, report.when
+        test = self._tests.get(nodeid)
         if test is None:
-            test = self._tests[report.nodeid] = [None, 0.0]
+            test = self._tests[nodeid] = [None, 0.0]
         test[1] += report.duration
-        if report.when == "call" or report.outcome != "passed":  # the reports that decide
+        if when == "call" or report.outcome != "passed":  # the reports that decide
             self._result(report, test)
-        if report.when == "teardown":
-            self._test_finished(report.nodeid)
-        if time.monotonic() >= self._next_progress:
-            self._progress(force=True)
+        if when == "teardown":
+            self._test_finished(nodeid)
+            if _monotonic() >= self._next_progress:
+                self._progress(force=True)
 
     def _result(self, report: pytest.TestReport, test: list[Any]) -> None:
         result = reports.outcome(report)
@@ -151,31 +152,31 @@ class Recorder:
             self.counts[reports.COUNTERS[result]] += 1
             test[0] = test[0] if test[0] in ("failed", "error") else result
             name, fields = reports.result_event(report, result)
-            self._send("log_event", name, **fields)
+            self.session.log_event(name, **fields)
 
     def _test_finished(self, nodeid: str) -> None:
         result, duration = self._tests.pop(nodeid)
         tags = {"nodeid": nodeid, "outcome": result or "passed"}
-        self._send("log_timer", "pytest.test.duration", duration, tags=tags)
+        # the aggregated path: one tuple on this thread; the sender makes the timer metric
+        self.session.observe(DURATION, duration, type="timer", tags=tags, unit="s", buckets=None)
 
     @_guarded
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
             self.counts["errors"] += 1
             name, fields = reports.collection_event(report)
-            self._send("log_event", name, **fields)
+            self.session.log_event(name, **fields)
 
     @_guarded
     def pytest_warning_recorded(
         self, warning_message: Any, when: str, nodeid: str, location: Any
     ) -> None:
         name, fields = reports.warning_event(warning_message, when, nodeid)
-        self._send("log_event", name, **fields)
+        self.session.log_event(name, **fields)
 
     @_guarded
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
-        self._send(
-            "log_event",
+        self.session.log_event(
             "run_interrupted",
             level="warning",
             category="pytest",
@@ -189,7 +190,7 @@ class Recorder:
         now = time.monotonic()
         if force or now >= self._next_progress:
             self._next_progress = now + PROGRESS_INTERVAL
-            self._send("update_state", {"progress": {**self.counts, "current": self.current}})
+            self.session.update_state({"progress": {**self.counts, "current": self.current}})
 
     # -- the end --------------------------------------------------------------------------------
 
@@ -205,11 +206,10 @@ class Recorder:
         self.current = None
         self._progress(force=True)
         seconds = time.monotonic() - self._started
-        self._send("update_state", _final_state(exitstatus, seconds))
+        self.session.update_state(_final_state(exitstatus, seconds))
         for name, count in self.counts.items():
-            self._send("log_metric", "pytest.tests", count, tags={"outcome": name})
-        self._send("log_timer", "pytest.run.duration", seconds)
-        self.sent += 1  # the end itself
+            self.session.log_metric("pytest.tests", count, tags={"outcome": name})
+        self.session.log_timer("pytest.run.duration", seconds)
         self.delivered = bool(self.session.end(timeout=self.settings.flush_timeout))
 
     @_guarded
@@ -220,9 +220,10 @@ class Recorder:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         write = terminalreporter.write_line
         write(f"datacat: session {self.session.id} -> {self.dashboard_url}")
-        if not self.delivered:
+        undelivered = self.session.undelivered
+        if undelivered or not self.delivered:
             write(
-                f"datacat: up to {self.sent} items not delivered to {self.settings.url} within "
+                f"datacat: {undelivered} items not delivered to {self.settings.url} within "
                 f"{self.settings.flush_timeout:g} s (spooled for a later run; the run itself is "
                 "unaffected)"
             )

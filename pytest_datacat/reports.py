@@ -2,10 +2,9 @@
 
 Two halves meet here. :func:`report_extra` runs where the test runs (the only process, or an
 xdist worker) and attaches what only the item knows (markers, ``record_datacat`` data, the
-exception's type; on a worker also the relayed session calls) to the report as the JSON-safe
-attribute ``datacat_extra``, which xdist relays to the controller with the report. The other
-functions run where results are recorded and turn a report into the keyword arguments of
-``Session.log_event``. Pure functions; no I/O.
+exception's type) to the report as the JSON-safe attribute ``datacat_extra``, which xdist
+relays to the controller with the report. The other functions run where results are recorded
+and turn a report into the keyword arguments of ``Session.log_event``. Pure functions; no I/O.
 """
 
 from __future__ import annotations
@@ -15,6 +14,8 @@ import warnings
 from typing import Any
 
 import pytest
+
+from pytest_datacat.plugin import RECORDED
 
 EXTRA = "datacat_extra"
 MAX_TRACEBACK_LINES = 400
@@ -46,21 +47,13 @@ def outcome(report: pytest.TestReport) -> str | None:
     return "failed" if report.when == "call" else "error"
 
 
-def report_extra(
-    item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, calls: list[Any]
-) -> None:
-    """Attach the item's markers, recorded data and exception type to a deciding report, and
-    ``calls`` (a worker's relayed session calls) to any report."""
-    extra: Fields = {"calls": calls} if calls else {}
+def report_extra(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+    """Attach the item's markers, recorded data and exception type to a deciding report."""
     if not report.passed or report.when == "call":
-        extra.update(_describe(item, call, report))
-    if extra:
-        setattr(report, EXTRA, extra)
+        setattr(report, EXTRA, _describe(item, call, report))
 
 
 def _describe(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> Fields:
-    from pytest_datacat.plugin import RECORDED
-
     marks = list(item.iter_markers())  # one walk up the node chain: it is per test
     labels: list[str] = []
     data: dict[str, Any] = {}

@@ -1,52 +1,56 @@
-"""A worker's relayed session: calls become JSON-safe data and replay on a real session.
-
-The whole path through xdist runs in ``test_plugin_recorder.py``; here are the edges."""
+"""Where tests run: an xdist worker's handle on the run's session (``attach_session``), against a
+real server. The whole path through xdist runs in ``test_plugin_recorder.py``; here are the edges."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from client_helpers import details
 
 import datacat
-from pytest_datacat.relay import RelayedSession, replay
+from pytest_datacat.relay import WorkerSession
 
 
-def test_calls_are_json_safe_and_taken_once() -> None:
-    relayed = RelayedSession("sid", "http://x")
-    relayed.update_state({"k": (1, 2), "obj": object})
-    relayed.log_metric("m", 1.5, tags={"a": "b"})
-    with relayed.timer("t", tags={"x": "y"}) as timer:
-        timer.count = 3
-    [state, metric, timed] = relayed.take()
-    assert state == ("update_state", [{"k": [1, 2], "obj": "<class 'object'>"}], {})
-    assert metric == ("log_metric", ["m", 1.5], {"tags": {"a": "b"}})
-    assert timed[0] == "log_timer" and timed[2] == {"count": 3, "tags": {"x": "y"}}
-    assert relayed.take() == []
+@pytest.fixture(autouse=True)
+def _own_spool(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DATACAT_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("DATACAT_FLUSH_INTERVAL", "0.05")
 
 
-def test_what_cannot_travel_is_dropped_not_raised() -> None:
-    relayed = RelayedSession("sid", "http://x")
-    cycle: dict[str, Any] = {}
-    cycle["self"] = cycle
-    relayed.update_state(cycle)
-    assert relayed.take() == [] and relayed.dropped == 1
+def _worker_session(sid: str, url: str) -> WorkerSession:
+    given = {"datacat_session_id": sid, "datacat_url": url, "datacat_flush_timeout": 5.0}
+    return WorkerSession(given)
 
 
-def test_an_exception_travels_as_its_description() -> None:
-    relayed = RelayedSession("sid", "http://x")
-    try:
-        raise KeyError("k")
-    except KeyError:
-        relayed.log_exception(data={"d": 1})
-    [(verb, args, kwargs)] = relayed.take()
-    assert verb == "log_event" and args == ["exception", {"d": 1}]
-    assert kwargs["exception_type"] == "KeyError" and kwargs["level"] == "error"
-    assert kwargs["source_function"] == "test_an_exception_travels_as_its_description"
-    assert isinstance(kwargs["timestamp"], float)
+def test_a_worker_writes_to_the_run_session_and_never_ends_it(server_url: str) -> None:
+    owner = datacat.create_session(server_url, product=f"relay-{uuid.uuid4()}", version="1")
+    assert owner.flush(10)
+    worker = _worker_session(owner.id, server_url)
+    assert worker.session is None  # nothing attached until a test asks for the fixture
+    attached = worker.get()
+    assert worker.get() is attached and attached.id == owner.id
+    attached.log_event("from_worker", {"n": 1})
+    with attached.timer("worker.timer"):
+        pass
+    worker.pytest_sessionfinish()  # the worker's end: flushes, does not end the session
+    got = details(server_url, owner.id)
+    assert [e["name"] for e in got["events"]] == ["from_worker"]
+    assert not got["ended_at"] and attached.undelivered == 0
+    assert owner.end(10)
+    assert details(server_url, owner.id)["ended_at"]
 
 
-def test_replay_performs_known_verbs_and_counts_the_rest() -> None:
-    relayed = RelayedSession("sid", "http://x")
-    relayed.log_event("e", {"a": 1}, level="warning")
-    relayed.log_counter("c", 2)
-    calls = [*relayed.take(), ("end", [], {})]
-    assert replay(datacat.NoopSession(), calls) == 1  # a worker never ends the session
+def test_attaching_never_creates_a_session(server_url: str) -> None:
+    sid = str(uuid.uuid4())
+    attached = datacat.attach_session(sid, url=server_url, exit_timeout=5.0)
+    attached.log_event("orphan")
+    attached.end()
+    deadline = time.monotonic() + 10
+    while attached.undelivered == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)  # the refusal is counted once the server answered
+    assert attached.undelivered == 1  # the server refused the event: no such session
+    with pytest.raises(datacat.NotFoundError):
+        datacat.DatacatClient(server_url).get_session(sid)

@@ -106,3 +106,29 @@ def test_request_raises_our_errors_with_the_server_text(server_factory: Callable
     assert invalid.value.status == 400 and invalid.value.details
     assert isinstance(BatchResult(400).retryable, bool)
     keyed.close()
+
+
+def test_a_connection_closed_meanwhile_is_reopened_once(server_url: str) -> None:
+    transport = HttpTransport(server_url)
+    sid = str(uuid.uuid4())
+    assert transport.send_batch([create_op(sid)]).delivered
+    transport._local.conn.sock.close()  # as a server closing an idle keep-alive connection
+    event = {"op_id": str(uuid.uuid4()), "op": "event", "session_id": sid, "data": {"name": "e"}}
+    assert transport.send_batch([event]).applied == 1
+    transport.close()
+
+
+def test_with_a_proxy_in_the_environment_batches_go_through_requests(
+    server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # requests honours both
+    transport = HttpTransport(server_url)
+    assert transport.send_batch([create_op(str(uuid.uuid4()))]).applied == 1
+    assert transport._local.session is not None
+    transport.close()
+
+
+def test_a_value_json_cannot_hold_is_refused_not_raised() -> None:
+    result = HttpTransport("http://127.0.0.1:9").send_batch([{"value": float("nan")}])
+    assert (result.status, result.retryable) == (400, False) and "not JSON" in result.error
