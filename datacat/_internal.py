@@ -1,8 +1,9 @@
 """Client internals that keep instrumentation from hurting the host.
 
 Owns: the ``datacat`` logger, log-once reporting of internal errors, the JSON-safe conversion of
-user values (repr for the unknown, truncation of oversized strings), and the process-wide
-"interpreter is shutting down" flag that forbids starting threads.
+user values (repr for the unknown, truncation of oversized strings), the process-wide
+"interpreter is shutting down" flag that forbids starting threads, and the fork repair of imports
+DataCat's own threads had in progress (``free_orphaned_imports``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import datetime
 import functools
 import logging
 import math
+import os
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, ParamSpec, TypeVar
 
 logger = logging.getLogger("datacat")
@@ -27,6 +29,9 @@ _PLAIN = frozenset({int, bool, type(None)})
 _seen: set[str] = set()
 _seen_lock = threading.Lock()
 _shutting_down = False
+#: Names of DataCat's own threads start with this (sender, heartbeat, watchdog, ...).
+THREAD_PREFIX = "datacat-"
+_ours_at_fork: frozenset[int] = frozenset()
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -64,10 +69,54 @@ def swallow(default: Any = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
     return wrap
 
 
-def reset_after_fork() -> None:
+def _note_threads_before_fork() -> None:
+    """In the forking thread, just before ``fork``: which threads are DataCat's."""
+    global _ours_at_fork
+    _ours_at_fork = frozenset(
+        t.ident for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.ident
+    )
+
+
+def _reset_after_fork() -> None:
     """In a forked child: a lock another thread held at fork time would never be released."""
     global _seen_lock
     _seen_lock = threading.Lock()
+    free_orphaned_imports(_ours_at_fork)
+
+
+def free_orphaned_imports(thread_ids: Collection[int]) -> list[str]:
+    """In a forked child, undo the imports ``thread_ids`` (threads that do not exist here) had in
+    progress at fork time; the names of the modules freed.
+
+    A thread of ours may be importing lazily when the app forks (``requests`` imports ``netrc``
+    on its first request). Its per-module import lock is then held forever in the child and the
+    child's next import of that module hangs (a forked child's first flush failed 1 time in 5).
+    The lock is forgotten and a half-initialised module dropped, exactly as after a failed
+    import, so the next import starts afresh. Only our own threads' imports are touched."""
+    try:
+        from importlib import _bootstrap  # CPython's import machinery (private, checked)
+
+        locks = getattr(_bootstrap, "_module_locks")  # noqa: B009 (private: not in typeshed)
+        blocking = getattr(_bootstrap, "_blocking_on")  # noqa: B009
+        freed = [name for name, ref in list(locks.items()) if _owner(ref()) in thread_ids]
+        for name in freed:
+            del locks[name]
+            spec = getattr(sys.modules.get(name), "__spec__", None)
+            if getattr(spec, "_initializing", False):
+                del sys.modules[name]
+        for ident in thread_ids:
+            blocking.pop(ident, None)
+        return freed
+    except Exception:  # another interpreter's internals: leave them alone
+        logger.debug("datacat: cannot repair imports after fork", exc_info=True)
+        return []
+
+
+def _owner(lock: Any) -> Any:
+    return getattr(lock, "owner", None)
+
+
+os.register_at_fork(before=_note_threads_before_fork, after_in_child=_reset_after_fork)
 
 
 def mark_shutting_down() -> None:

@@ -156,6 +156,8 @@ watchdog = _Watchdog()
 
 def _after_fork() -> None:
     global watchdog
+    for monitor in list(watchdog.monitors):
+        monitor._lock = threading.Lock()  # the parent's watchdog may have held it at fork time
     watchdog = _Watchdog()  # the parent's thread does not exist here; monitors are the parent's
 
 

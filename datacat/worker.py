@@ -407,7 +407,6 @@ def _at_exit() -> None:
 def _after_fork() -> None:
     global _registry_lock
     _registry_lock = threading.Lock()
-    _internal.reset_after_fork()
     batching.reseed()
     for worker in list(_all_workers):
         worker._after_fork()

@@ -186,6 +186,46 @@ def test_fork_child_sends_only_its_own_items(server_url: str, tmp_path: Path) ->
     assert sorted(n for n, _ in names).count("child") == 10
 
 
+FORK_ROUNDS_SCRIPT = """
+import os, sys, threading, time, datacat
+
+def round_():
+    # A process that has sent nothing yet: its sender's first request (lazy imports) is in flight
+    # when it forks, right after a thread was started.
+    s = datacat.create_session(sys.argv[1], spool_dir=sys.argv[2], flush_interval=0.05)
+    s.log_event("parent")
+    threading.Thread(target=time.sleep, args=(0.5,), daemon=True).start()
+    pid = os.fork()
+    if pid == 0:
+        s.log_event("child")
+        os._exit(0 if s.flush(3) else 3)
+    os._exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+
+codes = []
+for _ in range(int(sys.argv[3])):
+    pid = os.fork()  # this process never starts a thread: every round begins pristine
+    if pid == 0:
+        round_()
+    codes.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+print(*codes)
+"""
+
+
+def test_fork_child_can_flush_while_the_parents_first_send_is_in_flight(
+    server_url: str, tmp_path: Path
+) -> None:
+    """Regression: the child inherited the import lock of the sender's half-done lazy import
+    and its own sender hung on it (about 1 round in 5 failed)."""
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_ROUNDS_SCRIPT, server_url, str(tmp_path), "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0"] * 20, out.stderr
+
+
 SHUTDOWN_SCRIPT = """
 import atexit, sys, datacat
 def late():
