@@ -83,13 +83,19 @@ applied_ops = sa.Table(
 
 def make_engine(url: str) -> Engine:
     """An engine for ``sqlite:///path`` or ``postgresql://...``, with the schema created."""
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    engine = sa.create_engine(url, pool_pre_ping=False)
+    engine = sa.create_engine(engine_url(url))
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine)
     metadata.create_all(engine)
     return engine
+
+
+def engine_url(url: str) -> str:
+    """``postgresql://`` (or ``postgres://``) means psycopg 3; SQLAlchemy would pick psycopg2."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url.removeprefix(prefix)
+    return url
 
 
 def _tune_sqlite(engine: Engine) -> None:
