@@ -5,7 +5,8 @@ it would to ``HttpTransport``, and it writes them to the stdin pipe of a detache
 ``datacat daemon`` process (started on first use, in its own session so a signal to the app's
 process group does not reach it, with no output pipe at all so it can never block on one).
 Writes never block the app: the pipe is non-blocking (the sender thread waits at most
-``PARTIAL_WAIT`` for a daemon that is just behind), a batch the pipe cannot take is answered as
+``PARTIAL_WAIT`` for a daemon that is just behind; at exit, when the sender passes a ``timeout``,
+that long instead), a batch the pipe cannot take is answered as
 retryable (the sender keeps it, retries, spools), and what a full pipe took only in part is
 finished before anything else is written. If the daemon is gone the batches go over HTTP.
 
@@ -113,9 +114,10 @@ class PipeTransport:
         _transports.add(self)
 
     def send_batch(self, operations: list[JSONDict], timeout: float | None = None) -> BatchResult:
+        wait = PARTIAL_WAIT if timeout is None else max(PARTIAL_WAIT, timeout)
         with self._lock:
             if self._usable():
-                written = self._write(encode({"operations": operations}))
+                written = self._write(encode({"operations": operations}), wait)
                 if written:
                     return BatchResult(200, applied=len(operations))
                 if not self._broken:
@@ -163,14 +165,16 @@ class PipeTransport:
         os.set_blocking(self._fd, False)
         self._pending = hello(self.config)
 
-    def _write(self, line: bytes) -> bool:
-        """True when ``line`` went into the pipe whole. A line the pipe took only in part stays
-        pending and is finished before anything else (the stream must stay parseable); the
-        batch is still answered "retry", and its ``op_id``s make the second copy harmless."""
-        if self._pending and not self._drain(PARTIAL_WAIT):
+    def _write(self, line: bytes, wait: float) -> bool:
+        """True when ``line`` went into the pipe whole within ``wait`` seconds. A line the pipe
+        took only in part stays pending and is finished before anything else (the stream must
+        stay parseable); the batch is still answered "retry", and its ``op_id``s make the
+        second copy harmless."""
+        deadline = time.monotonic() + wait
+        if self._pending and not self._drain(wait):
             return False
         self._pending = line
-        if self._drain(PARTIAL_WAIT):
+        if self._drain(max(0.0, deadline - time.monotonic())):
             return True
         if len(self._pending) == len(line):
             self._pending = b""  # none of it went in: the sender retries it whole

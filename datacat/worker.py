@@ -4,15 +4,16 @@ Owns what happens between a session verb and the server: the queue (the caller o
 tuple; queue full means drop and count), batching per flush interval (``datacat.batching``
 decides what goes into a batch), delivery through a ``Transport`` with exponential backoff and
 jitter (429 ``Retry-After`` honoured, other 4xx never retried), the offline spool,
-``flush(timeout)``, the ``atexit`` flush with a deadline, and fork safety (the child starts with
-an empty queue and a new thread). One ``Worker`` per set of sender options
-(``Config.destination``): a stalled server cannot delay sessions that report elsewhere. The
-local daemon reuses ``Worker`` to forward what it receives (``put_operations``).
+``flush(timeout)``, the ``atexit`` flush with a deadline (the transport is closed within it), and
+fork safety (the child starts with an empty queue and a new thread). One ``Worker`` per set of
+sender options (``Config.destination``): a stalled server cannot delay sessions that report
+elsewhere. The local daemon reuses ``Worker`` to forward what it receives (``put_operations``).
 """
 
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import os
 import random
@@ -130,6 +131,7 @@ class Worker:
             return True
         if not (self.queue or self._outbox or self.sessions):
             self._closed = True  # nothing of ours to send: no network at exit
+            self._close_transport(deadline)
             return True
         for session in list(self.sessions.values()):
             session.end_for_exit()
@@ -139,7 +141,21 @@ class Worker:
             self._spill_all()
         self._closed = True
         self._wake.set()
+        self._close_transport(deadline)
         return ok
+
+    def _close_transport(self, deadline: float) -> None:
+        """Release the transport within what is left until ``deadline``: the pipe to the local
+        daemon finishes a line it wrote in part (a torn last line would lose the daemon the
+        session's end, and it would report a crash), then closes."""
+        close: Callable[..., None] = self.transport.close  # the pipe takes a timeout
+        try:
+            if "timeout" in inspect.signature(close).parameters:
+                close(timeout=max(0.0, deadline - time.monotonic()))
+            else:
+                close()
+        except Exception:  # a foreign transport's bug must not break the exit
+            logger.debug("datacat: closing the transport failed", exc_info=True)
 
     # -- sender side ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autoinstrument_helpers import PYTHON, client_env, event_named, session, wait_for
+from autoinstrument_helpers import PYTHON, client_env, event_named, events, session, wait_for
 
 from datacat import daemon
 from datacat.daemon import CRASH_REASON
@@ -42,13 +42,14 @@ if sys.argv[1:] != ["exit"]:
 class App:
     """The app process, its session id and its daemon's pid."""
 
-    def __init__(self, url: str, tmp_path: Path, *args: str, **env: str) -> None:
+    def __init__(self, url: str, tmp_path: Path, *args: str, code: str = APP, **env: str) -> None:
         script = tmp_path / "app.py"
-        script.write_text(APP)
+        script.write_text(code)
         env = {**os.environ, **client_env(url, tmp_path, DATACAT_HANG_TIMEOUT="1", **env)}
         env["DATACAT_DAEMON_LOG"] = str(tmp_path / "daemon.log")
         self.proc = subprocess.Popen(
             [PYTHON, str(script), *args],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             env=env,
@@ -66,16 +67,17 @@ class App:
         self.signal_group(signal.SIGCONT)
         self.signal_group(signal.SIGKILL)
         self.proc.wait(10)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture
 def start_app(tmp_path: Path) -> Iterator[Callable[..., App]]:
     apps: list[App] = []
 
-    def start(url: str, *args: str, **env: str) -> App:
-        apps.append(App(url, tmp_path, *args, **env))
+    def start(url: str, *args: str, code: str = APP, **env: str) -> App:
+        apps.append(App(url, tmp_path, *args, code=code, **env))
         return apps[-1]
 
     yield start
@@ -136,6 +138,38 @@ def test_a_normal_exit_ends_the_session_and_the_daemon(
     ended = wait_for(lambda: session(server_url, app.sid)["ended_at"], what="end")
     assert ended and not session(server_url, app.sid)["crashed"]
     wait_for(lambda: not alive(app.daemon_pid), what="the daemon to exit")
+
+
+JAMMED_EXIT_APP = """
+import sys, datacat
+s = datacat.create_session(daemon=True, product="daemon-test", exit_timeout=6)
+s.flush(10)
+print(s.id, s._worker.transport.daemon_pid, flush=True)
+sys.stdin.readline()  # meanwhile the test stops the daemon
+for i in range(300):
+    s.log_event("padded", {"i": i, "pad": "x" * 1000})  # 300 KB: far more than a pipe holds
+s.flush(0.5)
+print("exiting", flush=True)  # no end(): the exit hook ends the session
+"""
+
+
+def test_an_exit_while_the_pipe_is_full_waits_for_the_daemon_within_the_deadline(
+    start_app: Callable[..., App], server_url: str
+) -> None:
+    """Regression: the exit gave up on a full pipe at once and left a line half written; the
+    daemon never saw the end and reported a crash."""
+    app = start_app(server_url, code=JAMMED_EXIT_APP)
+    os.kill(app.daemon_pid, signal.SIGSTOP)
+    assert app.proc.stdin is not None and app.proc.stdout is not None
+    app.proc.stdin.write("go\n")
+    app.proc.stdin.flush()
+    assert app.proc.stdout.readline().strip() == "exiting"
+    time.sleep(0.5)  # the app is in its exit hook, waiting on the pipe (for up to 3 s)
+    os.kill(app.daemon_pid, signal.SIGCONT)
+    assert app.proc.wait(30) == 0
+    wait_for(lambda: session(server_url, app.sid)["ended_at"], what="end")
+    assert not session(server_url, app.sid)["crashed"]
+    wait_for(lambda: len(events(server_url, app.sid, "padded")) == 300, what="every event")
 
 
 def test_the_crash_reaches_a_server_that_was_down(
