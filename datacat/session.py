@@ -477,12 +477,13 @@ class Session:
         return True
 
     @_never_raises(default=False)
-    def crash(self, reason: str, data: Any = None) -> bool:
-        """Mark the session crashed (and ended), then flush like ``end``."""
+    def crash(self, reason: str, data: Any = None, *, flush: bool = True) -> bool:
+        """Mark the session crashed (and ended), then flush like ``end``. ``flush=False`` only
+        queues: for a program about to exit, whose exit hook does the one bounded flush."""
         body: JSONDict = {"reason": str(reason), "timestamp": time.time()}
         if data is not None:
             body["data"] = dict(data) if isinstance(data, Mapping) else {"value": data}
-        if self._finish("crash", body):
+        if self._finish("crash", body) and flush:
             return self.flush(self.config.exit_timeout)
         return True
 

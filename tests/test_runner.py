@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from autoinstrument_helpers import (
     sessions_of,
     wait_for,
 )
+from serverproc import ServerProcess
 
 from datacat import runner
 
@@ -187,3 +191,68 @@ def test_the_product_defaults_to_the_program_name(command: list[str], product: s
     assert runner.default_product(command) == product
     args = argparse.Namespace(program=["--", *command], product=None)
     assert runner.environment(args, {})["DATACAT_PRODUCT"] == product
+
+
+CRASH_AT_ONCE = """
+import sys
+print("raising", file=sys.stderr, flush=True)
+raise ValueError("fatal")
+"""
+
+
+@contextlib.contextmanager
+def stalled(server: ServerProcess) -> Iterator[str]:
+    """A real server stopped with SIGSTOP: connections queue in its backlog, nothing answers."""
+    assert server.proc is not None
+    os.killpg(server.proc.pid, signal.SIGSTOP)
+    try:
+        yield server.url
+    finally:
+        os.killpg(server.proc.pid, signal.SIGCONT)
+
+
+def test_a_crash_against_a_stalled_server_takes_one_exit_deadline(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    exit_timeout = 3.0
+    script = tmp_path / "script.py"
+    script.write_text(CRASH_AT_ONCE)
+    with stalled(server_factory()) as url:
+        env = {**os.environ, **client_env(url, tmp_path, DATACAT_EXIT_TIMEOUT=str(exit_timeout))}
+        program = subprocess.Popen(
+            [*DATACAT, "--", PYTHON, str(script)], stderr=subprocess.PIPE, text=True, env=env
+        )
+        assert program.stderr is not None
+        with program, program.stderr:
+            assert program.stderr.readline() == "raising\n"
+            raised = time.monotonic()
+            lines = iter(program.stderr.readline, "")
+            assert any(line == "ValueError: fatal\n" for line in lines)
+            shown = time.monotonic() - raised
+            code = program.wait(30)
+            exited = time.monotonic() - raised
+    assert code == 1
+    assert shown < exit_timeout / 2  # the traceback does not wait for the network
+    assert exited < exit_timeout + 2.5  # one exit deadline (a second flush took 2x before)
+
+
+TRACKED_RAISE = """
+import datacat
+
+@datacat.track
+def compute():
+    raise KeyError("missing")
+
+compute()
+"""
+
+
+def test_an_exception_seen_by_track_then_uncaught_is_recorded_once(
+    server_url: str, tmp_path: Path
+) -> None:
+    product = f"run-{uuid.uuid4().hex[:8]}"
+    done = run(TRACKED_RAISE, tmp_path, server_url, "--product", product)
+    assert done.returncode == 1 and "KeyError: 'missing'" in done.stderr
+    found = wait_for(lambda: (s := only_session(server_url, product))["crashed"] and s)
+    (event,) = [e for e in events(server_url, found["id"]) if e.get("exception_type")]
+    assert event["exception_type"] == "KeyError"

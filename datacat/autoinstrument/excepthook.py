@@ -1,8 +1,11 @@
 """Uncaught exceptions: ``sys.excepthook``, ``threading.excepthook`` and asyncio's handler.
 
-Each becomes an exception event; an uncaught exception in the main thread also marks the session
-crashed (reason ``uncaught_exception``), since the program is about to die of it. The hooks that
-were installed before (the interpreter's, or the user's) still run afterwards.
+Each becomes an exception event, unless ``@datacat.track`` recorded that exception for the
+session already (its mark on the exception object); an uncaught exception in the main thread also
+marks the session crashed (reason ``uncaught_exception``), since the program is about to die of
+it. The hooks that were installed before (the interpreter's, or the user's) still run, and for the
+main thread they run first, so the traceback shows at once: the crash is only queued, and the
+client's exit hook delivers it within the one exit deadline (``exit_timeout``).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from types import ModuleType, TracebackType
 from typing import Any
 
 from datacat.autoinstrument._base import Instrumentor, guarded
+from datacat.track import RECORDED_ATTR
 
 CRASH_REASON = "uncaught_exception"
 
@@ -33,9 +37,11 @@ class ExcepthookInstrumentor(Instrumentor):
         self._asyncio = _AsyncioInstrumentor(self)
 
     def _sys_hook(self, wrapped: Any, _: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if args and not issubclass(args[0], KeyboardInterrupt):
-            guarded(self._crash, args[1], args[2])
-        return wrapped(*args, **kwargs)
+        try:
+            return wrapped(*args, **kwargs)
+        finally:  # the user sees the traceback first; recording then only queues
+            if args and not issubclass(args[0], KeyboardInterrupt):
+                guarded(self._crash, args[1], args[2])
 
     def _thread_hook(
         self, wrapped: Any, _: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -48,13 +54,19 @@ class ExcepthookInstrumentor(Instrumentor):
 
     def _crash(self, exc: BaseException, tb: TracebackType | None) -> None:
         self._record(exc, {"thread": threading.current_thread().name, "source": "main"})
-        self.session.crash(
-            CRASH_REASON, {"exception_type": type(exc).__name__, "message": str(exc)}
-        )
+        data = {"exception_type": type(exc).__name__, "message": str(exc)}
+        self.session.crash(CRASH_REASON, data, flush=False)  # the exit hook flushes, once
 
     def _record(self, exc: BaseException | None, data: dict[str, Any]) -> None:
-        if exc is not None:
+        if exc is not None and not _recorded(exc, self.session.id):
             self.session.log_exception(exc, data=data, level="critical")
+
+
+def _recorded(exc: BaseException, session_id: str) -> bool:
+    """Whether ``@datacat.track`` logged ``exc`` into this session already (it marks the
+    exception with the ids of the sessions it went to)."""
+    seen = getattr(exc, RECORDED_ATTR, None)
+    return isinstance(seen, set) and session_id in seen
 
 
 class _AsyncioInstrumentor(Instrumentor):
