@@ -26,8 +26,13 @@ def default_spool_dir() -> str:
 
 
 def _default_product() -> str:
-    name = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else ""
-    return name or "python"
+    """The script's name; ``python -m package`` gives the package's; ``python -c``, ``-m``
+    (while it starts), stdin (``-``) and the interactive prompt give ``"python"``."""
+    arg = sys.argv[0] if sys.argv else ""
+    if arg.startswith("-") or not arg:
+        return "python"
+    path = Path(arg)
+    return (path.parent.name if path.stem == "__main__" else path.stem) or "python"
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,28 @@ def test_state_is_copied_and_destination_groups_senders() -> None:
     assert Config(url="http://a.test").destination() != Config(url="http://b.test").destination()
     assert Config(batch_size=1).destination() != Config(batch_size=2).destination()
     assert Config(product="a").destination() == Config(product="b").destination()
+
+
+@pytest.mark.parametrize(
+    ("argv", "product"),
+    [
+        (["-c", "x"], "python"),
+        (["-m"], "python"),
+        (["-"], "python"),
+        ([""], "python"),
+        ([], "python"),
+        (["/srv/tools/sync_photos.py", "--all"], "sync_photos"),
+        (["/srv/lib/shop/__main__.py"], "shop"),
+    ],
+)
+def test_the_default_product_is_the_program_name(
+    argv: list[str], product: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", argv)
+    assert resolve(env={}).product == product
+
+
+def test_python_dash_c_is_named_python() -> None:
+    code = "from datacat.config import resolve; print(resolve(env={}).product)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "python\n", done.stderr
