@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from datacat import heartbeat as heartbeat_module
 from datacat import otel
+from datacat._asyncgen import wrap_async_generator_function
 from datacat._internal import log_once, logger, snapshot
 from datacat.batching import OBSERVE, Batcher, Item, new_id
 from datacat.config import Config, resolve
@@ -104,8 +105,10 @@ class Timer:
         self._session.log_timer(self.name, self.elapsed, count=self.count, tags=self.tags)
 
     def __call__(self, func: F) -> F:
-        """Decorate ``func``; a coroutine function or generator function is timed until it
-        finishes, not until it has made its coroutine or generator."""
+        """Decorate ``func``; a coroutine, generator or async generator function is timed until
+        what it makes finishes, not until it has made it."""
+        if inspect.isasyncgenfunction(func):
+            return wrap_async_generator_function(func, self._fresh)
         if inspect.iscoroutinefunction(func):
             return self._wrap_coroutine(func)
         if inspect.isgeneratorfunction(func):
@@ -117,6 +120,10 @@ class Timer:
                 return func(*args, **kwargs)
 
         return timed  # type: ignore[return-value]
+
+    def _fresh(self) -> Timer:
+        """A timer of the same name for one call (calls may overlap)."""
+        return Timer(self._session, self.name, self.tags)
 
     def _wrap_coroutine(self, func: F) -> F:
         @functools.wraps(func)
