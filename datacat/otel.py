@@ -4,7 +4,9 @@
 traces. It never imports OpenTelemetry itself: when the application has not imported
 ``opentelemetry.trace``, there is no active span and the call costs one dictionary lookup.
 ``span(name)`` opens the spans ``@datacat.track`` creates on request, from the application's
-SDK tracer provider; without one it is a null context.
+SDK tracer provider; without one it is a null context. ``suppressed()`` wraps DataCat's own
+sends: OpenTelemetry's instrumentations record no span for them (else, with the ``otel``
+auto-instrumentation target, each batch POST would become a span, a metric, another POST, ...).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import Any, cast
 
 
@@ -84,3 +86,51 @@ def _sdk_tracer() -> Any:
     if _tracer is None or _tracer[0] is not provider:
         _tracer = (provider, provider.get_tracer("datacat"))
     return _tracer[1]
+
+
+# -- DataCat's own traffic is not OpenTelemetry's to trace ----------------------------------
+
+# The context keys instrumentations check (``opentelemetry.instrumentation.utils``): the
+# general one, the HTTP one (newer APIs), and the plain string older instrumentations read.
+_SUPPRESS_KEYS = ("_SUPPRESS_INSTRUMENTATION_KEY", "_SUPPRESS_HTTP_INSTRUMENTATION_KEY")
+_LEGACY_KEY = "suppress_instrumentation"
+
+
+@contextmanager
+def suppressed() -> Iterator[None]:
+    """Within this block OpenTelemetry instrumentations trace nothing (they honour the
+    suppression keys of the context). Free when OpenTelemetry is not imported."""
+    context: Any = sys.modules.get("opentelemetry.context")
+    token = _suppress(context)
+    try:
+        yield
+    finally:
+        if token is not None:
+            with suppress(Exception):  # OpenTelemetry logs a failed detach itself
+                context.detach(token)
+
+
+def _suppress(context: Any) -> Any:
+    if context is None:
+        return None
+    try:
+        values = context.set_value(_LEGACY_KEY, True)
+        for name in _SUPPRESS_KEYS:
+            if hasattr(context, name):
+                values = context.set_value(getattr(context, name), True, values)
+        return context.attach(values)
+    except Exception:  # a broken or exotic OpenTelemetry must not stop DataCat's sends
+        return None
+
+
+def is_suppressed() -> bool:
+    """Whether the current OpenTelemetry context suppresses instrumentation (DataCat's sends,
+    or the SDK's own exporters)."""
+    context = sys.modules.get("opentelemetry.context")
+    if context is None:
+        return False
+    try:
+        key = getattr(context, _SUPPRESS_KEYS[0], _LEGACY_KEY)
+        return bool(context.get_value(key) or context.get_value(_LEGACY_KEY))
+    except Exception:
+        return False

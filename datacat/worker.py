@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from datacat import _internal, batching
+from datacat import _internal, batching, otel
 from datacat._internal import log_once, logger
 from datacat.batching import OBSERVE, RAW, Batcher, Item, new_id, wire
 from datacat.config import Config
@@ -187,7 +187,8 @@ class Worker:
         with self._flushed:
             target = self._requested
         try:
-            ok = self._cycle_once(force)
+            with otel.suppressed():  # DataCat's sends are not OpenTelemetry's to trace
+                ok = self._cycle_once(force)
         except Exception:  # a bug or a foreign transport: count it as a failed attempt
             log_once("cycle", "datacat: internal error in the sender", level=logging.ERROR)
             logger.debug("datacat: sender cycle failed", exc_info=True)

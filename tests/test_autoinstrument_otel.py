@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,11 @@ from autoinstrument_helpers import (
     run_python,
     wait_for,
 )
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from test_otel import instrumentation_enabled
 
 from datacat import autoinstrument
+from datacat.otel import suppressed
 
 
 @pytest.fixture
@@ -72,3 +75,52 @@ def test_the_global_provider_set_before_instrumenting_is_covered(
     sid = done.stdout.strip()
     (metric,) = wait_for(lambda: metrics(server_url, sid, "otel.span.duration"), what="timer")
     assert metric["tags"]["span"] == "startup"
+
+
+class Recorder(SpanProcessor):
+    """Every span the SDK finishes, as an exporter would see them."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.names.append(span.name)
+
+
+def emulate_http_instrumentation(monkeypatch: pytest.MonkeyPatch, tracer: Any) -> None:
+    """What opentelemetry-instrumentation-requests/-urllib3 do (not installed here): a span
+    around each HTTP request, unless the context suppresses instrumentation."""
+    original = http.client.HTTPConnection.request
+
+    def request(self: http.client.HTTPConnection, method: str, *args: Any, **kw: Any) -> Any:
+        if not instrumentation_enabled():
+            return original(self, method, *args, **kw)
+        with tracer.start_as_current_span(f"{method} {self.host}"):
+            return original(self, method, *args, **kw)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "request", request)
+
+
+def test_datacats_own_sends_make_no_spans_and_no_loop(
+    dc_session: Any, server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    provider, recorder = TracerProvider(), Recorder()
+    provider.add_span_processor(recorder)
+    emulate_http_instrumentation(monkeypatch, provider.get_tracer("http"))
+    with provider.get_tracer("app").start_as_current_span("user-work"):
+        dc_session.log_event("work-done")
+    for _ in range(3):  # a loop would add a span and a metric per send
+        assert dc_session.flush(10)
+    monkeypatch.undo()  # the test's own reads below are not under test
+    assert recorder.names == ["user-work"]
+    assert [m["tags"]["span"] for m in metrics(server_url, dc_session.id)] == ["user-work"]
+
+
+def test_spans_ended_under_suppression_are_ignored(dc_session: Any, server_url: str) -> None:
+    tracer = TracerProvider().get_tracer("ignores-the-keys")
+    with suppressed(), tracer.start_as_current_span("datacat-send"):
+        pass
+    with tracer.start_as_current_span("user-work"):
+        pass
+    assert dc_session.flush(10)
+    assert [m["tags"]["span"] for m in metrics(server_url, dc_session.id)] == ["user-work"]

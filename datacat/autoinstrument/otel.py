@@ -4,8 +4,10 @@ When ``opentelemetry.sdk.trace`` is imported, a ``SpanProcessor`` is added to th
 tracer provider (if one is set already) and to every ``TracerProvider`` created afterwards. Each
 finished span feeds the timer ``otel.span.duration`` tagged with the span's ``span`` name,
 ``kind`` and ``status``; each exception recorded on a span becomes an exception event carrying
-the span's ``trace_id`` and ``span_id``. The processor is duck-typed, so this module never
-imports OpenTelemetry (only ``datacat.otel`` does); the SDK module arrives through the import hook.
+the span's ``trace_id`` and ``span_id``. Spans that end while instrumentation is suppressed
+(DataCat's own sends, see ``datacat.otel.suppressed``) are ignored. The processor is duck-typed,
+so this module never imports OpenTelemetry (only ``datacat.otel`` does); the SDK module arrives
+through the import hook.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import weakref
 from types import ModuleType
 from typing import Any
 
+from datacat import otel
 from datacat.autoinstrument._base import Instrumentor, guarded, logged_errors
 
 METRIC = "otel.span.duration"
@@ -34,7 +37,9 @@ class DatacatSpanProcessor:
         pass
 
     def on_end(self, span: Any) -> None:
-        if self._owner.active and self._owner.session is not None:
+        # A span ended under suppression is DataCat's own send (or the SDK exporter's) traced
+        # by an instrumentation that ignores the keys: recording it would feed a loop.
+        if self._owner.active and self._owner.session is not None and not otel.is_suppressed():
             guarded(self._record, span)
 
     def shutdown(self) -> None:
