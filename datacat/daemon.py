@@ -10,6 +10,13 @@ watches the sessions it has seen:
 - a session's heartbeats stop while the pipe is open (stopped, frozen, stuck holding the GIL):
   ``application_appears_hung`` after ``hang_timeout``, ``application_recovered`` on the next one.
 
+The daemon owns a session's hang state: the app's own watchdog (``datacat.heartbeat``) sees the
+hangs it cannot (a main loop stuck while background heartbeats go on) and reports them with
+every thread's stack, and after a SIGSTOP/SIGCONT both would report the same hang. So an app's
+hang event for a session the daemon already reported hung, or an app's recovery for one it does
+not hold hung, is a duplicate and is not forwarded; so is a heartbeat the app made before the
+daemon's hang report and delivered after it. One hang event and one recovery per hang.
+
 It writes to no pipe (its stdout and stderr are ``/dev/null``; it logs to ``--log-file`` if
 given), so it cannot block on one. After the pipe closes it keeps delivering until everything
 has reached the server, or for ``linger`` seconds while the server is down (what is still
@@ -50,6 +57,13 @@ class Watch:
 
     last_heartbeat: float | None = None  # monotonic; None until the first heartbeat
     hung: bool = False
+    hung_at: float = 0.0  # wall clock of the daemon's hang report
+
+    def stale(self, sent: Any) -> bool:
+        """A heartbeat made before the daemon reported the hang, delivered late (the app's
+        sender was stopped with it): no sign of recovery, and the server would take it for
+        one, so it is not forwarded."""
+        return self.hung and isinstance(sent, int | float) and sent < self.hung_at
 
     def beat(self, now: float) -> float | None:
         """A heartbeat arrived; the seconds of silence if the session had been reported hung."""
@@ -57,12 +71,25 @@ class Watch:
         self.last_heartbeat, self.hung = now, False
         return silent
 
+    def app_reported(self, name: str, now: float) -> bool:
+        """The app's watchdog sent a hang or recovery event ``name``: False if it is a
+        duplicate (already hung / not hung), else True and the state follows it."""
+        if name not in (HUNG_EVENT, RECOVERED_EVENT):
+            return True
+        hung = name == HUNG_EVENT
+        if self.hung == hung:
+            return False
+        self.hung, self.hung_at = hung, 0.0
+        if not hung:
+            self.last_heartbeat = now  # alive: the heartbeat behind it may come in a later line
+        return True
+
     def newly_hung(self, now: float, timeout: float) -> float | None:
         """The seconds of silence when this check is the first to find the session hung."""
         last = self.last_heartbeat
         if last is None or self.hung or now - last <= timeout:
             return None
-        self.hung = True
+        self.hung, self.hung_at = True, time.time()
         return now - last
 
 
@@ -82,20 +109,24 @@ class Daemon:
         with self._lock:
             for op in operations:
                 out.extend(self._track(op, time.monotonic()))
-                out.append(op)
         self.worker.put_operations(out)
 
     def _track(self, op: JSONDict, now: float) -> list[JSONDict]:
-        """Update the session's watch; the operations that must go before ``op``."""
+        """Update the session's watch; what to forward for ``op`` (it, nothing, or a recovery
+        event and it)."""
         sid, kind = str(op.get("session_id", "")), op.get("op")
         if kind in ("end", "crash"):
             self.watches.pop(sid, None)
-            return []
+            return [op]
         watch = self.watches.setdefault(sid, Watch())
+        if kind == "event":
+            return [op] if watch.app_reported(_field(op, "name"), now) else []
+        if kind == "heartbeat" and watch.stale(_field(op, "timestamp")):
+            return []
         silent = watch.beat(now) if kind == "heartbeat" else None
         if silent is None:
-            return []
-        return [self._event(sid, RECOVERED_EVENT, "info", silent)]
+            return [op]
+        return [self._event(sid, RECOVERED_EVENT, "info", silent), op]
 
     def check_hangs(self) -> int:
         """Report sessions whose heartbeats stopped ``hang_timeout`` ago; how many were new."""
@@ -137,6 +168,11 @@ class Daemon:
     def _crash(self, sid: str) -> JSONDict:
         data = {"pid": self.app_pid, "detected_by": "datacat daemon"}
         return wire("crash", sid, {"reason": CRASH_REASON, "data": data, "timestamp": time.time()})
+
+
+def _field(op: JSONDict, name: str) -> Any:
+    data = op.get("data")
+    return data.get(name) if isinstance(data, dict) else None
 
 
 def read_hello(stream: IO[bytes]) -> JSONDict:

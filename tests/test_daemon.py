@@ -21,6 +21,7 @@ from autoinstrument_helpers import PYTHON, client_env, event_named, events, sess
 
 from datacat import daemon
 from datacat.daemon import CRASH_REASON
+from datacat.model import HUNG_EVENT, RECOVERED_EVENT
 
 APP = """
 import sys, time
@@ -58,6 +59,12 @@ class App:
         assert self.proc.stdout is not None
         sid, daemon_pid = self.proc.stdout.readline().split()
         self.sid, self.daemon_pid = sid, int(daemon_pid)
+
+    def tell(self, line: str) -> None:
+        """A line on the app's stdin."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
 
     def signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -160,9 +167,8 @@ def test_an_exit_while_the_pipe_is_full_waits_for_the_daemon_within_the_deadline
     daemon never saw the end and reported a crash."""
     app = start_app(server_url, code=JAMMED_EXIT_APP)
     os.kill(app.daemon_pid, signal.SIGSTOP)
-    assert app.proc.stdin is not None and app.proc.stdout is not None
-    app.proc.stdin.write("go\n")
-    app.proc.stdin.flush()
+    app.tell("go")
+    assert app.proc.stdout is not None
     assert app.proc.stdout.readline().strip() == "exiting"
     time.sleep(0.5)  # the app is in its exit hook, waiting on the pipe (for up to 3 s)
     os.kill(app.daemon_pid, signal.SIGCONT)
@@ -182,6 +188,53 @@ def test_the_crash_reaches_a_server_that_was_down(
     time.sleep(0.5)  # the daemon tries, fails, spools and keeps retrying
     server.start()
     wait_for(lambda: crashed(server.url, app.sid), what="crash after the server came back")
+
+
+BEATING_APP = """
+import sys, threading, time, datacat
+s = datacat.create_session(daemon=True, product="daemon-test")
+stall, stop = threading.Event(), threading.Event()
+def read():
+    for line in sys.stdin:
+        (stall if line.strip() == "stall" else stop).set()
+threading.Thread(target=read, daemon=True).start()
+s.heartbeat()
+s.flush(10)
+print(s.id, s._worker.transport.daemon_pid, flush=True)
+while not stop.is_set():
+    s.heartbeat()  # the app's own main loop: its in-process watchdog watches it too
+    if stall.is_set():
+        stall.clear()
+        time.sleep(2.5)  # stuck while the process runs: both watchdogs see it
+    time.sleep(0.05)
+s.end()
+"""
+
+
+@pytest.mark.parametrize("how", ["sigstop", "stall"])
+def test_an_app_that_beats_itself_gets_one_hang_and_one_recovery(
+    how: str, start_app: Callable[..., App], server_url: str
+) -> None:
+    """Regression: the in-process watchdog and the daemon both reported the hang (and both the
+    recovery). A stall shows it every time; after SIGSTOP/SIGCONT when the app's watchdog looks
+    before its main loop beats, or when a heartbeat made before the stop arrives late."""
+    app = start_app(server_url, code=BEATING_APP)
+    if how == "sigstop":
+        app.signal_group(signal.SIGSTOP)
+        event_named(server_url, app.sid, HUNG_EVENT)  # the daemon's
+        app.signal_group(signal.SIGCONT)
+    else:
+        app.tell("stall")
+    event_named(server_url, app.sid, RECOVERED_EVENT)
+    time.sleep(0.75)  # the app's watchdog (4 checks per hang_timeout) has had its turn
+    app.tell("stop")
+    assert app.proc.wait(30) == 0
+    wait_for(lambda: session(server_url, app.sid)["ended_at"], what="end")
+    names = [e["name"] for e in events(server_url, app.sid)]
+    assert [n for n in names if n in (HUNG_EVENT, RECOVERED_EVENT)] == [
+        HUNG_EVENT,
+        RECOVERED_EVENT,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -217,3 +270,18 @@ def test_a_watch_reports_a_hang_once_and_the_recovery_once() -> None:
     assert watch.newly_hung(103.0, timeout=1) is None  # already reported
     assert watch.beat(104.0) == 4.0
     assert watch.beat(104.1) is None
+
+
+def test_a_watch_drops_the_apps_duplicates_and_late_heartbeats() -> None:
+    watch = daemon.Watch()
+    watch.beat(100.0)
+    assert watch.newly_hung(102.0, timeout=1) == 2.0
+    assert watch.stale(watch.hung_at - 5)  # made before the daemon's report, delivered after
+    assert not watch.stale(watch.hung_at + 1)
+    assert watch.app_reported(HUNG_EVENT, 102.1) is False  # the daemon reported it already
+    assert watch.app_reported("something else", 102.2) is True
+    assert watch.app_reported(RECOVERED_EVENT, 103.0) is True
+    assert watch.app_reported(RECOVERED_EVENT, 103.1) is False
+    assert watch.beat(103.2) is None  # no second recovery
+    assert watch.app_reported(HUNG_EVENT, 110.0) is True  # a hang only the app saw
+    assert watch.newly_hung(120.0, timeout=1) is None  # reported once
