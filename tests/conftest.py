@@ -100,3 +100,12 @@ def api_server(
 @pytest.fixture(scope="module")
 def api_url(api_server: ServerProcess) -> str:
     return api_server.url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_spool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test (and every program a test starts) spools into a temporary directory, never
+    into the user's real ``~/.cache/datacat/spool``; tests may still pass their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DATACAT_SPOOL_DIR", str(tmp_path_factory.mktemp("spool")))
+        yield

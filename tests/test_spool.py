@@ -170,3 +170,16 @@ def test_spool_is_per_server_url(tmp_path: Path) -> None:
     a.write([op("a")])
     assert a.directory != b.directory and not b.files()
     assert json.loads(a.files()[0].read_text())["operations"][0]["data"]["name"] == "a"
+
+
+def test_the_test_suite_never_spools_into_the_users_cache(tmp_path_factory: Any) -> None:
+    """Tests and the programs they start point at dead URLs on purpose: what they spool must
+    land in pytest's temporary directory (``private_spool`` in ``conftest.py``)."""
+    from datacat.config import default_spool_dir
+
+    spool_dir = Path(resolve().spool_dir)
+    assert spool_dir != Path(default_spool_dir())
+    assert spool_dir.is_relative_to(tmp_path_factory.getbasetemp())
+    code = "import datacat.config as c; print(c.resolve().spool_dir)"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert Path(child.stdout.strip()) == spool_dir
