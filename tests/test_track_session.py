@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib
 import os
 import subprocess
 import sys
@@ -21,8 +22,8 @@ from track_helpers import TEST_OPTIONS, exceptions, fetch, timings
 
 import datacat
 
-# ``datacat.track`` is the decorator; the module of the same name is reached through sys.modules.
-track_module = sys.modules["datacat.track"]
+# ``datacat.track`` is the decorator; the module of the same name is reached through importlib.
+track_module = importlib.import_module("datacat.track")
 
 PRODUCT = "track-session-tests"
 
@@ -224,3 +225,20 @@ def test_the_default_session_is_created_once_and_ended_at_exit(
     assert details["status"] == "ended"
     assert details["state"]["version"] == "9"
     assert timings(fetch(server_url, details["id"], "metrics"), "default.work")["ok"][0] == 4
+
+
+CLASH_SCRIPT = """
+import datacat.session, datacat.track  # the submodules of the same names, imported last
+import datacat
+from datacat.track import session, track
+assert datacat.session is session and datacat.track is track, (datacat.session, datacat.track)
+with datacat.session("http://127.0.0.1:9", spool_dir="", exit_timeout=0.1) as s:
+    assert isinstance(s, datacat.Session)
+"""
+
+
+def test_importing_the_submodules_never_hides_the_functions_of_the_same_name() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", CLASH_SCRIPT], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
