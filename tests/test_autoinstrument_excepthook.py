@@ -12,6 +12,7 @@ import pytest
 from autoinstrument_helpers import (
     client_env,
     event_named,
+    events,
     instrumented,
     run_python,
     session,
@@ -83,3 +84,28 @@ def test_an_uncaught_main_thread_exception_crashes_the_session(
     assert crashed
     event = event_named(server_url, sid, "exception")
     assert (event["exception_type"], event["level"]) == ("ValueError", "critical")
+
+
+def test_an_exception_track_recorded_is_not_logged_again_by_the_thread_hook(
+    server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datacat
+
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # keep pytest's output clean
+    s = make_session(server_url, tmp_path)
+
+    @datacat.track(session=s)
+    def fail() -> None:
+        raise LookupError("gone")
+
+    autoinstrument.instrument(["excepthook"], session=s)
+    try:
+        worker = threading.Thread(target=fail, name="worker-8")
+        worker.start()
+        worker.join()
+    finally:
+        autoinstrument.uninstrument()
+    assert s.flush(10)
+    (event,) = [e for e in events(server_url, s.id) if e.get("exception_type")]
+    assert event["exception_type"] == "LookupError" and "function" in event["data"]  # track's
+    s.end()
