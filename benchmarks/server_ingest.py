@@ -35,7 +35,7 @@ SINGLE_TARGET = 1_500
 BATCH_TARGET = 50_000
 RATIO_TARGET = 0.9
 PREFILL = 10_000
-BATCH_SIZE = 1_000
+BATCH_SIZE = 500  # the client sends at most 500 operations per batch
 SERVER_PID = [0]
 
 WAITRESS = """

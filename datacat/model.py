@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -121,7 +122,7 @@ class Metric:
 
 def now() -> float:
     """Current time as Unix seconds."""
-    return datetime.now(UTC).timestamp()
+    return time.time()  # the same clock as datetime.now(UTC).timestamp(), at a tenth the cost
 
 
 def iso(ts: float | None) -> str | None:
@@ -186,19 +187,28 @@ def parse_state(body: Any) -> tuple[JSONDict, float]:
 
 
 def parse_event(body: Any) -> JSONDict:
-    """Body of ``POST /api/sessions/{id}/events``."""
+    """Body of ``POST /api/sessions/{id}/events``.
+
+    The hot path of batched ingest: fields that are absent take their defaults without a
+    check each, and only the fields present go through their validator.
+    """
     body = _object(body, "event")
     level = body.get("level", "error" if body.get("exception_type") else "info")
     if level not in LEVELS:
         raise ValidationError("invalid field", f"level must be one of {', '.join(LEVELS)}")
     out: JSONDict = {"name": _name(body), "level": level, "timestamp": _timestamp(body)}
-    for key in _EVENT_TEXT:
+    out.update(_EVENT_DEFAULTS)
+    for key in _EVENT_TEXT_KEYS.intersection(body):
         out[key] = _text(body, key)
     out["labels"] = _string_list(body, "labels")
     out["stacktrace"] = _stacktrace(body)
     out["data"] = _dict(body, "data")
     out["source_line"] = _int(body, "source_line")
     return out
+
+
+_EVENT_DEFAULTS = dict.fromkeys(_EVENT_TEXT)
+_EVENT_TEXT_KEYS = frozenset(_EVENT_TEXT)
 
 
 def parse_metric(body: Any) -> JSONDict:

@@ -1,9 +1,12 @@
 """``POST /api/batch``: many operations for many sessions, applied in order in one transaction.
 
 Each operation carries a client-made ``op_id``; ids already applied (in an earlier batch or
-earlier in this one) are skipped, so a retried batch never duplicates data. Runs of plain events
-and metrics are inserted with one ``executemany`` each, which is what makes batching fast.
-Validation and unknown-session failures are reported per operation; the rest still applies.
+earlier in this one) are skipped, so a retried batch never duplicates data. An event's or a
+metric's ``op_id`` is a unique column of its own row; other operations record theirs in
+``applied_ops``. Validation and row encoding happen before the write lock is taken (they run in
+parallel across workers); under the lock, runs of plain events and metrics are inserted with one
+``executemany`` per table. Validation and unknown-session failures are reported per operation;
+the rest still applies.
 """
 
 from __future__ import annotations
@@ -18,18 +21,18 @@ from sqlalchemy.engine import Connection
 from datacat.errors import ValidationError
 from datacat.model import JSONDict, Operation, now, parse_operation_data
 from datacat_server import storage
-from datacat_server.schema import applied_ops, sessions
-
-_CHUNK = 500  # bound the number of bound parameters of one IN (...) query
+from datacat_server.schema import applied_ops, events, metrics, sessions
 
 
 @dataclass(frozen=True)
 class _Valid:
-    """An operation whose ``data`` passed validation (done before the write lock is taken)."""
+    """An operation whose ``data`` passed validation; ``row`` is its ready-made row when it is
+    a plain event or metric."""
 
     index: int
     op: Operation
     data: Any
+    row: JSONDict | None = None
 
 
 @dataclass
@@ -41,14 +44,17 @@ class _Run:
     known: set[str]
     seen: set[str]
     failed: list[JSONDict]
-    applied: list[str] = field(default_factory=list)
+    applied: int = 0
+    logged: list[str] = field(default_factory=list)  # op ids that go to ``applied_ops``
     duplicates: int = 0
     event_rows: list[JSONDict] = field(default_factory=list)
     metric_rows: list[JSONDict] = field(default_factory=list)
 
     def flush(self) -> None:
-        storage.add_events(self.conn, self.event_rows)
-        storage.add_metrics(self.conn, self.metric_rows)
+        # Straight to insert_rows: a unique op_id conflict (a concurrent copy of this batch)
+        # must reach apply_batch as IntegrityError; unknown sessions were filtered out before.
+        storage.insert_rows(self.conn, events, self.event_rows)
+        storage.insert_rows(self.conn, metrics, self.metric_rows)
         self.event_rows, self.metric_rows = [], []
 
 
@@ -73,20 +79,19 @@ def _apply_once(store: storage.Storage, items: list[Operation | ValidationError]
         run = _Run(
             conn,
             store.heartbeat_timeout,
-            known=_existing(conn, sessions.c.id, {v.op.session_id for v in valid}),
-            seen=_existing(conn, applied_ops.c.op_id, {v.op.op_id for v in valid}),
+            known=_existing(conn, [sessions.c.id], {v.op.session_id for v in valid}),
+            seen=_existing(conn, _OP_IDS, {v.op.op_id for v in valid}),
             failed=failed,
         )
         for item in valid:
             _apply_item(run, item)
         run.flush()
         stamp = now()
-        if run.applied:
-            rows = [{"op_id": op_id, "applied_at": stamp} for op_id in run.applied]
-            storage.insert_rows(conn, applied_ops, rows)
+        rows = [{"op_id": op_id, "applied_at": stamp} for op_id in run.logged]
+        storage.insert_rows(conn, applied_ops, rows)
     return {
         "success": not failed,
-        "applied": len(run.applied),
+        "applied": run.applied,
         "duplicates": run.duplicates,
         "failed": sorted(failed, key=lambda f: f["index"]),
     }
@@ -109,16 +114,41 @@ def _validate(
             _failure(index, item.op_id, 400, "invalid field", "data.id is not session_id")
         )
         return None
-    return _Valid(index, item, data)
+    return _Valid(index, item, data, _row(item, data))
 
 
-def _existing(conn: Connection, column: sa.Column[Any], values: Iterable[str]) -> set[str]:
-    wanted = sorted(values)
-    found: set[str] = set()
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start : start + _CHUNK]
-        found.update(v for (v,) in conn.execute(sa.select(column).where(column.in_(chunk))))
-    return found
+def _row(op: Operation, data: Any) -> JSONDict | None:
+    """The row of a plain event or metric, built outside the write lock."""
+    if op.op == "event" and not storage.is_special(data):
+        return storage.event_row(op.session_id, data, op.op_id)
+    if op.op == "metric":
+        return storage.metric_row(op.session_id, data, op.op_id)
+    return None
+
+
+# Where applied operation ids live: in the event and metric rows, and in ``applied_ops``.
+_OP_IDS = [events.c.op_id, metrics.c.op_id, applied_ops.c.op_id]
+
+
+def _existing(conn: Connection, columns: list[sa.Column[Any]], values: Iterable[str]) -> set[str]:
+    """Which of ``values`` occur in any of ``columns`` (each indexed): one query on the driver's
+    cursor, the values as one parameter (SQLAlchemy's expanding ``IN`` cost ~6 us per value)."""
+    wanted = list(values)
+    if not wanted:
+        return set()
+    if conn.dialect.name == "sqlite":
+        member, param = "IN (SELECT value FROM json_each(?))", storage.dumps(wanted)
+    else:
+        member, param = "= ANY(%s)", wanted  # type: ignore[assignment]
+    sql = " UNION ALL ".join(
+        f"SELECT {c.name} FROM {c.table} WHERE {c.name} {member}" for c in columns
+    )
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(sql, [param] * len(columns))
+        return {v for (v,) in cursor.fetchall()}
+    finally:
+        cursor.close()
 
 
 def _apply_item(run: _Run, item: _Valid) -> None:
@@ -129,25 +159,25 @@ def _apply_item(run: _Run, item: _Valid) -> None:
     if op.op != "create" and op.session_id not in run.known:
         run.failed.append(_failure(item.index, op.op_id, 404, "session not found", op.session_id))
         return
-    _apply_op(run, op, item.data)
     run.seen.add(op.op_id)
-    run.applied.append(op.op_id)
+    run.applied += 1
+    if item.row is None:
+        run.logged.append(op.op_id)
+        _apply_op(run, op, item.data)
+    elif op.op == "event":
+        run.event_rows.append(item.row)
+    else:
+        run.metric_rows.append(item.row)
 
 
 def _apply_op(run: _Run, op: Operation, data: Any) -> None:
-    """Apply one valid operation; plain events and metrics are queued for ``executemany``."""
-    sid = op.session_id
-    if op.op == "event" and not storage.is_special(data):
-        run.event_rows.append(storage.event_row(sid, data))
-    elif op.op == "metric":
-        run.metric_rows.append(storage.metric_row(sid, data))
-    elif op.op == "create":
-        run.flush()  # everything else may depend on what came before it
-        storage.create_session(run.conn, {**data, "id": sid}, run.heartbeat_timeout)
-        run.known.add(sid)
+    """Apply one operation other than a plain event or metric, after the rows queued so far."""
+    run.flush()  # it may depend on what came before it
+    if op.op == "create":
+        storage.create_session(run.conn, {**data, "id": op.session_id}, run.heartbeat_timeout)
+        run.known.add(op.session_id)
     else:
-        run.flush()
-        _APPLY[op.op](run.conn, sid, data)
+        _APPLY[op.op](run.conn, op.session_id, data)
 
 
 _APPLY: dict[str, Any] = {

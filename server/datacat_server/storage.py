@@ -213,22 +213,24 @@ def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
     return dialect.insert(table).on_conflict_do_nothing()
 
 
-def event_row(session_id: str, event: JSONDict) -> JSONDict:
-    """The ``events`` row of a parsed event."""
-    return _row(session_id, event, "name", "level")
-
-
-def metric_row(session_id: str, metric: JSONDict) -> JSONDict:
-    """The ``metrics`` row of a parsed metric."""
-    return _row(session_id, metric, "name", "type", "value")
-
-
-def _row(session_id: str, item: JSONDict, *columns: str) -> JSONDict:
-    """Indexed ``columns`` as columns, the whole item (minus unset fields) as the JSON body."""
-    body = {k: v for k, v in item.items() if v is not None and k != "timestamp"}
-    row = {"session_id": session_id, "ts": item["timestamp"], "body": dumps(body)}
-    row.update((column, item[column]) for column in columns)
+def event_row(session_id: str, event: JSONDict, op_id: str | None = None) -> JSONDict:
+    """The ``events`` row of a parsed event (``op_id``: of the batch operation that sent it)."""
+    row = _row(session_id, event, op_id)
+    row["name"], row["level"] = event["name"], event["level"]
     return row
+
+
+def metric_row(session_id: str, metric: JSONDict, op_id: str | None = None) -> JSONDict:
+    """The ``metrics`` row of a parsed metric (``op_id``: of the batch operation that sent it)."""
+    row = _row(session_id, metric, op_id)
+    row["name"], row["type"], row["value"] = metric["name"], metric["type"], metric["value"]
+    return row
+
+
+def _row(session_id: str, item: JSONDict, op_id: str | None) -> JSONDict:
+    """The common columns; the whole item (minus unset fields) is the JSON body."""
+    body = {k: v for k, v in item.items() if v is not None and k != "timestamp"}
+    return {"session_id": session_id, "ts": item["timestamp"], "op_id": op_id, "body": dumps(body)}
 
 
 def is_special(event: JSONDict) -> bool:
