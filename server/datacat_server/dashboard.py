@@ -207,8 +207,8 @@ def _filter() -> DashboardFilter:
         version=args.get("version") or None,
         status=_choice("status", queries.STATUSES),
         machine_id=args.get("machine_id") or None,
-        created_after=api._time_arg("created_after"),
-        created_before=api._time_arg("created_before"),
+        created_after=api.query_time("created_after"),
+        created_before=api.query_time("created_before"),
         state=ever,
     )
     return DashboardFilter(
@@ -218,8 +218,8 @@ def _filter() -> DashboardFilter:
         state_now=now,
         sort=args.get("sort", "created"),
         descending=args.get("order", "desc") != "asc",
-        page=api._int_arg("page", 1),
-        per_page=api._int_arg("per_page", 25),
+        page=api.query_int("page", 1),
+        per_page=api.query_int("per_page", 25),
     )
 
 

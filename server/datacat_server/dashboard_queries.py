@@ -55,7 +55,7 @@ class DashboardFilter:
 
 def conditions(conn: Connection, flt: DashboardFilter, clock: Clock) -> list[Any]:
     """WHERE clauses on ``sessions`` for every filter given."""
-    conds: list[Any] = queries._session_conditions(flt.base, clock)
+    conds: list[Any] = queries.session_conditions(flt.base, clock)
     if flt.event:
         conds.append(_with_event(flt.event))
     if flt.hang:
@@ -91,7 +91,7 @@ def _holding_now(conn: Connection, path: str, raw: str) -> list[str]:
     database (JSON operators differ between SQLite and PostgreSQL).
     """
     wanted = _value_keys(path, raw)
-    query = sa.select(sessions.c.id, sessions.c.state).where(queries._ever_had(path, raw))
+    query = sa.select(sessions.c.id, sessions.c.state).where(queries.ever_had_state(path, raw))
     held = []
     for sid, state in conn.execute(query):
         current = dict(leaves(json.loads(state)))
@@ -115,7 +115,7 @@ def _filtered_ids(conds: list[Any]) -> sa.Select[Any]:
 def totals(conn: Connection, conds: list[Any], clock: Clock) -> JSONDict:
     """Sessions, active sessions, events and metrics of the filtered sessions."""
     count = sa.select(sa.func.count()).select_from(sessions)
-    active = queries._status_condition("active", clock)
+    active = queries.status_condition("active", clock)
     ids = _filtered_ids(conds)
     return {
         "sessions": conn.execute(count.where(*conds)).scalar_one(),
@@ -132,7 +132,7 @@ def _count_rows(conn: Connection, table: sa.Table, ids: sa.Select[Any]) -> int:
 
 def grid(conn: Connection, clock: Clock) -> list[JSONDict]:
     """Product → version rows with a count per status, in natural order (1.9 before 1.10)."""
-    status = sa.case(*((queries._status_condition(s, clock), s) for s in STATUSES))
+    status = sa.case(*((queries.status_condition(s, clock), s) for s in STATUSES))
     sub = sa.select(sessions.c.product, sessions.c.version, status.label("status")).subquery()
     keys = (sub.c.product, sub.c.version, sub.c.status)
     query = sa.select(*keys, sa.func.count()).group_by(*keys)
@@ -167,7 +167,7 @@ def session_page(conn: Connection, flt: DashboardFilter, clock: Clock) -> JSONDi
     order = [first, *then]
     offset = (flt.page - 1) * flt.per_page
     query = sa.select(sessions).where(*conds).order_by(*order).limit(flt.per_page).offset(offset)
-    items = queries._summaries(conn, conn.execute(query).all(), clock)
+    items = queries.session_summaries(conn, conn.execute(query).all(), clock)
     for item in items:
         del item["state"]  # the list shows none of it; a session page loads it
     pages = max(1, -(-total // flt.per_page))

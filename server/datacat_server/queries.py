@@ -190,7 +190,7 @@ def list_sessions(
     conn: Connection, flt: SessionFilter, clock: Clock
 ) -> tuple[list[JSONDict], str | None]:
     """One page of sessions, newest first, and the cursor of the next page (or None)."""
-    query = sa.select(sessions).where(*_session_conditions(flt, clock))
+    query = sa.select(sessions).where(*session_conditions(flt, clock))
     if flt.cursor:
         created, sid = decode_cursor(flt.cursor, _is_session_key)
         query = query.where(
@@ -204,11 +204,12 @@ def list_sessions(
     page, more = rows[: flt.limit], len(rows) > flt.limit
     cursor = encode_cursor([page[-1].created_at, page[-1].id]) if more else None
     if flt.summary:
-        return _summaries(conn, page, clock), cursor
+        return session_summaries(conn, page, clock), cursor
     return [_full(conn, row, clock) for row in page], cursor
 
 
-def _summaries(conn: Connection, rows: Sequence[Row[Any]], clock: Clock) -> list[JSONDict]:
+def session_summaries(conn: Connection, rows: Sequence[Row[Any]], clock: Clock) -> list[JSONDict]:
+    """Session objects without events/metrics, with their event and metric counts."""
     ids = [row.id for row in rows]
     counts = {table.name: _counts(conn, table, ids) for table in (events, metrics)}
     out = []
@@ -231,7 +232,8 @@ def _counts(conn: Connection, table: sa.Table, ids: list[str]) -> dict[str, int]
     return {sid: n for sid, n in conn.execute(query)}
 
 
-def _session_conditions(flt: SessionFilter, clock: Clock) -> list[Any]:
+def session_conditions(flt: SessionFilter, clock: Clock) -> list[Any]:
+    """WHERE conditions on ``sessions`` for every filter of ``flt`` but cursor and limit."""
     c = sessions.c
     conditions: list[Any] = []
     for column, value in ((c.product, flt.product), (c.version, flt.version)):
@@ -244,12 +246,13 @@ def _session_conditions(flt: SessionFilter, clock: Clock) -> list[Any]:
     if flt.created_before is not None:
         conditions.append(c.created_at < flt.created_before)
     if flt.status is not None:
-        conditions.append(_status_condition(flt.status, clock))
-    conditions.extend(_ever_had(path, raw) for path, raw in flt.state)
+        conditions.append(status_condition(flt.status, clock))
+    conditions.extend(ever_had_state(path, raw) for path, raw in flt.state)
     return conditions
 
 
-def _status_condition(status: str, clock: Clock) -> Any:
+def status_condition(status: str, clock: Clock) -> Any:
+    """The WHERE condition of sessions whose derived status at ``clock`` is ``status``."""
     c = sessions.c
     is_open = c.ended_at.is_(None)
     stale = sa.and_(c.last_heartbeat.is_not(None), c.last_heartbeat < clock.stale_before)
@@ -263,7 +266,7 @@ def _status_condition(status: str, clock: Clock) -> Any:
     }[status]
 
 
-def _ever_had(path: str, raw: str) -> Any:
+def ever_had_state(path: str, raw: str) -> Any:
     """Sessions whose state ever held ``path`` = ``raw`` (a JSON literal, or else a string)."""
     keys = {value_key(path, raw)}
     with contextlib.suppress(ValueError):
