@@ -24,6 +24,11 @@ def _add_server(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="seconds without heartbeat before a session is suspended (default 60)",
     )
+    p.add_argument(
+        "--retention-days",
+        type=float,
+        help="delete sessions ended more than N days ago (DATACAT_SERVER_RETENTION_DAYS; off)",
+    )
     p.set_defaults(handler="datacat_server.serve:main")
 
 

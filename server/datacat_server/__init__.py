@@ -1,6 +1,7 @@
 """The DataCat server: ``create_app(config)`` builds the Flask application.
 
-The app owns one ``Storage`` (in ``app.extensions["datacat"]``), the ``/api`` blueprint, the JSON
+The app owns one ``Storage`` (in ``app.extensions["datacat"]``), its ``Retention`` rule (in
+``app.extensions["datacat_retention"]``), the ``/api`` blueprint, the JSON
 error handlers, ``/health`` and ``/openapi.json``. Further blueprints (the dashboard) register on
 the returned app the same way; the API claims only ``/api``, ``/health`` and ``/openapi.json``.
 """
@@ -15,6 +16,7 @@ import sqlalchemy as sa
 from flask import Flask, Response, current_app, jsonify
 
 from datacat_server import api, dashboard, errors
+from datacat_server.retention import Retention
 from datacat_server.storage import Storage
 
 DEFAULTS: dict[str, Any] = {
@@ -22,6 +24,7 @@ DEFAULTS: dict[str, Any] = {
     "DATACAT_HEARTBEAT_TIMEOUT": 60.0,
     "DATACAT_API_KEY": None,
     "DATACAT_MAX_BODY": 16 * 1024 * 1024,
+    "DATACAT_RETENTION_DAYS": None,  # keep everything
 }
 
 
@@ -35,6 +38,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["datacat"] = Storage(
         app.config["DATACAT_DB"], float(app.config["DATACAT_HEARTBEAT_TIMEOUT"])
     )
+    days = app.config["DATACAT_RETENTION_DAYS"]
+    app.extensions["datacat_retention"] = Retention(float(days) if days else None)
     app.register_blueprint(api.bp)
     app.register_blueprint(dashboard.bp)
     app.add_url_rule("/health", view_func=_health)

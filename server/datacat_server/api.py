@@ -75,6 +75,17 @@ def _check_api_key() -> None:
         raise Unauthorized("missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
 
 
+@bp.after_request
+def _retention_after_write(response: Response) -> Response:
+    """A due retention pass runs after a write's response has gone out, not in its way."""
+    if request.method == "POST":
+        retention = current_app.extensions["datacat_retention"]
+        if retention.keep is not None:
+            store = _store()
+            response.call_on_close(lambda: retention.after_write(store))
+    return response
+
+
 @bp.post("/sessions")
 def create_session() -> tuple[Response, int]:
     data = model.parse_create(_body())
@@ -156,11 +167,11 @@ def list_sessions() -> Response:
         version=args.get("version"),
         status=status,
         machine_id=args.get("machine_id"),
-        created_after=_time_arg("created_after"),
-        created_before=_time_arg("created_before"),
+        created_after=query_time("created_after"),
+        created_before=query_time("created_before"),
         state=_state_args(),
         summary=_flag_arg("summary"),
-        limit=_int_arg("limit", 100),
+        limit=query_int("limit", 100),
         cursor=args.get("cursor"),
     )
     with _store().read() as conn:
@@ -188,8 +199,8 @@ def _list_rows(table: sa.Table, session_id: str, kind: str | None) -> Response:
     flt = queries.RowFilter(
         name=request.args.get("name"),
         kind=kind,
-        since=_time_arg("since"),
-        limit=_int_arg("limit", 1000),
+        since=query_time("since"),
+        limit=query_int("limit", 1000),
         cursor=request.args.get("cursor"),
     )
     with _store().read() as conn:
@@ -213,7 +224,8 @@ def _state_args() -> list[tuple[str, str]]:
     return [(k.removeprefix("state."), v) for k, v in pairs if k.startswith("state.")]
 
 
-def _int_arg(name: str, default: int) -> int:
+def query_int(name: str, default: int) -> int:
+    """A query-string integer in 1..MAX_LIMIT (``default`` when absent)."""
     raw = request.args.get(name)
     if raw is None:
         return default
@@ -226,7 +238,7 @@ def _flag_arg(name: str) -> bool:
     return request.args.get(name, "").lower() in ("1", "true", "yes")
 
 
-def _time_arg(name: str) -> float | None:
+def query_time(name: str) -> float | None:
     """A query-string time: Unix seconds or ISO 8601."""
     raw = request.args.get(name)
     if raw is None:

@@ -29,6 +29,7 @@ OPTIONS: dict[str, tuple[Any, type]] = {
     "heartbeat_timeout": (DEFAULTS["DATACAT_HEARTBEAT_TIMEOUT"], float),
     "api_key": (None, str),
     "max_body": (DEFAULTS["DATACAT_MAX_BODY"], int),
+    "retention_days": (None, float),
 }
 
 
@@ -99,6 +100,7 @@ def main(args: argparse.Namespace | None = None) -> int:
             "DATACAT_HEARTBEAT_TIMEOUT": opts["heartbeat_timeout"],
             "DATACAT_API_KEY": opts["api_key"],
             "DATACAT_MAX_BODY": opts["max_body"],
+            "DATACAT_RETENTION_DAYS": opts["retention_days"],
         }
     )
     _Gunicorn(app, gunicorn_options(opts, app)).run()
