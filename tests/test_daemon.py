@@ -237,6 +237,28 @@ def test_an_app_that_beats_itself_gets_one_hang_and_one_recovery(
     ]
 
 
+QUIET_APP = """
+import time, datacat
+s = datacat.create_session(daemon=True, product="daemon-test")  # no heartbeats at all
+s.log_event("started")
+s.flush(10)
+print(s.id, s._worker.transport.daemon_pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_session_without_heartbeats_gets_crash_detection_only(
+    start_app: Callable[..., App], server_url: str
+) -> None:
+    """As the README says: hang watching starts at the first heartbeat."""
+    app = start_app(server_url, code=QUIET_APP)
+    app.signal_group(signal.SIGSTOP)
+    time.sleep(1.6)  # past hang_timeout (1 s): several of the daemon's checks
+    app.signal_group(signal.SIGKILL)
+    wait_for(lambda: crashed(server_url, app.sid), timeout=5, what="crash within 5 s")
+    assert not events(server_url, app.sid, HUNG_EVENT)
+
+
 @pytest.mark.parametrize(
     ("line", "count"),
     [
