@@ -7,6 +7,8 @@ counting proxy (a real HTTP hop that counts every request it forwards) and print
   the same dict (target <= 2 us per call), and of ``session.observe`` (the ``@track`` hot path),
   as the thread's CPU time (wall-clock time in parentheses: on a busy machine it also holds
   time the thread was descheduled or waited for the GIL), with the sender running as usual;
+- the same for ``observe`` with tags, ``log_histogram`` and ``with session.timer(...)``, and
+  what folding an observation costs the sender thread (keys cached per distinct call);
 - the sender thread's CPU time per event (the work moved off the caller's thread);
 - the number of HTTP requests the server received for 10,000 log calls (target <= 100).
 """
@@ -27,8 +29,12 @@ from typing import Any
 from server_ingest import server  # the same real server the ingest benchmark starts
 
 import datacat
+from datacat.batching import OBSERVE, Batcher
+from datacat.model import DEFAULT_BUCKETS
 
 CALL_TARGET_US = 2.0
+TAGS = {"route": "/checkout", "method": "POST"}
+FLIPPED = {"method": "POST", "route": "/checkout"}
 REQUEST_TARGET = 100
 CALLS = 10_000
 BLOCK = 1_000
@@ -81,18 +87,45 @@ def per_call_us(func: Callable[[], None]) -> tuple[float, float]:
     return statistics.median(cpu), statistics.median(wall)
 
 
+def timed_block(session: datacat.Session) -> None:
+    with session.timer("block", tags=TAGS):
+        pass
+
+
 def verb_costs(session: datacat.Session) -> list[tuple[str, float, float]]:
-    """(label, CPU us, wall us) per call of list.append, log_event and observe."""
+    """(label, CPU us, wall us) per call of list.append and the hot verbs."""
     data = {"user": 42, "path": "/checkout", "ok": True}
     sink: list[Any] = []
     rows = [
         ("list.append(dict)", *per_call_us(lambda: sink.append(data))),
         ("session.log_event(...)", *per_call_us(lambda: session.log_event("bench", data))),
         ("session.observe(...)", *per_call_us(lambda: session.observe("call", 0.001))),
+        (
+            "session.observe(tags=...)",
+            *per_call_us(lambda: session.observe("call", 0.001, tags=TAGS)),
+        ),
+        ("session.log_histogram(...)", *per_call_us(lambda: session.log_histogram("h", 0.2))),
+        ("with session.timer(...)", *per_call_us(lambda: timed_block(session))),
     ]
     session.flush(60)
     session.end()
     return rows
+
+
+def aggregation_cost() -> None:
+    """The sender's side of ``observe``: folding 100,000 observations of 10 series (tags
+    given in either order) into metrics, per observation."""
+    items = [
+        (OBSERVE, "s", "call", 0.001 * i, "timer", TAGS if i % 2 else FLIPPED, "s", DEFAULT_BUCKETS)
+        for i in range(100_000)
+    ]
+    for i in range(0, len(items), 10_000):
+        items[i] = (*items[i][:2], f"call{i}", *items[i][3:])  # a few more series
+    batcher = Batcher()
+    start = time.thread_time()
+    ops = batcher.operations(items)
+    per = (time.thread_time() - start) / len(items) * 1e6
+    print(f"-- sender thread: folding observations into {len(ops)} metrics: {per:.2f} us each")
 
 
 def measure(url: str, spool: str) -> None:
@@ -102,7 +135,7 @@ def measure(url: str, spool: str) -> None:
     baseline = rows[0][1]
     for name, cpu, wall in rows:
         ratio = "baseline" if name.startswith("list") else f"{cpu / baseline:5.1f}x"
-        print(f"   {name:24s} {cpu:7.3f}  ({wall:7.3f})  {ratio}")
+        print(f"   {name:28s} {cpu:7.3f}  ({wall:7.3f})  {ratio}")
     verdict = "OK" if rows[1][1] <= CALL_TARGET_US else "MISSED"
     print(f"   log_event target <= {CALL_TARGET_US} us: {verdict}")
 
@@ -144,6 +177,7 @@ def main() -> int:
         proxy = CountingProxy(port)
         spool = os.path.join(directory, "spool")
         measure(proxy.url, spool)
+        aggregation_cost()
         count_requests(proxy, spool)
         proxy.server.shutdown()
     return 0

@@ -122,36 +122,71 @@ class _Aggregates:
 
     def __init__(self) -> None:
         self._by_key: dict[tuple[Any, ...], list[Any]] = {}  # key -> the values observed
+        # The arguments as given (tags in their order) -> that key's values: a repeated
+        # observation (``@track``, a loop) costs one lookup, not a sort of its tags.
+        self._by_call: dict[tuple[Any, ...], list[Any]] = {}
 
     def add(self, sid: str, payload: tuple[Any, ...]) -> None:
         # Only collect here; count/sum/min/max run once per key in C (``_metric``).
         name, value, kind, tags, unit, buckets = payload
-        tag_key = tuple(sorted(tags.items())) if tags else ()
-        bounds = tuple(buckets) if buckets is not None and kind != "counter" else None
-        key = (sid, name, kind, tag_key, unit, bounds)
-        values = self._by_key.get(key)
+        if buckets is not None and type(buckets) is not tuple:
+            buckets = tuple(buckets)  # a list may change after the call; a tuple cannot
+        call: tuple[Any, ...] = (
+            sid,
+            name,
+            kind,
+            tuple(tags.items()) if tags else (),
+            unit,
+            buckets,
+        )
+        try:
+            values = self._by_call.get(call)
+        except TypeError:  # an unhashable tag value: the key made from its text
+            values, call = None, ()
         if values is None:
-            self._by_key[key] = [value]
-        else:
-            values.append(value)
+            values = self._values(sid, name, kind, tags, unit, buckets)
+            if call:
+                self._by_call[call] = values
+        values.append(value)
+
+    def _values(
+        self, sid: str, name: Any, kind: Any, tags: Any, unit: Any, buckets: Any
+    ) -> list[Any]:
+        """The list of values of the metric these arguments name (made on first use)."""
+        bounds = buckets if kind != "counter" else None
+        try:
+            key = (sid, name, kind, tuple(sorted(tags.items())) if tags else (), unit, bounds)
+            return self._by_key.setdefault(key, [])
+        except TypeError:  # tags that cannot be sorted or hashed: keyed by their text
+            text = tuple(sorted((str(k), str(v)) for k, v in tags.items()))
+            return self._by_key.setdefault((sid, name, kind, text, unit, bounds), [])
 
     def pop(self, sid: str | None) -> list[JSONDict]:
         """Metric operations of one session (``None``: of all), removed from the aggregates."""
         keys = [k for k in self._by_key if sid is None or k[0] == sid]
+        if sid is None:
+            self._by_call.clear()
+        elif keys:  # what is popped must not be added to again
+            calls = self._by_call
+            self._by_call = {c: v for c, v in calls.items() if c[0] != sid}
         return [self._metric(k, self._by_key.pop(k)) for k in keys]
 
     @staticmethod
     def _metric(key: tuple[Any, ...], values: list[Any]) -> JSONDict:
         sid, name, kind, tag_key, unit, bounds = key
+        if len(values) == 1:  # common for tagged series (one per test, say): no folding
+            total = low = high = values[0]
+        else:
+            total, low, high = sum(values), min(values), max(values)
         body: JSONDict = {
             "name": name,
             "type": kind,
-            "value": sum(values),
+            "value": total,
             "count": len(values),
             "timestamp": time.time(),
         }
         if kind != "counter":
-            body.update(min=min(values), max=max(values))
+            body["min"], body["max"] = low, high
         if bounds:
             counts = [0] * (len(bounds) + 1)
             for value in values:

@@ -127,24 +127,23 @@ class Recorder:
         self.counts["collected"] = len(session.items)
         self._progress(force=True)
 
-    @_guarded
-    def pytest_runtest_logstart(self, nodeid: str) -> None:
-        self.current = nodeid
-
-    @_guarded
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Runs three times per test: plain attribute reads, the progress throttled.
-        nodeid, when = report.nodeid, report.when
-        test = self._tests.get(nodeid)
-        if test is None:
-            test = self._tests[nodeid] = [None, 0.0]
-        test[1] += report.duration
-        if when == "call" or report.outcome != "passed":  # the reports that decide
-            self._result(report, test)
-        if when == "teardown":
-            self._test_finished(nodeid)
-            if _monotonic() >= self._next_progress:
-                self._progress(force=True)
+        # Three times per test, so cheap: plain attribute reads, no per-test state update (the
+        # progress is throttled), and the guard inlined rather than ``_guarded``.
+        try:
+            nodeid, when = report.nodeid, report.when
+            test = self._tests.get(nodeid)
+            if test is None:  # the test's first report: it is the current one
+                test = self._tests[nodeid] = [None, 0.0]
+                self.current = nodeid
+            test[1] += report.duration
+            if when == "call" or report.outcome != "passed":  # the reports that decide
+                self._result(report, test)
+            if when == "teardown":
+                self._test_finished(nodeid)
+        except Exception:
+            self.internal_errors += 1
+            logger.debug("datacat: internal error in pytest_runtest_logreport", exc_info=True)
 
     def _result(self, report: pytest.TestReport, test: list[Any]) -> None:
         result = reports.outcome(report)
@@ -159,6 +158,8 @@ class Recorder:
         tags = {"nodeid": nodeid, "outcome": result or "passed"}
         # the aggregated path: one tuple on this thread; the sender makes the timer metric
         self.session.observe(DURATION, duration, type="timer", tags=tags, unit="s", buckets=None)
+        if _monotonic() >= self._next_progress:
+            self._progress(force=True)
 
     @_guarded
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:

@@ -25,6 +25,9 @@ logger = logging.getLogger("datacat.pytest")
 class ItemReporter:
     """Where tests run: attaches markers, recorded data and exception type to the reports."""
 
+    def __init__(self) -> None:
+        self.inherited: reports.Inherited = {}  # the collectors' marker names, looked up once
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
@@ -33,7 +36,7 @@ class ItemReporter:
         if report.when != "call" and report.outcome == "passed":
             return report  # two of every test's three reports: nothing to add
         try:
-            reports.report_extra(item, call, report)
+            reports.report_extra(item, call, report, self.inherited)
         except Exception:
             logger.debug("datacat: cannot describe %s", item.nodeid, exc_info=True)
         return report

@@ -30,6 +30,8 @@ COUNTERS = {
     "xpassed": "xpassed",
 }
 _LEVELS = {"failed": "error", "error": "error", "xpassed": "warning"}
+_NAMES = {result: f"test_{result}" for result in COUNTERS}
+_NO_EXTRA: dict[str, Any] = {}
 
 Fields = dict[str, Any]
 
@@ -37,33 +39,43 @@ Fields = dict[str, Any]
 def outcome(report: pytest.TestReport) -> str | None:
     """The outcome a report decides, as pytest's summary counts it; ``None`` for a passing
     setup or teardown (which decides nothing)."""
-    expected_failure = hasattr(report, "wasxfail")
-    if report.passed:
+    expected_failure = "wasxfail" in report.__dict__  # not hasattr: no exception per test
+    state = report.outcome
+    if state == "passed":
         if report.when != "call":
             return None
         return "xpassed" if expected_failure else "passed"
-    if report.skipped:
+    if state == "skipped":
         return "xfailed" if expected_failure else "skipped"
     return "failed" if report.when == "call" else "error"
 
 
-def report_extra(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> None:
+#: id of a collector -> (the collector, the names of its and its parents' markers): the tests
+#: of a module share one walk up the node chain instead of one each.
+Inherited = dict[int, tuple[Any, tuple[str, ...]]]
+
+
+def report_extra(
+    item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, inherited: Inherited
+) -> None:
     """Attach the item's markers, recorded data and exception type to a deciding report."""
     if not report.passed or report.when == "call":
-        setattr(report, EXTRA, _describe(item, call, report))
+        setattr(report, EXTRA, _describe(item, call, report, inherited))
 
 
-def _describe(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport) -> Fields:
-    marks = list(item.iter_markers())  # one walk up the node chain: it is per test
+def _describe(
+    item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, inherited: Inherited
+) -> Fields:
+    names = marker_names(item, inherited)
+    extra: Fields = {"markers": names}
     labels: list[str] = []
     data: dict[str, Any] = {}
-    for mark in marks:
-        if mark.name == "datacat":
+    if "datacat" in names:
+        for mark in item.iter_markers("datacat"):
             labels.extend(str(arg) for arg in mark.args)
             data = {**mark.kwargs, **data}  # the closest marker wins
     recorded: dict[str, Any] = item.stash.get(RECORDED, {})
     data.update(recorded)
-    extra: Fields = {"markers": list(dict.fromkeys(m.name for m in marks))}
     if labels:
         extra["labels"] = labels
     if data:
@@ -73,6 +85,16 @@ def _describe(item: pytest.Item, call: pytest.CallInfo[None], report: pytest.Tes
     return extra
 
 
+def marker_names(item: pytest.Item, inherited: Inherited) -> list[str]:
+    """The names of the markers that apply to ``item``, closest first, each once."""
+    parent = item.parent
+    cached = inherited.get(id(parent))
+    if cached is None or cached[0] is not parent:
+        names = tuple(m.name for m in parent.iter_markers()) if parent is not None else ()
+        cached = inherited[id(parent)] = (parent, names)
+    return list(dict.fromkeys([*(m.name for m in item.own_markers), *cached[1]]))
+
+
 def json_safe(value: Any) -> Any:
     """``value`` as plain JSON types, so xdist can relay it and the server can store it."""
     return json.loads(json.dumps(value, default=repr))
@@ -80,13 +102,14 @@ def json_safe(value: Any) -> Any:
 
 def result_event(report: pytest.TestReport, result: str) -> tuple[str, Fields]:
     """Name and ``log_event`` keyword arguments of the event for a deciding report."""
-    extra: Fields = getattr(report, EXTRA, None) or {}
+    attributes = report.__dict__  # ``datacat_extra`` and xdist's ``worker_id`` live here
+    extra: Fields = attributes.get(EXTRA) or _NO_EXTRA
     data: Fields = {
         "nodeid": report.nodeid,
         "outcome": result,
         "phase": report.when,
         "duration": report.duration,
-        "worker": getattr(report, "worker_id", None) or "main",  # set by xdist on relay
+        "worker": attributes.get("worker_id") or "main",
         "markers": extra.get("markers", []),
         "location": list(report.location),
     }
@@ -95,7 +118,7 @@ def result_event(report: pytest.TestReport, result: str) -> tuple[str, Fields]:
     fields: Fields = {
         "level": _LEVELS.get(result, "info"),
         "category": "pytest",
-        "labels": extra.get("labels", []),
+        "labels": extra.get("labels"),
         "message": report.nodeid,
         "data": data,
     }
@@ -103,12 +126,12 @@ def result_event(report: pytest.TestReport, result: str) -> tuple[str, Fields]:
         fields.update(failure_fields(report, extra.get("exception_type")))
     elif result in ("skipped", "xfailed"):
         data["reason"] = _reason(report)
-    return f"test_{result}", fields
+    return _NAMES[result], fields
 
 
 def _reason(report: pytest.TestReport) -> str:
-    if hasattr(report, "wasxfail"):
-        return str(report.wasxfail)
+    if "wasxfail" in report.__dict__:
+        return str(report.__dict__["wasxfail"])
     if isinstance(report.longrepr, tuple):
         return str(report.longrepr[2])
     return str(report.longrepr or "")

@@ -88,3 +88,42 @@ def test_ids_are_uuid4_and_ignore_the_applications_random_seed() -> None:
 def test_raw_operations_keep_their_op_id() -> None:
     op = {"op_id": "kept", "op": "event", "session_id": SID, "data": {"name": "x"}}
     assert Batcher().operations([(RAW, SID, op)]) == [op]
+
+
+def observe(name: str, value: float, tags: Any = None, buckets: Any = None) -> tuple[Any, ...]:
+    kind = "histogram" if buckets is not None else "timer"
+    return (OBSERVE, SID, name, value, kind, tags, "s", buckets)
+
+
+def test_observations_fold_whatever_the_order_of_their_tags() -> None:
+    items = [
+        observe("t", 1.0, {"a": "1", "b": "2"}),
+        observe("t", 3.0, {"b": "2", "a": "1"}),
+        observe("t", 5.0, {"a": "1"}),
+    ]
+    ops = Batcher().operations(items)
+    by_tags = {tuple(op["data"]["tags"].items()): op["data"] for op in ops}
+    assert by_tags[(("a", "1"), ("b", "2"))]["count"] == 2
+    assert by_tags[(("a", "1"), ("b", "2"))]["value"] == 4.0
+    assert by_tags[(("a", "1"),)]["count"] == 1
+
+
+def test_buckets_given_as_a_list_are_copied_and_unhashable_tags_still_fold() -> None:
+    bounds = [1.0, 10.0]
+    items = [observe("h", 0.5, buckets=bounds), observe("h", 5.0, buckets=[1.0, 10.0])]
+    [hist] = Batcher().operations(items)
+    assert hist["data"]["bucket_counts"] == [1, 1, 0] and hist["data"]["count"] == 2
+    odd = [observe("u", 1.0, {"k": ["x"]}), observe("u", 2.0, {"k": ["x"]})]
+    [metric] = Batcher().operations(odd)
+    assert metric["data"]["count"] == 2 and metric["data"]["tags"] == {"k": "['x']"}
+
+
+def test_an_ended_session_gets_no_observation_made_before_its_end_twice() -> None:
+    items = [observe("t", 1.0), ("end", SID, {}), ("create", SID, {"id": SID}), observe("t", 2.0)]
+    ops = Batcher().operations(items)
+    assert [(op["op"], op["data"].get("value")) for op in ops] == [
+        ("metric", 1.0),
+        ("end", None),
+        ("create", None),
+        ("metric", 2.0),
+    ]

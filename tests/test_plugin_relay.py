@@ -1,5 +1,6 @@
-"""Where tests run: an xdist worker's handle on the run's session (``attach_session``), against a
-real server. The whole path through xdist runs in ``test_plugin_recorder.py``; here are the edges."""
+"""Where tests run: an xdist worker's handle on the run's session (``attach_session``), against
+a real server. The whole path through xdist runs in ``test_plugin_recorder.py``; here are the
+edges."""
 
 from __future__ import annotations
 
