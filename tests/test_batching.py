@@ -127,3 +127,13 @@ def test_an_ended_session_gets_no_observation_made_before_its_end_twice() -> Non
         ("create", None),
         ("metric", 2.0),
     ]
+
+
+def test_plain_bodies_are_sent_as_they_are_and_the_rest_converted() -> None:
+    plain = {"name": "e", "data": {"a": [1, 2.5, None, True, {"b": "x"}]}}
+    odd = {"name": "e", "data": {1: object, "nan": float("nan"), "long": "y" * 20_000}}
+    [sent_plain, sent_odd] = Batcher().operations([("event", SID, plain), ("event", SID, odd)])
+    assert sent_plain["data"] is plain  # nothing to convert: no copy made
+    data = sent_odd["data"]["data"]
+    assert data["1"] == "<class 'object'>" and data["nan"] == "nan"
+    assert data["long"].startswith("y" * 100) and "truncated" in data["long"]
