@@ -96,6 +96,17 @@ def test_parse_event(body: dict[str, Any], field: str, expected: Any) -> None:
     assert model.parse_event(body)[field] == expected
 
 
+def test_parse_event_has_every_field_in_one_order_whatever_was_sent() -> None:
+    """The fast path (only fields present are checked) answers the same shape as before."""
+    fields = ["name", "level", "timestamp", "category", "message", "exception_type"]
+    fields += ["exception_msg", "source_file", "source_function", "trace_id", "span_id"]
+    fields += ["labels", "stacktrace", "data", "source_line"]
+    bare = model.parse_event({"name": "x", "timestamp": 1})
+    full = model.parse_event({"name": "x", "timestamp": 1, "trace_id": "t", "message": "m"})
+    assert list(bare) == list(full) == fields
+    assert bare["message"] is None and full["message"] == "m" and full["trace_id"] == "t"
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -109,6 +120,8 @@ def test_parse_event(body: dict[str, Any], field: str, expected: Any) -> None:
         {"name": "x", "labels": "a"},
         {"name": "x", "data": []},
         {"name": "x", "source_line": 1.5},
+        {"name": "x", "category": 3},
+        {"name": "x", "span_id": "\x00"},
     ],
 )
 def test_parse_event_rejects(body: Any) -> None:

@@ -38,6 +38,24 @@ def test_creating_twice_keeps_the_data(tmp_path: Path) -> None:
     again.dispose()
 
 
+def test_an_older_database_gets_the_new_columns_and_indexes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/old.db"
+    old = schema.make_engine(url)
+    with old.begin() as conn:  # as the previous version left it
+        for index in ("ux_events_op_id", "ux_metrics_op_id", "ix_events_name"):
+            conn.exec_driver_sql(f"DROP INDEX {index}")
+        for table in ("events", "metrics"):
+            conn.exec_driver_sql(f"ALTER TABLE {table} DROP COLUMN op_id")
+    old.dispose()
+    upgraded = schema.make_engine(url)
+    inspector = sa.inspect(upgraded)
+    for table in ("events", "metrics"):
+        assert "op_id" in {c["name"] for c in inspector.get_columns(table)}
+    indexes = {i["name"] for t in ("events", "metrics") for i in inspector.get_indexes(t)}
+    assert {"ux_events_op_id", "ux_metrics_op_id", "ix_events_name"} <= indexes
+    upgraded.dispose()
+
+
 @pytest.mark.parametrize(
     "url,expected",
     [

@@ -2,10 +2,11 @@
 
 Each operation carries a client-made ``op_id``; ids already applied (in an earlier batch or
 earlier in this one) are skipped, so a retried batch never duplicates data. An event's or a
-metric's ``op_id`` is a unique column of its own row; other operations record theirs in
-``applied_ops``. Validation and row encoding happen before the write lock is taken (they run in
-parallel across workers); under the lock, runs of plain events and metrics are inserted with one
-``executemany`` per table. Validation and unknown-session failures are reported per operation;
+metric's ``op_id`` is a unique column of its own row, and its INSERT skips a row whose op_id is
+there already (``ON CONFLICT DO NOTHING``); other operations record theirs in ``applied_ops``,
+looked up before they apply. Validation and row encoding happen before the write lock is taken
+(in parallel across workers); under the lock, runs of plain events and metrics are inserted with
+one ``executemany`` per table. Validation and unknown-session failures are reported per operation;
 the rest still applies.
 """
 
@@ -51,10 +52,12 @@ class _Run:
     metric_rows: list[JSONDict] = field(default_factory=list)
 
     def flush(self) -> None:
-        # Straight to insert_rows: a unique op_id conflict (a concurrent copy of this batch)
-        # must reach apply_batch as IntegrityError; unknown sessions were filtered out before.
-        storage.insert_rows(self.conn, events, self.event_rows)
-        storage.insert_rows(self.conn, metrics, self.metric_rows)
+        """Insert the queued rows; a row whose op_id is already stored (an earlier batch, or a
+        concurrent copy of this one, which PostgreSQL makes us wait for) is a duplicate."""
+        for table, rows in ((events, self.event_rows), (metrics, self.metric_rows)):
+            inserted = storage.insert_rows(self.conn, table, rows, skip_duplicates=True)
+            self.applied += inserted
+            self.duplicates += len(rows) - inserted
         self.event_rows, self.metric_rows = [], []
 
 
@@ -80,7 +83,7 @@ def _apply_once(store: storage.Storage, items: list[Operation | ValidationError]
             conn,
             store.heartbeat_timeout,
             known=_existing(conn, [sessions.c.id], {v.op.session_id for v in valid}),
-            seen=_existing(conn, _OP_IDS, {v.op.op_id for v in valid}),
+            seen=_existing(conn, [applied_ops.c.op_id], {v.op.op_id for v in valid if not v.row}),
             failed=failed,
         )
         for item in valid:
@@ -126,10 +129,6 @@ def _row(op: Operation, data: Any) -> JSONDict | None:
     return None
 
 
-# Where applied operation ids live: in the event and metric rows, and in ``applied_ops``.
-_OP_IDS = [events.c.op_id, metrics.c.op_id, applied_ops.c.op_id]
-
-
 def _existing(conn: Connection, columns: list[sa.Column[Any]], values: Iterable[str]) -> set[str]:
     """Which of ``values`` occur in any of ``columns`` (each indexed): one query on the driver's
     cursor, the values as one parameter (SQLAlchemy's expanding ``IN`` cost ~6 us per value)."""
@@ -159,15 +158,13 @@ def _apply_item(run: _Run, item: _Valid) -> None:
     if op.op != "create" and op.session_id not in run.known:
         run.failed.append(_failure(item.index, op.op_id, 404, "session not found", op.session_id))
         return
+    if item.row is not None:  # its op_id is checked by the row's unique index as it goes in
+        (run.event_rows if op.op == "event" else run.metric_rows).append(item.row)
+        return
     run.seen.add(op.op_id)
     run.applied += 1
-    if item.row is None:
-        run.logged.append(op.op_id)
-        _apply_op(run, op, item.data)
-    elif op.op == "event":
-        run.event_rows.append(item.row)
-    else:
-        run.metric_rows.append(item.row)
+    run.logged.append(op.op_id)
+    _apply_op(run, op, item.data)
 
 
 def _apply_op(run: _Run, op: Operation, data: Any) -> None:

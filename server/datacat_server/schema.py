@@ -57,7 +57,12 @@ def _batched(name: str, *columns: sa.Column[Any] | sa.Index) -> sa.Table:
     unique column of the row itself (NULL for single-endpoint writes), so applying a batched
     event costs one INSERT, not a second one into ``applied_ops``."""
     op_id = sa.Column("op_id", sa.String(36))
-    return _appended(name, *columns, op_id, sa.Index(f"ux_{name}_op_id", "op_id", unique=True))
+    # Partial: the single-endpoint rows (op_id NULL) are not in it, so they cost no extra write.
+    batched = op_id.is_not(None)
+    unique = sa.Index(
+        f"ux_{name}_op_id", op_id, unique=True, sqlite_where=batched, postgresql_where=batched
+    )
+    return _appended(name, *columns, op_id, unique)
 
 
 events = _batched(

@@ -13,10 +13,12 @@ import fcntl
 import functools
 import hashlib
 import json
+import operator
 import os
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 import sqlalchemy as sa
@@ -40,12 +42,23 @@ class NotFound(Exception):
     """The session does not exist."""
 
 
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # built once: per-call costs
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# JSONEncoder.encode builds a new C encoder on every call, which cost half of encoding a small
+# row; this one is built once. No circular-reference check: values come from decoded JSON.
+_C_ENCODER = (
+    c_make_encoder(
+        None, _ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+    if c_make_encoder is not None
+    else None
+)
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON as stored in the database."""
-    return _ENCODER.encode(value)
+    """Compact JSON as stored in the database (non-finite numbers raise ``ValueError``)."""
+    if _C_ENCODER is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODER(value, 0))
 
 
 class Storage:
@@ -255,8 +268,12 @@ def _append(conn: Connection, table: sa.Table, rows: list[JSONDict]) -> None:
         raise NotFound(rows[0]["session_id"]) from exc
 
 
-def insert_rows(conn: Connection, table: sa.Table, rows: list[JSONDict]) -> None:
-    """INSERT ``rows`` (all with the same keys) on the driver's cursor, SQL compiled once.
+def insert_rows(
+    conn: Connection, table: sa.Table, rows: list[JSONDict], skip_duplicates: bool = False
+) -> int:
+    """INSERT ``rows`` (all with the same keys) on the driver's cursor, SQL compiled once; the
+    number of rows inserted. ``skip_duplicates``: a row whose unique key exists is left out
+    (``ON CONFLICT DO NOTHING``) instead of raising.
 
     The hot path of the server: SQLAlchemy's generic execute costs more than the INSERT itself
     (about 70 us of ~150 us per request). The SQL is still SQLAlchemy Core's, per dialect.
@@ -264,24 +281,39 @@ def insert_rows(conn: Connection, table: sa.Table, rows: list[JSONDict]) -> None
     database refuses (PostgreSQL text cannot hold NUL) is a ``ValidationError``.
     """
     if not rows:
-        return
-    sql, keys = _compiled_insert(conn.dialect, table, tuple(rows[0]))
-    params = [tuple(row[k] for k in keys) for row in rows] if keys else rows
+        return 0
+    sql, keys = _compiled_insert(conn.dialect, table, tuple(rows[0]), skip_duplicates)
+    params = _positional(rows, keys)
     cursor = conn.connection.cursor()
     try:
         cursor.executemany(sql, params) if len(params) > 1 else cursor.execute(sql, params[0])
+        inserted: int = cursor.rowcount  # summed over executemany by sqlite3 and psycopg 3
+        return inserted
     except conn.dialect.loaded_dbapi.DataError as exc:
         raise ValidationError("invalid value", str(exc).splitlines()[0][:200]) from None
     finally:
         cursor.close()
 
 
+def _positional(rows: list[JSONDict], keys: tuple[str, ...] | None) -> list[Any]:
+    """Each row's values in the order of ``keys`` (None: named parameters, the rows as they are)."""
+    if keys is None:
+        return rows
+    if len(keys) == 1:
+        return [(row[keys[0]],) for row in rows]
+    return list(map(operator.itemgetter(*keys), rows))  # a third of the cost of a comprehension
+
+
 @functools.cache
 def _compiled_insert(
-    dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...]
+    dialect: sa.Dialect, table: sa.Table, columns: tuple[str, ...], skip_duplicates: bool
 ) -> tuple[str, tuple[str, ...] | None]:
     """SQL text and, for positional paramstyles, the order of the parameters."""
-    compiled = table.insert().compile(dialect=dialect, column_keys=list(columns))
+    insert: Any = table.insert()
+    if skip_duplicates:
+        module = postgresql if dialect.name == "postgresql" else sqlite
+        insert = module.insert(table).on_conflict_do_nothing()
+    compiled = insert.compile(dialect=dialect, column_keys=list(columns))
     order = compiled.positiontup if compiled.positional else None
     return compiled.string, tuple(order) if order is not None else None
 
