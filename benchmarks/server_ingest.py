@@ -19,6 +19,7 @@ import http.client
 import json
 import multiprocessing
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -190,7 +191,7 @@ def _batch_client(port: int, bodies: list[bytes], out: Any) -> None:
 
 def single_rates(
     port: int, sessions: dict[str, str], clients: int, seconds: float, rounds: int = 5
-) -> dict[str, tuple[float, float]]:
+) -> dict[str, tuple[float, ...]]:
     """Per session: single-event POSTs per second and server CPU us per request.
 
     The sessions take turns in short slices, so a change in the machine's load (other people's
@@ -206,17 +207,30 @@ def single_rates(
     return {name: (n / seconds, cpu / n * 1e6) for name, (n, cpu) in totals.items()}
 
 
-def batch_rate(port: int, session_id: str, clients: int, batches: int) -> tuple[float, float]:
+def batch_rate(
+    port: int, session_id: str, clients: int, batches: int
+) -> tuple[float, float, float]:
     """Events per second through ``POST /api/batch`` (bodies built before the clock starts),
-    and server CPU us per event."""
+    server CPU us per event, and the load generator's CPU us per event (to show it is not
+    what limits the rate)."""
     per_client = [
         [batch_body(session_id, BATCH_SIZE) for _ in range(batches)] for _ in range(clients)
     ]
     cpu, started = cpu_seconds(SERVER_PID[0]), time.perf_counter()
+    load = client_cpu_seconds()
     counts = run_clients(_batch_client, [(port, bodies) for bodies in per_client])
     elapsed, cpu = time.perf_counter() - started, cpu_seconds(SERVER_PID[0]) - cpu
+    load = client_cpu_seconds() - load
     events = sum(counts) * BATCH_SIZE
-    return events / elapsed, cpu / events * 1e6
+    return events / elapsed, cpu / events * 1e6, load / events * 1e6
+
+
+def client_cpu_seconds() -> float:
+    """CPU of this process and of its finished (joined) children: the load generator."""
+    own, children = (
+        resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run_clients(target: Any, arg_lists: list[tuple[Any, ...]]) -> list[int]:
@@ -236,7 +250,7 @@ def prefill(port: int, session_id: str) -> None:
         request(conn, "POST", "/api/batch", batch_body(session_id, BATCH_SIZE))
 
 
-def measure(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+def measure(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or f"sqlite:///{tmp}/bench.db"
         with server(args.server, db, args.workers, args.threads) as port:
@@ -247,9 +261,9 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
     return figures
 
 
-def report(args: argparse.Namespace, measured: dict[str, tuple[float, float]]) -> None:
+def report(args: argparse.Namespace, measured: dict[str, tuple[float, ...]]) -> None:
     (empty, empty_cpu), (full, full_cpu) = measured["empty"], measured["full"]
-    batched, batched_cpu = measured["batched"]
+    batched, batched_cpu, load_cpu = measured["batched"]
     print(
         f"server: {args.server} (workers={args.workers}, threads={args.threads}), "
         f"clients={args.clients}, db={args.db or 'sqlite (temporary file)'}, "
@@ -266,7 +280,8 @@ def report(args: argparse.Namespace, measured: dict[str, tuple[float, float]]) -
     )
     print(
         f"batched events ({BATCH_SIZE} per request)      : {batched:9,.0f} events/s "
-        f"{batched_cpu:5.1f} us server CPU/event (target >= {BATCH_TARGET:,} events/s)"
+        f"{batched_cpu:5.1f} us server CPU/event (target >= {BATCH_TARGET:,} events/s); "
+        f"load generator {load_cpu:.1f} us CPU/event"
     )
 
 
