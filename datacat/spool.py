@@ -145,8 +145,11 @@ class Spool:
         finally:
             os.close(fd)  # closing releases the lock
 
-    def replay(self, transport: Transport, timeout: float | None = None) -> ReplayResult:
-        """Send the files in order until one fails in a way a retry may fix."""
+    def replay(
+        self, transport: Transport, timeout: float | None = None, deadline: float | None = None
+    ) -> ReplayResult:
+        """Send the files in order until one fails in a way a retry may fix, or ``deadline``
+        (monotonic) passes; each request waits at most ``timeout`` and what is left of that."""
         result = ReplayResult()
         self._size = None  # other processes may have written or replayed: count again later
         with self.replay_lock() as mine:
@@ -154,7 +157,8 @@ class Spool:
                 return ReplayResult(complete=False, busy=True)
             self._remove_stale_temporaries()
             for path in self.files():
-                if not self._replay_one(path, transport, timeout, result):
+                wait = bounded_timeout(timeout, deadline)
+                if wait == 0.0 or not self._replay_one(path, transport, wait, result):
                     result.complete = False
                     break
         return result
@@ -207,6 +211,17 @@ class Spool:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
+
+
+def bounded_timeout(timeout: float | None, deadline: float | None) -> float | None:
+    """A request's timeout: ``timeout``, cut to what is left until ``deadline`` (monotonic);
+    0.0 when the deadline has passed (send nothing more)."""
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return 0.0
+    return left if timeout is None else min(timeout, left)
 
 
 def spools(spool_dir: str, max_bytes: int) -> list[Spool]:

@@ -16,7 +16,6 @@ import atexit
 import inspect
 import logging
 import os
-import random
 import threading
 import time
 import weakref
@@ -27,9 +26,10 @@ from typing import Any
 from datacat import _internal, batching, otel
 from datacat._internal import log_once, logger
 from datacat.batching import OBSERVE, RAW, Batcher, Item, new_id, wire
+from datacat.batching import _rng as rng  # private: the app's seeded ``random`` stays its own
 from datacat.config import Config
 from datacat.model import MAX_BATCH_OPERATIONS
-from datacat.spool import Spool
+from datacat.spool import Spool, bounded_timeout
 from datacat.transport import BatchResult, HttpTransport, Transport
 
 JSONDict = dict[str, Any]
@@ -40,6 +40,9 @@ __all__ = ["OBSERVE", "RAW", "Batcher", "Item", "Worker", "get_worker", "new_id"
 
 DROPPED_METRIC = "datacat.dropped_items"
 _MIN_REQUEST_TIMEOUT = 0.05
+#: Backoff doubles per failure up to this many (2**1024 would overflow a float; the delay is
+#: capped by ``max_backoff`` long before).
+_MAX_BACKOFF_EXPONENT = 30
 
 
 class Worker:
@@ -52,7 +55,7 @@ class Worker:
         self.batch_size = min(config.batch_size, MAX_BATCH_OPERATIONS)
         self.queue: deque[Item] = deque()
         self.spool = Spool.for_url(config) if config.spool_dir else None
-        self.sessions: dict[str, Any] = {}  # open sessions, ended at exit
+        self.sessions = _Sessions()  # open sessions, ended at exit
         self.stats = dict.fromkeys(
             ("requests", "batches", "operations", "rejected", "dropped", "spooled"), 0
         )
@@ -62,6 +65,8 @@ class Worker:
         self._failures = 0
         self._retry_at = 0.0
         self._request_timeout: float | None = None
+        self._deadline: float | None = None  # of an inline flush (no sender thread to wait for)
+        self._lost: dict[str, int] = {}  # items dropped per session id, not yet reported
         self._closed = False
         self._init_sync()
         _register(self)
@@ -115,7 +120,7 @@ class Worker:
         self.kick()
         thread = self.thread
         if thread is None or self._closed or not thread.is_alive() or thread is _current():
-            return self._cycle(force=True)  # no sender thread (shutdown, closed): send inline
+            return self._flush_inline(timeout)  # no sender thread (shutdown, closed)
         with self._flushed:
             self._requested += 1
             ticket = self._requested
@@ -124,6 +129,20 @@ class Worker:
         with self._flushed:
             done = self._flushed.wait_for(lambda: self._done >= ticket, timeout)
             return done and self._last_ok
+
+    def _flush_inline(self, timeout: float | None) -> bool:
+        """Send on the caller's thread, giving up (and parking what is left) at ``timeout``."""
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            return self._cycle(force=True)
+        finally:
+            self._deadline = None
+
+    def count_dropped(self, session_id: str, count: int = 1) -> None:
+        """Count items of ``session_id`` lost on the way (reported to the server as the
+        ``datacat.dropped_items`` counter of that session at the next send)."""
+        self.stats["dropped"] += count
+        self._lost[session_id] = self._lost.get(session_id, 0) + count
 
     def close(self, deadline: float) -> bool:
         """Exit: end open sessions, flush until ``deadline`` (monotonic), spool what is left."""
@@ -172,10 +191,15 @@ class Worker:
 
     def _run(self) -> None:
         while not self._closed:
-            self._wake.wait(self._wait_time())
-            self._wake.clear()
-            force, self._force = self._force, False
-            self._cycle(force)
+            try:
+                self._wake.wait(self._wait_time())
+                self._wake.clear()
+                force, self._force = self._force, False
+                self._cycle(force)
+            except Exception:  # the sender must never die: a dead one loses everything after
+                log_once("run", "datacat: internal error in the sender", level=logging.ERROR)
+                logger.debug("datacat: sender loop failed", exc_info=True)
+                time.sleep(min(1.0, self.config.max_backoff))
 
     def _wait_time(self) -> float:
         interval = self.config.flush_interval
@@ -216,31 +240,27 @@ class Worker:
                 self._outbox.append(ops[start : start + self.batch_size])
 
     def _dropped_counts(self) -> list[JSONDict]:
-        """Counter operations telling the server how many items each session lost."""
-        ops = []
-        for sid, session in list(self.sessions.items()):
+        """Counter operations telling the server how many items each session lost: queue full
+        (counted by the session, also after it ended), and batches the spool or the memory
+        bound could not keep (counted here, per session)."""
+        lost, self._lost = self._lost, {}
+        for session in self.sessions.reporting():
             delta = session.dropped - session.dropped_reported
             if delta > 0:
                 session.dropped_reported += delta
-                ops.append(
-                    wire(
-                        "metric",
-                        sid,
-                        {
-                            "name": DROPPED_METRIC,
-                            "type": "counter",
-                            "value": delta,
-                            "timestamp": time.time(),
-                        },
-                    )
-                )
-        return ops
+                lost[session.id] = lost.get(session.id, 0) + delta
+        now = time.time()
+        return [
+            wire("metric", sid, {"name": DROPPED_METRIC, "type": "counter", "value": n,
+                                 "timestamp": now})
+            for sid, n in lost.items()
+        ]  # fmt: skip
 
     def _replay_spool(self) -> bool:
         if self.spool is None or not self.spool.has_files():
             return True
         self._park()  # keep order: what is newer than the spool goes behind it
-        result = self.spool.replay(self.transport, timeout=self._request_timeout)
+        result = self.spool.replay(self.transport, self._request_timeout, self._deadline)
         self.stats["rejected"] += result.rejected
         self.stats["requests"] += result.sent + (0 if result.complete or result.busy else 1)
         if result.complete:
@@ -255,7 +275,11 @@ class Worker:
                 if not self._outbox:
                     return True
                 batch = self._outbox[0]
-            result = self.transport.send_batch(batch, timeout=self._request_timeout)
+            timeout = bounded_timeout(self._request_timeout, self._deadline)
+            if timeout == 0.0:  # an inline flush ran out of time: keep the rest for later
+                self._park()
+                return False
+            result = self.transport.send_batch(batch, timeout=timeout)
             self.stats["requests"] += 1
             if result.status == 413 and len(batch) > 1:
                 self._split_head(batch)  # too big for the server: send it in halves
@@ -302,8 +326,9 @@ class Worker:
 
     def _failed(self, result: BatchResult | None) -> None:
         self._failures += 1
-        delay = min(self.config.max_backoff, self.config.flush_interval * 2**self._failures)
-        delay *= random.uniform(0.5, 1.0)
+        exponent = min(self._failures, _MAX_BACKOFF_EXPONENT)
+        delay = min(self.config.max_backoff, self.config.flush_interval * 2**exponent)
+        delay *= rng.uniform(0.5, 1.0)
         if result is not None and result.retry_after is not None:
             delay = max(delay, min(result.retry_after, self.config.max_backoff))
         self._retry_at = time.monotonic() + delay
@@ -327,12 +352,22 @@ class Worker:
             if self.spool.write(batch):
                 self.stats["spooled"] += len(batch)
             else:
-                self.stats["dropped"] += len(batch)
+                self._count_lost(batch)
 
     def _bound_outbox(self) -> None:
         with self._outbox_lock:
             while sum(map(len, self._outbox)) > self.maxsize:
-                self.stats["dropped"] += len(self._outbox.popleft())
+                self._count_lost(self._outbox.popleft())
+
+    def _count_lost(self, batch: list[JSONDict]) -> None:
+        """A batch that could be neither sent nor kept. A drop report in it is not itself a
+        drop: its count goes back into the next report."""
+        for op in batch:
+            sid = op.get("session_id", "")
+            if _is_drop_report(op):
+                self._lost[sid] = self._lost.get(sid, 0) + op["data"]["value"]
+            else:
+                self.count_dropped(sid)
 
     def _spill_all(self) -> None:
         """Exit gave up on the server: whatever is still queued goes to the spool."""
@@ -346,11 +381,39 @@ class Worker:
         self.queue.clear()
         self._outbox.clear()
         self._recreate = [("create", sid, s.create_body) for sid, s in self.sessions.items()]
-        self.sessions.clear()
+        self.sessions = _Sessions()
+        self._lost = {}
         self.spool = Spool.for_url(self.config) if self.config.spool_dir else None
         self._failures = 0
         self._closed = False
         self._init_sync()
+
+
+class _Sessions(dict[str, Any]):
+    """The open sessions of a worker by id. A session leaves when it ends (``pop``); it is
+    kept until the next send's drop report, which may still have to tell its last drops."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: list[Any] = []
+
+    def pop(self, key: str, *default: Any) -> Any:
+        session = super().pop(key, *default)
+        if session is not None:
+            self.ended.append(session)
+        return session
+
+    def reporting(self) -> list[Any]:
+        """Sessions whose drops are reported now: the open ones and those ended since the last
+        report (forgotten from here on)."""
+        ended, self.ended = self.ended, []
+        return [*self.values(), *ended]
+
+
+def _is_drop_report(op: JSONDict) -> bool:
+    data = op.get("data")
+    named = isinstance(data, dict) and data.get("name") == DROPPED_METRIC
+    return named and op.get("op") == "metric"
 
 
 def _drain(queue: deque[Item]) -> list[Item]:

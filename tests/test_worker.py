@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 from client_helpers import Peer, details, session_factory, wait_for
+from track_helpers import fetch
 
 from datacat import _internal
 from datacat.session import Session
-from datacat.worker import Worker
+from datacat.worker import DROPPED_METRIC, Worker
 
 Make = Callable[..., Session]
 
@@ -331,3 +332,113 @@ def test_memory_only_mode_keeps_a_bounded_backlog_and_counts_drops() -> None:
         assert worker.flush(2) is False
     assert sum(map(len, worker._outbox)) <= 20 and worker.stats["dropped"] >= 40
     worker.close(time.monotonic() + 0.5)
+
+
+# -- a sender that never dies; drops reported; inline flush bounded ----------------------------
+
+
+def test_the_sender_survives_a_thousand_failures_and_delivers_when_the_server_is_back(
+    make: Make, server_factory: Callable[..., Any]
+) -> None:
+    """Regression: ``flush_interval * 2**failures`` overflowed after ~1024 failures (hours of
+    outage) and the sender thread died for good."""
+    server = server_factory()
+    session = make(server.url)
+    assert session.flush(10)
+    worker = session._worker
+    assert worker is not None and worker.thread is not None
+    server.kill()
+    worker._failures = 5000
+    session.log_event("during-outage")
+    assert not session.flush(2)
+    assert worker.thread.is_alive()
+    server.start()
+    assert wait_for(lambda: session.flush(2), timeout=20)
+    assert worker.thread.is_alive()
+    assert "during-outage" in [e["name"] for e in details(server.url, session.id)["events"]]
+
+
+def _dropped_reported(url: str, session_id: str) -> float:
+    metrics = details(url, session_id).get("metrics") or fetch(url, session_id, "metrics")
+    return sum(m["value"] for m in metrics if m["name"] == DROPPED_METRIC)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({"spool_dir": "", "queue_size": 20, "batch_size": 5}, id="memory-bound"),
+        pytest.param({"spool_max_bytes": 1}, id="spool-full"),
+    ],
+)
+def test_items_lost_while_the_server_is_down_are_reported_when_it_is_back(
+    make: Make, server_factory: Callable[..., Any], options: dict[str, Any]
+) -> None:
+    server = server_factory()
+    session = make(server.url, **options)
+    assert session.flush(10)
+    server.kill()
+    for round_ in range(3):
+        for i in range(20):
+            session.log_event(f"{round_}-{i}")
+        assert not session.flush(2)
+    worker = session._worker
+    assert worker is not None and worker.stats["dropped"] > 0
+    server.start()
+    assert wait_for(lambda: session.flush(2), timeout=20)
+    assert _dropped_reported(server.url, session.id) == worker.stats["dropped"]
+
+
+def test_drops_of_a_session_that_ended_before_the_next_send_are_reported(
+    make: Make, server_url: str
+) -> None:
+    session = make(server_url, queue_size=10, flush_interval=30, spool_dir="")
+    assert session.flush(10)
+    for i in range(50):  # the sender sleeps: the queue fills up
+        session.log_event("burst", {"i": i})
+    assert session.dropped > 0
+    assert session.end(10)
+    assert _dropped_reported(server_url, session.id) == session.dropped
+
+
+class SlowPeer(Peer):
+    """Answers every request, each after ``delay`` seconds: slow but never failing."""
+
+    delay = 0.3
+
+    def answer(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+        time.sleep(self.delay)
+        return super().answer(path, body)
+
+
+def test_an_inline_flush_gives_up_at_its_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no sender thread (interpreter shutdown) ``flush`` sends on the caller's thread; a
+    slow server must not hold it for one slow request per batch."""
+    from datacat.config import resolve
+    from datacat.transport import HttpTransport
+
+    monkeypatch.setattr(_internal, "_shutting_down", True)  # no thread may start
+    config = resolve(env={}, spool_dir="", batch_size=1, timeout=2.0)
+    with SlowPeer("ok") as peer:
+        worker = Worker(HttpTransport(peer.url, timeout=2.0), config)
+        for i in range(30):
+            worker.put(("event", "s", {"name": str(i)}))
+        started = time.monotonic()
+        assert worker.flush(timeout=0.5) is False
+        assert time.monotonic() - started < 5  # 30 requests of 0.3 s each without the bound
+        assert worker.thread is None and 0 < sum(map(len, worker._outbox)) < 30  # kept
+        worker.close(time.monotonic() + 0.2)
+
+
+def test_backoff_jitter_leaves_the_applications_random_sequence_alone() -> None:
+    import random
+
+    from datacat.config import resolve
+
+    worker = Worker(ExplodingTransport(), resolve(env={}, spool_dir=""))
+    random.seed(7)
+    expected = [random.random() for _ in range(3)]
+    random.seed(7)
+    for _ in range(3):
+        worker._failed(None)
+    assert [random.random() for _ in range(3)] == expected
+    worker.close(time.monotonic() + 0.2)
