@@ -16,7 +16,6 @@ import atexit
 import inspect
 import math
 import os
-import random
 import sys
 import threading
 import types
@@ -31,10 +30,11 @@ import wrapt
 
 from datacat import otel
 from datacat._internal import logger, may_start_thread, swallow
+from datacat.batching import _rng as rng  # private: the app's seeded ``random`` stays its own
 from datacat.config import resolve
 from datacat.errors import ConfigurationError
 from datacat.model import DEFAULT_BUCKETS
-from datacat.session import Session, create_session
+from datacat.session import NoopSession, Session, create_session
 
 F = TypeVar("F", bound=Callable[..., Any])
 Wrapper = Callable[[Any, Any, tuple[Any, ...], dict[str, Any]], Any]
@@ -153,7 +153,7 @@ class _Spec:
 
     def timed(self) -> bool:
         """Whether this call's timing is recorded (sampling decides per call)."""
-        return self.timing and (self.rate >= 1.0 or random.random() < self.rate)
+        return self.timing and (self.rate >= 1.0 or rng.random() < self.rate)
 
 
 def _observe(session: SessionLike | None, spec: _Spec, start: float | None, ok: bool) -> None:
@@ -221,7 +221,7 @@ def _mark(exc: BaseException, session_id: str, seen: Any) -> None:
 # flush interval and hands each fold to the client as one metric (``Session.log_aggregate``).
 
 _live: set[_Fold] = set()  # folds of sessions not known to have ended
-_sweeper_pid = 0  # the process whose sweeper thread runs
+_sweeping = False  # this process has its sweeper thread (a forked child has none at first)
 _hooks_installed = False
 _sweeper_lock = threading.Lock()
 SWEEP_PERIOD = 0.1  # seconds between looks for folds whose interval is over
@@ -252,7 +252,9 @@ class _Fold:
     def add(self, seconds: float) -> None:
         durations = self.durations
         durations.append(seconds)
-        if len(durations) >= FOLD_EVERY:  # no sweeper (yet): bound the memory
+        if not _sweeping:  # a forked child's first timing of a fold made by its parent
+            _start_sweeper()
+        if len(durations) >= FOLD_EVERY:  # no sweeper (shutdown): bound the memory
             self.fold()
 
     def fold(self) -> None:
@@ -315,12 +317,12 @@ class _Direct:
 
 def _new_fold(session: SessionLike, spec: _Spec, ok: bool) -> _Fold | _Direct:
     tags, owner = (spec.ok_tags, spec.ok_folds) if ok else (spec.error_tags, spec.error_folds)
-    if not isinstance(session, Session):
-        fold: _Fold | _Direct = _Direct(session, spec.name, tags)
+    if not isinstance(session, Session) or isinstance(session, NoopSession):
+        fold: _Fold | _Direct = _Direct(session, spec.name, tags)  # disabled: no thread
     else:
         fold = _Fold(session, spec.name, tags, owner)
         _live.add(fold)
-        if _sweeper_pid != os.getpid():
+        if not _sweeping:
             _start_sweeper()
     owner[session] = fold
     return fold
@@ -328,16 +330,16 @@ def _new_fold(session: SessionLike, spec: _Spec, ok: bool) -> _Fold | _Direct:
 
 def _start_sweeper() -> None:
     """One daemon thread per process hands folds over once per flush interval."""
-    global _sweeper_pid, _hooks_installed
+    global _sweeping, _hooks_installed
     with _sweeper_lock:
-        if _sweeper_pid == os.getpid():
+        if _sweeping:
             return
         if not _hooks_installed:
             _hooks_installed = True
             atexit.register(flush_timings)  # runs before the client's exit flush (LIFO)
             os.register_at_fork(after_in_child=_forget_in_child)
         if may_start_thread():
-            _sweeper_pid = os.getpid()
+            _sweeping = True
             threading.Thread(target=_sweep_forever, name="datacat-track", daemon=True).start()
 
 
@@ -371,14 +373,23 @@ def flush_timings(session: SessionLike | None = None) -> None:
 
 
 def _forget_in_child() -> None:
-    """After fork the parent's folded timings are the parent's to send; locks start fresh.
-    The sweeper thread did not survive the fork: the next new fold starts one."""
-    global _sweeper_lock
-    _sweeper_lock = threading.Lock()
+    """After fork the parent's folded timings are the parent's to send. The sweeper thread did
+    not survive the fork: the child's next timing starts one (``_Fold.add``)."""
+    global _sweeping
+    _sweeping = False
     for fold in list(_live):
         fold.lock = threading.Lock()
         fold.durations.clear()
         fold._clear()
+
+
+def _fresh_locks_in_child() -> None:
+    """A lock a thread of the parent held at fork time would stay held in the child forever."""
+    global _default_lock, _sweeper_lock
+    _default_lock, _sweeper_lock = threading.Lock(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_locks_in_child)
 
 
 # -- one wrapper per kind of callable --------------------------------------------------------

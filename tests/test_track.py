@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+from fork_helpers import lock_free_in_forked_child
 from track_helpers import TEST_OPTIONS, exceptions, fetch, timings
 
 import datacat
@@ -333,6 +334,45 @@ def test_unconfigured_tracking_is_a_no_op_that_starts_nothing(env: dict[str, str
     subprocess.run([sys.executable, "-c", code], env={**clean, **env}, check=True, timeout=60)
 
 
+def test_disabled_tracking_inside_a_session_block_starts_no_thread() -> None:
+    code = """if True:
+        import threading, datacat
+        @datacat.track
+        def f(x):
+            return x * 2
+        with datacat.session("http://127.0.0.1:9", product="off") as s:
+            assert f(21) == 42 and datacat.current_session() is s
+            with datacat.timer("t"):
+                f(1)
+        ours = [t.name for t in threading.enumerate() if t.name.startswith("datacat-")]
+        assert not ours, ours
+    """
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
+    env = {**clean, "DATACAT_DISABLED": "1"}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=60)
+
+
+def test_sampling_leaves_the_applications_random_sequence_alone(server_url: str) -> None:
+    import random
+
+    @datacat.track(sample_rate=0.5)
+    def sampled() -> None:
+        pass
+
+    with datacat.session(server_url, product="track-rng", **TEST_OPTIONS):
+        random.seed(3)
+        expected = [random.random() for _ in range(3)]
+        random.seed(3)
+        for _ in range(10):
+            sampled()
+        assert [random.random() for _ in range(3)] == expected
+
+
+def test_the_default_session_lock_is_free_in_a_forked_child() -> None:
+    module = 'sys.modules["datacat.track"]'  # ``datacat.track`` is also the decorator's name
+    assert lock_free_in_forked_child("import datacat.track", f"{module}._default_lock")
+
+
 def test_many_calls_from_many_threads_become_a_few_exact_aggregates(server_url: str) -> None:
     @datacat.track("hot")
     def hot(value: float) -> None:
@@ -406,4 +446,48 @@ def test_a_forked_child_drops_the_timings_its_parent_folded(server_url: str) -> 
     )
     assert done.returncode == 0, done.stderr
     totals = timings(fetch(server_url, done.stdout.strip(), "metrics"), "forked")
-    assert totals["ok"][0] == 3  # sent once, by the parent
+    assert totals["ok"][0] in (3, 4)  # the parent's three once (maybe also the child's one)
+
+
+CHILD_TIMINGS_SCRIPT = """
+import os, sys, time, datacat, requests
+
+@datacat.track("child-work")
+def work():
+    pass
+
+def count():
+    url = f"{sys.argv[1]}/api/sessions/{session.id}/metrics"
+    metrics = requests.get(url, timeout=10).json()
+    return sum(m["count"] for m in metrics if m["name"] == "child-work")
+
+with datacat.session(sys.argv[1], product="track-fork-child", spool_dir="") as session:
+    work()  # the parent made the fold (and has its sweeper)
+    deadline = time.monotonic() + 20
+    while count() < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = os.fork()
+    if pid == 0:
+        for _ in range(3):
+            work()
+        deadline = time.monotonic() + 10
+        while count() < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os._exit(0 if count() == 4 else 1)  # no exit hook runs: sent while the child ran
+    print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_forked_child_sends_its_own_timings_while_it_runs(server_url: str) -> None:
+    """Regression: the child's sweeper started only with a new fold, so timings of functions
+    the parent had tracked already were never sent by the child."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD_TIMINGS_SCRIPT, server_url],
+        env={**env, "DATACAT_FLUSH_INTERVAL": "0.05"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["0"], done.stderr
