@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from datacat import _internal
-from datacat._internal import swallow
+from datacat._internal import log_once, logger, swallow
 from datacat.model import HUNG_EVENT, RECOVERED_EVENT
 
 _MIN_CHECK = 0.02
@@ -63,6 +63,8 @@ class HangMonitor:
     def beat(self) -> None:
         self.last = time.monotonic()
         self.thread_id = threading.get_ident()
+        if watchdog.thread is None:  # a forked child's first beat: it needs its own watchdog
+            watchdog.add(self)
         if self.hung:
             self._recovered()
 
@@ -131,6 +133,11 @@ class _Watchdog:
                 self.thread.start()
         self.wake.set()
 
+    def adopt(self, monitors: list[HangMonitor]) -> None:
+        """Watch ``monitors`` once the thread runs (started by the next ``add``)."""
+        for monitor in monitors:
+            self.monitors.add(monitor)
+
     def discard(self, monitor: HangMonitor) -> None:
         self.monitors.discard(monitor)
 
@@ -155,10 +162,16 @@ watchdog = _Watchdog()
 
 
 def _after_fork() -> None:
+    """In a forked child: the parent's watchdog thread does not exist here. The sessions it
+    watched are the child's too (same objects), so a new watchdog watches them, started at the
+    child's first beat; their locks are new (the parent's watchdog may have held one)."""
     global watchdog
-    for monitor in list(watchdog.monitors):
-        monitor._lock = threading.Lock()  # the parent's watchdog may have held it at fork time
-    watchdog = _Watchdog()  # the parent's thread does not exist here; monitors are the parent's
+    inherited = list(watchdog.monitors)
+    for monitor in inherited:
+        monitor._lock = threading.Lock()
+        monitor.last = time.monotonic()  # the child's main loop has just begun turning
+    watchdog = _Watchdog()
+    watchdog.adopt(inherited)
 
 
 os.register_at_fork(after_in_child=_after_fork)
@@ -187,5 +200,9 @@ class HeartbeatThread:
             session = self._session()
             if session is None:
                 return
-            session.background_heartbeat()
+            try:  # a ``blocking=True`` session raises when the server is unreachable
+                session.background_heartbeat()
+            except Exception as exc:
+                log_once("heartbeat", "datacat: background heartbeat failed (%s); retrying", exc)
+                logger.debug("datacat: background heartbeat failed", exc_info=True)
             del session

@@ -141,7 +141,10 @@ class PipeTransport:
         return self._process.pid if self._process is not None else None
 
     def _forget_after_fork(self) -> None:
-        """In a forked child: close the inherited end, or the parent's death would go unseen."""
+        """In a forked child: close the inherited end, or the parent's death would go unseen.
+        The lock is new: the parent's sender may have held it at fork time, and it would stay
+        held here forever (the child's sender blocked in ``send_batch``)."""
+        self._lock = threading.Lock()
         if self._fd is not None:
             os.close(self._fd)
         self._fd, self._process, self._pid, self._pending = None, None, os.getpid(), b""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,7 +13,9 @@ from typing import Any
 
 import pytest
 from client_helpers import details, session_factory, wait_for
+from fork_helpers import lock_free_in_forked_child
 
+import datacat
 from datacat.heartbeat import thread_stacks
 from datacat.model import HUNG_EVENT, RECOVERED_EVENT
 from datacat.session import Session
@@ -123,3 +128,62 @@ def test_background_heartbeats_do_not_end_a_hang(make: Make, server_url: str) ->
     session.stop_heartbeat()
     events = names(server_url, session)
     assert events.count(HUNG_EVENT) == 1 and events.count(RECOVERED_EVENT) == 1
+
+
+CHILD_HANG_SCRIPT = """
+import os, sys, time, datacat
+s = datacat.create_session(sys.argv[1], spool_dir="", flush_interval=0.05, hang_timeout=0.2)
+s.heartbeat()
+s.pause_hang_detection()  # the parent's own watchdog stays quiet
+assert s.flush(10)
+pid = os.fork()
+if pid == 0:
+    s.resume_hang_detection()
+    s.heartbeat()
+    deadline = time.monotonic() + 10  # the child's main loop stops turning
+    while not s._monitor.hung and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os._exit(0 if s.flush(10) else 1)
+code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+s.end(10)
+print(s.id, code)
+"""
+
+
+def test_a_forked_child_that_beats_is_watched_for_hangs(server_url: str) -> None:
+    """Regression: the child's new watchdog did not watch the sessions it inherited, so hang
+    detection was silently off in a forked child."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD_HANG_SCRIPT, server_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    sid, child_code = done.stdout.split()
+    assert child_code == "0"
+    assert HUNG_EVENT in [e["name"] for e in details(server_url, sid)["events"]]
+
+
+def test_a_monitors_lock_is_free_in_a_forked_child() -> None:
+    setup = "import datacat.heartbeat as hb\nclass S: pass\ns = S()\n"
+    setup += "m = hb.HangMonitor(s, 60.0)\nhb.watchdog.add(m)"
+    assert lock_free_in_forked_child(setup, "m._lock")
+
+
+def test_a_blocking_sessions_heartbeat_thread_survives_an_unreachable_server(
+    server_factory: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = server_factory()
+    session = datacat.create_session(server.url, blocking=True, spool_dir="", timeout=1.0)
+    server.kill()
+    session.start_heartbeat(0.02)
+    beater = session._beater
+    assert beater is not None
+    assert wait_for(lambda: "background heartbeat failed" in caplog.text)
+    time.sleep(0.1)  # several more failed beats
+    assert beater.thread.is_alive()
+    assert caplog.text.count("background heartbeat failed") == 1  # logged once
+    session.stop_heartbeat()

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 from autoinstrument_helpers import session, wait_for
+from fork_helpers import lock_free_in_forked_child
 
 from datacat import config as config_module
 from datacat.config import Config
@@ -108,3 +109,11 @@ def test_the_daemon_is_never_instrumented_itself(monkeypatch: pytest.MonkeyPatch
     env = daemon_environment()
     assert "DATACAT_RUN" not in env and "DATACAT_DAEMON" not in env
     assert "_bootstrap" not in env["PYTHONPATH"]
+
+
+def test_the_transports_lock_is_free_in_a_forked_child() -> None:
+    """Regression: the parent's sender held it at fork time, and the child's sender blocked in
+    ``send_batch`` forever."""
+    setup = "from datacat.config import Config\nfrom datacat.pipe import PipeTransport\n"
+    setup += "t = PipeTransport(Config(spool_dir=''))"
+    assert lock_free_in_forked_child(setup, "t._lock")
