@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,7 +10,7 @@ from typing import Any
 
 import pytest
 from client_helpers import details, session_factory, wait_for
-from fork_helpers import lock_free_in_forked_child
+from fork_helpers import lock_free_in_forked_child, run_script
 
 import datacat
 from datacat.heartbeat import thread_stacks
@@ -153,16 +150,7 @@ print(s.id, code)
 def test_a_forked_child_that_beats_is_watched_for_hangs(server_url: str) -> None:
     """Regression: the child's new watchdog did not watch the sessions it inherited, so hang
     detection was silently off in a forked child."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD_HANG_SCRIPT, server_url],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    sid, child_code = done.stdout.split()
+    sid, child_code = run_script(CHILD_HANG_SCRIPT, server_url).split()
     assert child_code == "0"
     assert HUNG_EVENT in [e["name"] for e in details(server_url, sid)["events"]]
 

@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from fork_helpers import lock_free_in_forked_child
+from fork_helpers import lock_free_in_forked_child, run_script
 from track_helpers import TEST_OPTIONS, exceptions, fetch, timings
 
 import datacat
@@ -481,13 +481,5 @@ with datacat.session(sys.argv[1], product="track-fork-child", spool_dir="") as s
 def test_a_forked_child_sends_its_own_timings_while_it_runs(server_url: str) -> None:
     """Regression: the child's sweeper started only with a new fold, so timings of functions
     the parent had tracked already were never sent by the child."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD_TIMINGS_SCRIPT, server_url],
-        env={**env, "DATACAT_FLUSH_INTERVAL": "0.05"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["0"], done.stderr
+    out = run_script(CHILD_TIMINGS_SCRIPT, server_url, DATACAT_FLUSH_INTERVAL="0.05")
+    assert out.split() == ["0"]
