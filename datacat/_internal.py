@@ -1,7 +1,9 @@
 """Client internals that keep instrumentation from hurting the host.
 
 Owns: the ``datacat`` logger, log-once reporting of internal errors, the JSON-safe conversion of
-user values (repr for the unknown, truncation of oversized strings), the process-wide
+user values (repr for the unknown, truncation of oversized strings, NUL characters replaced:
+the server refuses them, PostgreSQL cannot store them), the repair of event text fields
+(``text_field``, ``name_field``) the server would refuse, the process-wide
 "interpreter is shutting down" flag that forbids starting threads, and the fork repair of imports
 DataCat's own threads had in progress (``free_orphaned_imports``).
 """
@@ -18,11 +20,17 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any, ParamSpec, TypeVar
 
+from datacat.model import MAX_NAME
+
 logger = logging.getLogger("datacat")
 
 #: Strings longer than this are cut and marked, so one huge value cannot bloat a batch.
 MAX_STRING = 16 * 1024
 TRUNCATED = "…[truncated {} chars]"
+#: What a NUL character in a user's string becomes (the server refuses NUL).
+NUL_REPLACEMENT = "\ufffd"
+#: The end of a name cut to ``model.MAX_NAME``.
+NAME_CUT = "…"
 _MAX_DEPTH = 32
 _PLAIN = frozenset({int, bool, type(None)})
 
@@ -137,7 +145,10 @@ def jsonable(value: Any, depth: int = 0) -> Any:
         return value  # the common case first: this runs for every value the sender sends
     kind = type(value)
     if kind is dict and depth < _MAX_DEPTH:
-        return {k if type(k) is str else _key(k): _leaf(v, depth) for k, v in value.items()}
+        return {
+            k if type(k) is str and "\x00" not in k else _key(k): _leaf(v, depth)
+            for k, v in value.items()
+        }
     if kind is list and depth < _MAX_DEPTH:
         return [_leaf(v, depth) for v in value]
     return _unusual(value, depth)
@@ -151,7 +162,7 @@ def _plain(value: Any) -> bool:
     """Already strict JSON as it is: None, bool, int, finite float, a string not too long."""
     kind = type(value)
     if kind is str:
-        return len(value) <= MAX_STRING
+        return len(value) <= MAX_STRING and "\x00" not in value
     return kind in _PLAIN or (kind is float and math.isfinite(value))
 
 
@@ -160,18 +171,18 @@ def _unusual(value: Any, depth: int) -> Any:
     if isinstance(value, int):  # an int subclass such as IntEnum (None and bool are plain)
         return int(value)
     if isinstance(value, str):
-        return truncate(str(value))
+        return truncate(without_nul(str(value)))
     if isinstance(value, float):
         return float(value) if math.isfinite(value) else repr(value)
     if depth >= _MAX_DEPTH:
-        return truncate(_safe_repr(value))
+        return truncate(without_nul(_safe_repr(value)))
     if isinstance(value, dict):
         return {_key(k): jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v, depth + 1) for v in value]
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
-    return truncate(_safe_repr(value))
+    return truncate(without_nul(_safe_repr(value)))
 
 
 def truncate(text: str, limit: int = MAX_STRING) -> str:
@@ -179,6 +190,26 @@ def truncate(text: str, limit: int = MAX_STRING) -> str:
     if len(text) <= limit:
         return text
     return text[:limit] + TRUNCATED.format(len(text) - limit)
+
+
+def without_nul(text: str) -> str:
+    return text.replace("\x00", NUL_REPLACEMENT) if "\x00" in text else text
+
+
+def text_field(value: Any, limit: int = MAX_STRING) -> str:
+    """A text field of an event (``message``, ``category``, ...) as the server takes it: a
+    string (``str()`` of anything else), without NUL, cut to ``limit``."""
+    text = value if type(value) is str else _safe_str(value)
+    return truncate(without_nul(text), limit)
+
+
+def name_field(value: Any) -> str:
+    """An event or metric name as the server takes it: ``text_field``, cut to
+    ``model.MAX_NAME`` characters ending in ``NAME_CUT``."""
+    text = text_field(value)
+    if len(text) <= MAX_NAME:
+        return text
+    return text[: MAX_NAME - len(NAME_CUT)] + NAME_CUT
 
 
 def snapshot(value: Any) -> Any:
@@ -192,7 +223,16 @@ def snapshot(value: Any) -> Any:
 
 
 def _key(key: Any) -> str:
-    return key if isinstance(key, str) else truncate(str(key))
+    if type(key) is str and "\x00" not in key:
+        return key  # nearly always
+    return truncate(without_nul(key if isinstance(key, str) else _safe_str(key)))
+
+
+def _safe_str(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return _safe_repr(value)
 
 
 def _safe_repr(value: Any) -> str:

@@ -5,12 +5,25 @@ from __future__ import annotations
 import datetime
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import datacat
 from datacat import _internal
-from datacat._internal import MAX_STRING, jsonable, log_once, snapshot, swallow, truncate
+from datacat._internal import (
+    MAX_STRING,
+    jsonable,
+    log_once,
+    name_field,
+    snapshot,
+    swallow,
+    text_field,
+    truncate,
+)
+from datacat.client import DatacatClient
+from datacat.model import MAX_NAME
 
 
 class Odd:
@@ -39,6 +52,8 @@ class Broken:
         (Broken(), "<unrepresentable Broken>"),
         (datetime.date(2026, 11, 26), "2026-11-26"),
         (b"\x00", "b'\\x00'"),
+        ("a\x00b", "a\ufffdb"),
+        ({"k\x00": ["v\x00", 1]}, {"k\ufffd": ["v\ufffd", 1]}),
     ],
 )
 def test_jsonable_makes_strict_json(value: Any, expected: Any) -> None:
@@ -53,6 +68,23 @@ def test_long_strings_are_cut_with_a_marker_and_deep_nesting_ends() -> None:
     for _ in range(100):
         deep = [deep]
     json.dumps(jsonable(deep))
+
+
+def test_text_and_name_fields_are_what_the_server_takes() -> None:
+    assert text_field(7) == "7" and text_field(None) == "None"
+    assert text_field("m\x00") == "m\ufffd"
+    assert name_field("n" * 500) == "n" * (MAX_NAME - 1) + "…"
+    assert name_field("short") == "short"
+
+
+def test_values_the_server_would_refuse_arrive_repaired(server_url: str, tmp_path: Path) -> None:
+    session = datacat.create_session(server_url, spool_dir=str(tmp_path), flush_interval=0.05)
+    """State updates always pass through ``jsonable``. (Event bodies that are plain JSON skip
+    it in ``datacat.batching``, whose fast path must also send NULs the slow way.)"""
+    session.update_state({"key\x00": {"nested": "value\x00"}})
+    assert session.end(10)
+    got = DatacatClient(server_url).get_session(session.id)
+    assert got["state"]["key\ufffd"] == {"nested": "value\ufffd"}
 
 
 def test_snapshot_is_independent_of_later_mutation() -> None:
