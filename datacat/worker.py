@@ -7,7 +7,9 @@ jitter (429 ``Retry-After`` honoured, other 4xx never retried), the offline spoo
 ``flush(timeout)``, the ``atexit`` flush with a deadline (the transport is closed within it), and
 fork safety (the child starts with an empty queue and a new thread). One ``Worker`` per set of
 sender options (``Config.destination``): a stalled server cannot delay sessions that report
-elsewhere. The local daemon reuses ``Worker`` to forward what it receives (``put_operations``).
+elsewhere. A sender thread with no open session and nothing to send for ``IDLE_RETIRE`` seconds
+ends (the next ``put`` starts another), so per-tenant options do not pile up threads. The
+local daemon reuses ``Worker`` to forward what it receives (``put_operations``).
 """
 
 from __future__ import annotations
@@ -43,10 +45,14 @@ _MIN_REQUEST_TIMEOUT = 0.05
 #: Backoff doubles per failure up to this many (2**1024 would overflow a float; the delay is
 #: capped by ``max_backoff`` long before).
 _MAX_BACKOFF_EXPONENT = 30
+#: Seconds a sender thread with no open session and nothing to send lives on.
+IDLE_RETIRE = 60.0
 
 
 class Worker:
     """Queue + sender thread for one destination. ``put`` is the only call on the hot path."""
+
+    idle_retire = IDLE_RETIRE
 
     def __init__(self, transport: Transport, config: Config) -> None:
         self.transport = transport
@@ -82,6 +88,7 @@ class Worker:
         self._done = 0
         self._last_ok = True
         self._force = False
+        self._busy_at = time.monotonic()
 
     # -- caller side ---------------------------------------------------------------------------
 
@@ -124,6 +131,9 @@ class Worker:
         with self._flushed:
             self._requested += 1
             ticket = self._requested
+            retired = self.thread is not thread
+        if retired:  # the sender ended in between: a new one serves the ticket
+            self.kick()
         self._force = True
         self._wake.set()
         with self._flushed:
@@ -196,10 +206,31 @@ class Worker:
                 self._wake.clear()
                 force, self._force = self._force, False
                 self._cycle(force)
+                if self._idle_long_enough() and self._retire():
+                    return
             except Exception:  # the sender must never die: a dead one loses everything after
                 log_once("run", "datacat: internal error in the sender", level=logging.ERROR)
                 logger.debug("datacat: sender loop failed", exc_info=True)
                 time.sleep(min(1.0, self.config.max_backoff))
+
+    def _idle_long_enough(self) -> bool:
+        if self.sessions or self.queue or self._outbox or self._lost or self._failures:
+            self._busy_at = time.monotonic()
+            return False
+        return time.monotonic() - self._busy_at >= self.idle_retire
+
+    def _retire(self) -> bool:
+        """End this sender thread unless something came in (a ``put`` or ``flush`` that saw
+        it still running is served by a new one)."""
+        if self.spool is not None and self.spool.has_files():
+            return False
+        with self._start_lock, self._flushed:
+            if self.queue or self._requested > self._done:
+                return False
+            self.thread = None
+        if self.queue:  # put after the check above, seeing the old thread: it did not kick
+            self.kick()
+        return True
 
     def _wait_time(self) -> float:
         interval = self.config.flush_interval

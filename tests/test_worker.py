@@ -442,3 +442,23 @@ def test_backoff_jitter_leaves_the_applications_random_sequence_alone() -> None:
         worker._failed(None)
     assert [random.random() for _ in range(3)] == expected
     worker.close(time.monotonic() + 0.2)
+
+
+def test_an_idle_sender_retires_and_a_new_one_starts_on_the_next_put(
+    make: Make, server_url: str
+) -> None:
+    first = make(server_url)
+    worker = first._worker
+    assert worker is not None
+    worker.idle_retire = 0.2
+    assert first.end(10)
+    thread = worker.thread
+    assert thread is not None
+    assert wait_for(lambda: worker.thread is None, timeout=10)  # no session, nothing to send
+    thread.join(5)
+    assert not thread.is_alive()
+    second = make(server_url)  # same options: the same worker, a new thread
+    assert second._worker is worker
+    second.log_event("after-retirement")
+    assert second.flush(10)
+    assert "after-retirement" in [e["name"] for e in details(server_url, second.id)["events"]]
