@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import pytest
@@ -29,6 +30,12 @@ logger = logging.getLogger("datacat.pytest")
 
 #: Seconds between two live progress updates of the state (the last one is always sent).
 PROGRESS_INTERVAL = 0.5
+#: The sender's batching for a run, unless the environment sets it: one wake-up every 2 s
+#: and batches of up to 5,000 operations. A sender that wakes every 0.5 s (the client's
+#: default) competes with the tests for the GIL and the CPU ~4 times as often; measured on
+#: 2,000 trivial tests this halves the plugin's cost. Progress still reaches the server as
+#: the run goes (every 2 s), and the end of the run flushes the rest.
+SENDER = {"flush_interval": 2.0, "batch_size": 5000}
 #: The timer metric of each test's duration (setup + call + teardown).
 DURATION = "pytest.test.duration"
 #: What the client's exit hook may still wait once the run's own flush deadline has passed:
@@ -59,12 +66,18 @@ def _create_session(config: pytest.Config, settings: Settings) -> datacat.Sessio
         "version": settings.version or metadata.default_version(config.rootpath),
         "api_key": settings.api_key,
         "exit_timeout": EXIT_GRACE,
+        **sender_options(os.environ),
     }
     # create_session would quietly give a no-op session for an unusable option; resolving
     # first raises instead, so the summary can say why nothing is recorded.
     resolve(**options)
     state = {"pytest": metadata.run_metadata(config), "status": "running"}
     return datacat.create_session(**options, state=state)
+
+
+def sender_options(environ: Mapping[str, str]) -> dict[str, float]:
+    """The run's batching (``SENDER``), except what the environment sets itself."""
+    return {k: v for k, v in SENDER.items() if f"DATACAT_{k.upper()}" not in environ}
 
 
 def _guarded(method: F) -> F:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import requests
 
+from pytest_datacat.recorder import SENDER, sender_options
+
 SUITE = """
 import warnings
 
@@ -266,3 +268,8 @@ def test_a_broken_server_never_changes_the_run(
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     result.stdout.fnmatch_lines([line.format(url=url)])
     assert elapsed < 30  # flush deadline 1 s + interpreter start; generous for a loaded machine
+
+
+def test_a_run_batches_lazily_unless_the_environment_says_otherwise() -> None:
+    assert sender_options({}) == SENDER and SENDER["flush_interval"] > 0.5
+    assert sender_options({"DATACAT_FLUSH_INTERVAL": "0.1"}) == {"batch_size": 5000}
