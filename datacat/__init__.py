@@ -91,8 +91,30 @@ _WHERE: dict[str, str] = {
 }
 
 
+#: Submodules that an eager ``import datacat`` used to load as a side effect: still reachable
+#: as attributes (``datacat.autoinstrument.instrument()`` after a plain ``import datacat``).
+_SUBMODULES = frozenset(
+    {
+        "autoinstrument",
+        "batching",
+        "client",
+        "config",
+        "errors",
+        "heartbeat",
+        "merge",
+        "model",
+        "otel",
+        "spool",
+        "transport",
+        "worker",
+    }
+)
+
+
 def __getattr__(name: str) -> Any:
-    """Import a public name on first use and keep it in the package."""
+    """Import a public name (or a submodule) on first use and keep it in the package."""
+    if name in _SUBMODULES:
+        return importlib.import_module(f"datacat.{name}")
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'datacat' has no attribute {name!r}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -134,3 +136,23 @@ def test_precedence_end_to_end(
     [session] = _sessions(server_url, product)
     assert session["state"]["version"] == "v-ini"  # type: ignore[index]
     assert f"{server_url}/sessions/{session['id']}" in result.stdout.str()
+
+
+def test_a_recorded_run_imports_neither_requests_nor_wrapt() -> None:
+    """What keeps the plugin's start cheap: ``datacat`` imports names on first use, batches go
+    over ``http.client``; the public names still resolve as before."""
+    code = """
+import sys
+import pytest_datacat.recorder
+import datacat.session  # the submodule must not replace the function
+import datacat
+print(sorted(m for m in ("requests", "wrapt") if m in sys.modules))
+print(datacat.session.__module__, datacat.track.__module__, "Timer" in dir(datacat))
+print(datacat.autoinstrument.__name__, datacat.attach_session.__name__)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split("\n")[:3] == [
+        "[]",
+        "datacat.track datacat.track True",
+        "datacat.autoinstrument attach_session",
+    ]
