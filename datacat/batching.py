@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from datacat._internal import MAX_STRING, jsonable, log_once
+from datacat._internal import MAX_STRING, jsonable, log_once, name_field, text_field
 from datacat.merge import changes_nothing, combine_updates, deep_merge
 
 JSONDict = dict[str, Any]
@@ -205,10 +205,11 @@ _MAX_DEPTH = 32
 
 def _plain_tree(value: Any, depth: int = 0) -> bool:
     """``value`` (a dict or list) is strict JSON as it is, so ``jsonable`` need not rebuild
-    it: str keys; str (not too long), int, bool, None, finite float leaves. One call per
+    it: str keys; str (not too long, no NUL), int, bool, None, finite float leaves (what
+    ``_internal.jsonable`` leaves alone; keep the two in step). One call per
     container, the leaves checked inline: ~3x cheaper than rebuilding, and most bodies pass."""
     if type(value) is dict:
-        if not all(type(key) is str for key in value):
+        if not all(type(key) is str and "\x00" not in key for key in value):
             return False
         items: Any = value.values()
     elif type(value) is list:
@@ -218,7 +219,7 @@ def _plain_tree(value: Any, depth: int = 0) -> bool:
     for item in items:
         kind = type(item)
         if kind is str:
-            if len(item) > MAX_STRING:
+            if len(item) > MAX_STRING or "\x00" in item:  # the server refuses NUL
                 return False
         elif kind is float:
             if not math.isfinite(item):
@@ -243,15 +244,17 @@ def event_body(
     trace: tuple[str, str] | None,
 ) -> JSONDict:
     """The wire body of an event queued by ``Session.log_event`` as a tuple."""
-    body: JSONDict = {"name": name, "level": level, "timestamp": timestamp}
+    # Text fields as the server takes them (a str, no NUL, names cut to MAX_NAME): one
+    # odd value must not get the whole event refused.
+    body: JSONDict = {"name": name_field(name), "level": level, "timestamp": timestamp}
     if data is not None:
         body["data"] = dict(data) if isinstance(data, Mapping) else {"value": data}
     if category is not None:
-        body["category"] = category
+        body["category"] = text_field(category)
     if labels:
-        body["labels"] = [str(label) for label in labels]
+        body["labels"] = [text_field(label) for label in labels]
     if message is not None:
-        body["message"] = message
+        body["message"] = text_field(message)
     body.update(fields)
     if trace is not None:
         body["trace_id"], body["span_id"] = trace

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from datacat import _internal
-from datacat.batching import OBSERVE, RAW, Batcher, new_id
+from datacat.batching import OBSERVE, RAW, Batcher, event_body, new_id
+from datacat.model import MAX_NAME
 
 SID = "00000000-0000-4000-8000-000000000001"
 
@@ -131,9 +132,19 @@ def test_an_ended_session_gets_no_observation_made_before_its_end_twice() -> Non
 
 def test_plain_bodies_are_sent_as_they_are_and_the_rest_converted() -> None:
     plain = {"name": "e", "data": {"a": [1, 2.5, None, True, {"b": "x"}]}}
-    odd = {"name": "e", "data": {1: object, "nan": float("nan"), "long": "y" * 20_000}}
+    odd = {
+        "name": "e",
+        "data": {1: object, "nan": float("nan"), "long": "y" * 20_000, "nul\x00": "a\x00b"},
+    }
     [sent_plain, sent_odd] = Batcher().operations([("event", SID, plain), ("event", SID, odd)])
     assert sent_plain["data"] is plain  # nothing to convert: no copy made
     data = sent_odd["data"]["data"]
     assert data["1"] == "<class 'object'>" and data["nan"] == "nan"
     assert data["long"].startswith("y" * 100) and "truncated" in data["long"]
+    assert "\x00" not in str(data)  # NUL repaired, as the server needs
+
+
+def test_event_text_fields_are_made_acceptable_to_the_server() -> None:
+    body = event_body("n\x00" + "x" * 1000, None, "info", 7, [1, "l"], b"m", {}, 1.0, None)
+    assert "\x00" not in body["name"] and len(body["name"]) == MAX_NAME
+    assert (body["category"], body["labels"], body["message"]) == ("7", ["1", "l"], "b'm'")
