@@ -458,8 +458,10 @@ def work():
 
 def count():
     url = f"{sys.argv[1]}/api/sessions/{session.id}/metrics"
-    metrics = requests.get(url, timeout=10).json()
-    return sum(m["count"] for m in metrics if m["name"] == "child-work")
+    answer = requests.get(url, timeout=10)
+    if answer.status_code != 200:  # the session's create may not have arrived yet
+        return 0
+    return sum(m["count"] for m in answer.json() if m["name"] == "child-work")
 
 with datacat.session(sys.argv[1], product="track-fork-child", spool_dir="") as session:
     work()  # the parent made the fold (and has its sweeper)
