@@ -50,6 +50,9 @@ MAX_NAME = 200
 #: The last second of year 9999: later timestamps cannot be written back as ISO 8601.
 MAX_TIMESTAMP = 253_402_300_799
 MAX_BATCH_OPERATIONS = 10_000
+#: How deeply free-form JSON (``state``, ``data``, ``metadata``) may nest: deeper documents
+#: cannot be read back or merged without running into Python's recursion limit.
+MAX_DEPTH = 64
 
 HUNG_EVENT = "application_appears_hung"
 RECOVERED_EVENT = "application_recovered"
@@ -182,7 +185,8 @@ def parse_state(body: Any) -> tuple[JSONDict, float]:
     """Body of a state update: the state itself, or ``{"state": {...}, "timestamp": ...}``."""
     body = _object(body, "state update")
     if isinstance(body.get("state"), dict) and set(body) <= {"state", "timestamp"}:
-        return body["state"], _timestamp(body)
+        return _dict(body, "state"), _timestamp(body)
+    check_json(body, "state")
     return body, now()
 
 
@@ -336,7 +340,20 @@ def _text(body: JSONDict, key: str, required: bool = False) -> str | None:
         raise ValidationError("invalid field", f"{key} must be a string")
     if "\x00" in value:  # PostgreSQL text cannot hold it; refuse it on every backend alike
         raise ValidationError("invalid field", f"{key} must not contain NUL characters")
+    if not value.isascii():
+        _utf8(value, key)
     return value
+
+
+def _utf8(text: str, key: str) -> None:
+    """Refuse a lone surrogate (``"\\ud800"``, or Python's surrogateescape): UTF-8 cannot
+    encode it, so no database or JSON reader could take it back."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise ValidationError(
+            "invalid field", f"{key} holds a lone surrogate (not encodable as UTF-8)"
+        ) from None
 
 
 def _number(body: JSONDict, key: str, required: bool = False) -> float | None:
@@ -371,7 +388,31 @@ def _dict(body: JSONDict, key: str) -> JSONDict:
         return {}
     if not isinstance(value, dict):
         raise ValidationError("invalid field", f"{key} must be an object")
+    if value:
+        check_json(value, key)
     return value
+
+
+def check_json(document: JSONDict | list[Any], key: str) -> None:
+    """Free-form JSON ``key`` must be storable and readable back: nested at most ``MAX_DEPTH``
+    levels, finite numbers, strings and keys encodable as UTF-8. Iterative: a deep document
+    must not exhaust the stack while it is being refused."""
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > MAX_DEPTH:
+            raise ValidationError("invalid field", f"{key} is nested deeper than {MAX_DEPTH}")
+        for name, value in node.items() if isinstance(node, dict) else enumerate(node):
+            if isinstance(name, str) and not name.isascii():
+                _utf8(name, key)
+            if isinstance(value, str):
+                if not value.isascii():
+                    _utf8(value, key)
+            elif isinstance(value, float):
+                if not math.isfinite(value):
+                    raise ValidationError("invalid field", f"{key} holds a non-finite number")
+            elif isinstance(value, dict | list):
+                pending.append((value, depth + 1))
 
 
 def _string_list(body: JSONDict, key: str) -> list[str]:
@@ -380,6 +421,9 @@ def _string_list(body: JSONDict, key: str) -> list[str]:
         return []
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValidationError("invalid field", f"{key} must be a list of strings")
+    for text in value:
+        if not text.isascii():
+            _utf8(text, key)
     return value
 
 
@@ -394,7 +438,7 @@ def _tags(body: JSONDict) -> dict[str, str]:
     tags = _dict(body, "tags")
     if not all(isinstance(v, str | int | float | bool) for v in tags.values()):
         raise ValidationError("invalid field", "tags must map names to strings")
-    return {k: str(v) for k, v in tags.items()}
+    return {k: str(v) for k, v in tags.items()}  # (check_json has checked them as text)
 
 
 def _timestamp(body: JSONDict) -> float:

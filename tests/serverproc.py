@@ -1,6 +1,8 @@
 """``ServerProcess``: a real ``datacat server`` in a subprocess on a free loopback port.
 
-Shared by every test that needs a server. The process runs in its own process group so ``kill()``
+Shared by every test that needs a server. ``Api`` parses every JSON answer strictly: a
+``NaN``/``Infinity`` in an answer (not JSON; only Python's parser takes it) fails the test.
+The process runs in its own process group so ``kill()``
 takes gunicorn's master and workers down together (a real ``kill -9`` of the server), and
 ``restart()`` brings it back on the same port and database.
 """
@@ -8,6 +10,7 @@ takes gunicorn's master and workers down together (a real ``kill -9`` of the ser
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -128,6 +131,21 @@ def _reap_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def _not_json(name: str) -> Any:
+    raise AssertionError(f"the server answered {name}, which is not JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` that refuses ``NaN``, ``Infinity`` and ``-Infinity``."""
+    return json.loads(text, parse_constant=_not_json)
+
+
+def check_strict_json(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """A ``requests`` response hook: every JSON answer must be strict JSON."""
+    if response.headers.get("Content-Type", "").startswith("application/json"):
+        strict_json(response.content)
+
+
 class Api:
     """Thin helpers over ``requests`` for the API tests (answers are checked by the caller)."""
 
@@ -135,6 +153,7 @@ class Api:
         self.url = url
         self.headers = headers or {}
         self.http = requests.Session()  # keep-alive: a new connection per call is slow
+        self.http.hooks["response"].append(check_strict_json)
 
     def create(self, **body: Any) -> dict[str, Any]:
         """Create a session (product/version defaulted) and return it; asserts 201."""

@@ -147,9 +147,9 @@ def data(storage_url: str) -> Iterator[Data]:
     d.write("crash", crashed, "segfault", {}, t + 13)
     recovered = d.create("recovered", "beta", "1.0", t + 20)
     d.event(recovered, model.HUNG_EVENT, t + 21)
-    d.write("heartbeat", recovered, NOW - 1)  # logs application_recovered
+    d.write("heartbeat", recovered, NOW - 1, NOW - 1)  # logs application_recovered
     asleep = d.create("suspended", "beta", "1.0", t + 30)
-    d.write("heartbeat", asleep, t + 31)
+    d.write("heartbeat", asleep, t + 31, t + 31)  # (received: the server clock)
     yield d
     store.engine.dispose()
 

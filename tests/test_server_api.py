@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from serverproc import Api
+from serverproc import Api, ServerProcess
 
 
 @pytest.fixture(scope="module")
@@ -96,13 +99,35 @@ def test_counters_read_as_totals(api: Api) -> None:
     assert api.get(sid)["counters"] == {"requests": 6.5}
 
 
-def test_status_suspended_after_heartbeats_stop(api: Api) -> None:
+@pytest.fixture(scope="module")
+def quick(storage_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """A second server on the same database whose heartbeat timeout is SHORT seconds."""
+    log_dir = tmp_path_factory.mktemp("quick-server")
+    with ServerProcess(storage_url, heartbeat_timeout=SHORT, log_dir=log_dir) as server:
+        yield Api(server.url)
+
+
+SHORT = 0.5
+
+
+def test_status_suspended_after_heartbeats_stop(api: Api, quick: Api) -> None:
     sid = api.create()["id"]
     api.post(sid, "heartbeat")
     assert api.get(sid)["status"] == "active"
-    api.post(sid, "heartbeat", {"timestamp": time.time() - 30})  # older than the 10 s timeout
-    session = api.get(sid)
+    time.sleep(2 * SHORT)  # the server's clock decides, so only time passing suspends
+    session = quick.get(sid)
     assert session["status"] == "suspended" and session["suspended"] is True
+
+
+def test_liveness_is_the_servers_clock_not_the_clients(api: Api) -> None:
+    """A client clock an hour behind (or a heartbeat arriving late, out of order) must not show
+    a live session suspended, nor move its last heartbeat back."""
+    sid = api.create()["id"]
+    api.post(sid, "heartbeat")
+    first = api.get(sid)["last_heartbeat"]
+    api.post(sid, "heartbeat", {"timestamp": time.time() - 3600})
+    session = api.get(sid)
+    assert session["status"] == "active" and session["last_heartbeat"] >= first
 
 
 def test_session_without_heartbeats_is_never_suspended_or_hung(api: Api) -> None:
@@ -143,16 +168,45 @@ def test_end_twice_keeps_the_first_end(api: Api) -> None:
     assert session["ended_at"].startswith("2027-01-15") and session["status"] == "ended"
 
 
-def test_new_session_from_machine_crashes_its_suspended_one(api: Api) -> None:
+def test_new_session_from_machine_crashes_its_suspended_one(quick: Api) -> None:
     machine = unique("machine")
-    old = api.create(machine_id=machine)["id"]
-    api.post(old, "heartbeat", {"timestamp": time.time() - 30})
-    ended = api.create(machine_id=machine)["id"]
-    api.post(ended, "end")
-    api.create(machine_id=machine)
-    assert api.get(old)["status"] == "crashed"
-    assert api.get(ended)["status"] == "ended"
-    assert "session_crashed_detected" in [e["name"] for e in api.get(old)["events"]]
+    old = quick.create(machine_id=machine)["id"]
+    quick.post(old, "heartbeat")
+    ended = quick.create(machine_id=machine)["id"]
+    quick.post(ended, "end")
+    time.sleep(2 * SHORT)
+    quick.create(machine_id=machine)
+    assert quick.get(old)["status"] == "crashed"
+    assert quick.get(ended)["status"] == "ended"
+    assert "session_crashed_detected" in [e["name"] for e in quick.get(old)["events"]]
+
+
+def test_machine_rule_ignores_the_creates_clock(api: Api) -> None:
+    """A create whose client clock is an hour ahead must not crash the machine's live session."""
+    machine = unique("machine")
+    live = api.create(machine_id=machine)["id"]
+    api.post(live, "heartbeat")
+    api.create(machine_id=machine, timestamp=time.time() + 3600)
+    assert api.get(live)["status"] == "active"
+
+
+def hung_sessions(api: Api, hang: str) -> set[str]:
+    answer = api.request("GET", "/dashboard/api/sessions", params={"hang": hang, "per_page": 100})
+    return {s["id"] for s in answer.json()["sessions"]}
+
+
+def test_late_writes_do_not_rewrite_how_a_session_ended(api: Api) -> None:
+    """hung → crash → a late heartbeat: no recovery is logged after the crash and the session
+    stays "hung when it crashed"; a late recovery event after an end changes nothing either."""
+    crashed, ended = api.create()["id"], api.create()["id"]
+    for sid, verb in ((crashed, "crash"), (ended, "end")):
+        api.post(sid, "events", {"name": "application_appears_hung"})
+        api.post(sid, verb, {})
+    api.post(crashed, "heartbeat")
+    api.post(ended, "events", {"name": "application_recovered"})
+    names = [e["name"] for e in api.get(crashed)["events"]]
+    assert names == ["application_appears_hung", "session_crashed_detected"]
+    assert crashed in hung_sessions(api, "crashed") and ended in hung_sessions(api, "ended")
 
 
 def test_unknown_session_is_404_everywhere(api: Api) -> None:
@@ -196,14 +250,49 @@ def test_list_filters_by_product_version_status_and_time(api: Api) -> None:
 def test_list_pages_with_a_cursor(api: Api) -> None:
     product = unique()
     made = [api.create(product=product)["id"] for _ in range(5)]
+    seen = every_page(api, product)
+    assert sorted(seen) == sorted(made) and len(seen) == 5
+
+
+def every_page(api: Api, product: str) -> list[str]:
+    """The ids of every page of ``product``'s sessions, two at a time, following the cursor."""
     seen, cursor = [], None
     while True:
         params = {"product": product, "limit": 2, "summary": "true"}
         page, cursor = list_sessions(api, **params, **({"cursor": cursor} if cursor else {}))
         seen += [s["id"] for s in page]
         if cursor is None:
-            break
-    assert sorted(seen) == sorted(made) and len(seen) == 5
+            return seen
+
+
+def test_list_pages_through_sessions_created_at_the_same_moment(api: Api) -> None:
+    product = unique()
+    made = {api.create(product=product, timestamp=1_750_000_000)["id"] for _ in range(7)}
+    seen = every_page(api, product)
+    assert len(seen) == 7 and set(seen) == made  # none skipped, none repeated
+
+
+def cursor_of(key: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+
+@pytest.mark.parametrize(
+    "key",
+    [[True, "x"], [1, "\ud800"], [10**30, "x"], [-1, "x"], [1, "x" * 100], [[1], "x"]],
+)
+def test_malformed_session_cursor_is_400(api: Api, key: Any) -> None:
+    response = api.request(
+        "GET", "/api/data/sessions", params={"limit": 1, "cursor": cursor_of(key)}
+    )
+    assert response.status_code == 400, response.text
+
+
+@pytest.mark.parametrize("key", [2**63, -1, True, 1.5, "x"])
+def test_malformed_row_cursor_is_400(api: Api, key: Any) -> None:
+    sid = api.create()["id"]
+    for raw in (cursor_of(key), base64.urlsafe_b64encode(b"[" * 5000).decode()):
+        response = api.request("GET", f"/api/sessions/{sid}/events", params={"cursor": raw})
+        assert response.status_code == 400, response.text
 
 
 def test_summary_has_counts_instead_of_rows(api: Api) -> None:
@@ -272,3 +361,18 @@ def test_nul_is_refused_in_text_fields_and_kept_inside_data(api: Api) -> None:
     assert api.post(sid, "state", {"k": "\u0000"}).ok
     session = api.get(sid)
     assert session["events"][0]["data"] == {"k": "\x00"} and session["state"]["k"] == "\x00"
+
+
+def test_too_deep_state_is_refused_before_anything_is_stored(api: Api) -> None:
+    """900 levels: the row was committed, then every read of it answered 400 forever."""
+    sid, deep = str(uuid.uuid4()), 1
+    for _ in range(900):
+        deep = {"d": deep}  # type: ignore[assignment]
+    body = {"id": sid, "product": unique(), "version": "1", "state": deep}
+    assert api.request("POST", "/api/sessions", json=body).status_code == 400
+    assert api.request("GET", f"/api/sessions/{sid}").status_code == 404
+    shallow: Any = 1
+    for _ in range(64 - 1):
+        shallow = {"d": shallow}
+    assert api.create(id=sid, state=shallow)["id"] == sid
+    assert list_sessions(api, product="ApiTest", limit=5)[0]

@@ -118,3 +118,100 @@ def test_concurrent_copies_of_one_batch_apply_once(api: Api) -> None:
         answers = list(pool.map(send, range(4)))
     assert sorted(a["applied"] for a in answers) == [0, 0, 0, 50]
     assert len(api.get(sid)["events"]) == 50
+
+
+def _concurrent_batches(api: Api, batches: list[list[dict[str, Any]]]) -> list[int]:
+    """Send every batch at once from its own thread; their statuses."""
+    barrier = threading.Barrier(len(batches))
+
+    def send(operations: list[dict[str, Any]]) -> int:
+        barrier.wait()
+        return Api(api.url).batch(operations).status_code
+
+    with ThreadPoolExecutor(len(batches)) as pool:
+        return list(pool.map(send, batches))
+
+
+def test_concurrent_batches_on_one_session_never_deadlock(api: Api) -> None:
+    """An event's foreign key locks its session KEY SHARE; a later state/heartbeat in the same
+    batch locking it FOR UPDATE deadlocked against a concurrent copy (PostgreSQL: 500s)."""
+    sid = api.create()["id"]
+    batches = [
+        ops(
+            sid,
+            ("event", {"name": "e"}),
+            ("state", {f"k{i}": n}),
+            ("heartbeat", {}),
+            ("state", {f"k{i}": n}),
+        )
+        for n in range(4)
+        for i in range(8)
+    ]
+    assert set(_concurrent_batches(api, batches)) == {200}
+    state = api.get(sid)["state"]
+    assert {f"k{i}" for i in range(8)} <= set(state)
+
+
+def test_concurrent_batches_locking_two_sessions_in_opposite_orders(api: Api) -> None:
+    a, b = api.create()["id"], api.create()["id"]
+
+    def batch(first: str, second: str, n: int) -> list[dict[str, Any]]:
+        return [
+            *ops(first, ("event", {"name": "e"}), ("state", {"n": n})),
+            *ops(second, ("heartbeat", {}), ("state", {"n": n})),
+        ]
+
+    batches = [batch(a, b, n) if n % 2 else batch(b, a, n) for n in range(24)]
+    assert set(_concurrent_batches(api, batches)) == {200}
+    assert len(api.get(a)["events"]) + len(api.get(b)["events"]) == 24
+
+
+def _raw_batch(api: Api, session_id: str, *datas: str) -> dict[str, Any]:
+    """A batch of events whose ``data`` JSON is given as text (``1e400`` cannot be dumped)."""
+    items = [
+        f'{{"op_id": "{uuid.uuid4()}", "op": "event", "session_id": "{session_id}", "data": {d}}}'
+        for d in datas
+    ]
+    body = '{"operations": [' + ", ".join(items) + "]}"
+    response = api.request("POST", "/api/batch", data=body.encode())
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '{"name": "x", "data": {"big": 1e400}}',
+        '{"name": "x", "data": {"deep": [[-1e999]]}}',
+        '{"name": "\\ud800"}',
+        '{"name": "x", "message": "\\udcff"}',
+        '{"name": "x", "data": {"\\ud800": 1}}',
+        '{"name": "x", "labels": ["\\udcff"]}',
+        '{"name": "x", "data": ' + '{"a": ' * 100 + "1" + "}" * 100 + "}",
+    ],
+)
+def test_unstorable_values_fail_their_operation_only(api: Api, bad: str) -> None:
+    """Non-finite numbers, lone surrogates and too deep nesting were a 500 for the whole batch
+    (which the client retries forever); now they are that operation's 400."""
+    sid = api.create()["id"]
+    answer = _raw_batch(api, sid, '{"name": "before"}', bad, '{"name": "after"}')
+    assert answer["applied"] == 2
+    assert [(f["index"], f["status"]) for f in answer["failed"]] == [(1, 400)]
+    assert [e["name"] for e in api.get(sid)["events"]] == ["before", "after"]
+
+
+def test_unstorable_state_and_create_fail_their_operation_only(api: Api) -> None:
+    sid, new = api.create()["id"], str(uuid.uuid4())
+    deep: Any = 1
+    for _ in range(900):
+        deep = {"d": deep}
+    operations = [
+        *ops(sid, ("state", {"ok": 1}), ("state", deep), ("state", {"\udcff": 1})),
+        *ops(new, ("create", {"product": "p", "version": "1", "state": deep})),
+        *ops(sid, ("crash", {"reason": "r", "data": deep})),
+    ]
+    answer = api.batch(operations).json()
+    assert [(f["index"], f["status"]) for f in answer["failed"]] == [(i, 400) for i in (1, 2, 3, 4)]
+    assert api.get(sid)["state"]["ok"] == 1 and api.get(sid)["status"] == "active"
+    assert api.request("GET", f"/api/sessions/{new}").status_code == 404

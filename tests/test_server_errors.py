@@ -8,12 +8,15 @@ from collections.abc import Iterator
 import pytest
 from serverproc import Api, ServerProcess
 
-SID = "{sid}"
+SID = "{sid}"  # (the table runs on SQLite and PostgreSQL: ``api_url``)
 
 
 @pytest.fixture(scope="module")
-def session_id(server_url: str) -> str:
-    return Api(server_url).create()["id"]
+def session_id(api_url: str) -> str:
+    return Api(api_url).create()["id"]
+
+
+DEEP = b'{"product": "a", "version": "1", "state": ' + b'{"a": ' * 900 + b"1" + b"}" * 901
 
 
 @pytest.mark.parametrize(
@@ -53,6 +56,23 @@ def session_id(server_url: str) -> str:
             400,
         ),
         ("POST", f"/api/sessions/{SID}/state", b"3", 400),
+        ("POST", f"/api/sessions/{SID}/state", b'{"a": 1e400}', 400),
+        ("POST", f"/api/sessions/{SID}/state", b'{"\\ud800": 1}', 400),
+        ("POST", f"/api/sessions/{SID}/state", b'{"a": ["\\udcff"]}', 400),
+        ("POST", f"/api/sessions/{SID}/events", b'{"name": "\\ud800"}', 400),
+        ("POST", f"/api/sessions/{SID}/events", b'{"name": "x", "data": {"a": -1e999}}', 400),
+        ("POST", f"/api/sessions/{SID}/metrics", b'{"name": "\\udcff", "value": 1}', 400),
+        (
+            "POST",
+            f"/api/sessions/{SID}/metrics",
+            b'{"name": "m", "value": 1, "metadata": {"a": 1e400}}',
+            400,
+        ),
+        ("POST", f"/api/sessions/{SID}/crash", b'{"reason": "\\ud800"}', 400),
+        ("POST", f"/api/sessions/{SID}/crash", b'{"data": {"x": 1e400}}', 400),
+        ("POST", "/api/sessions", b'{"product": "\\ud800", "version": "1"}', 400),
+        ("POST", "/api/sessions", b'{"product": "a", "version": "1", "state": {"a": 1e400}}', 400),
+        ("POST", "/api/sessions", DEEP, 400),
         ("POST", f"/api/sessions/{SID}/heartbeat", b"[1]", 400),
         ("POST", f"/api/sessions/{SID}/crash", b'{"reason": 5}', 400),
         ("POST", "/api/batch", b'{"operations": 3}', 400),
@@ -66,6 +86,9 @@ def session_id(server_url: str) -> str:
         ("GET", "/api/data/sessions?status=asleep", b"", 400),
         ("GET", "/api/data/sessions?cursor=%%%", b"", 400),
         ("GET", "/api/data/sessions?cursor=WzFd", b"", 400),
+        ("GET", "/api/data/sessions?limit=1&cursor=W3RydWUsICJ4Il0", b"", 400),
+        ("GET", f"/api/sessions/{SID}/events?cursor=OTIyMzM3MjAzNjg1NDc3NTgwOA", b"", 400),
+        ("GET", f"/dashboard/api/sessions/{SID}?events_after=99999999999999999999", b"", 400),
         ("GET", "/api/data/sessions?created_after=yesterday", b"", 400),
         ("GET", "/api/data/sessions?created_after=nan", b"", 400),
         ("GET", f"/api/sessions/{SID}/events?cursor=WyJhIl0", b"", 400),
@@ -74,9 +97,9 @@ def session_id(server_url: str) -> str:
     ],
 )
 def test_malformed_request(
-    server_url: str, session_id: str, method: str, path: str, body: bytes | str, status: int
+    api_url: str, session_id: str, method: str, path: str, body: bytes | str, status: int
 ) -> None:
-    response = Api(server_url).request(method, path.replace(SID, session_id), data=body)
+    response = Api(api_url).request(method, path.replace(SID, session_id), data=body)
     assert response.status_code == status, response.text
     assert set(response.json()) == {"error", "details"}
     assert response.headers["Content-Type"] == "application/json"

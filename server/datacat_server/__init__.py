@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Flask, Response, current_app, jsonify
+from flask.json.provider import DefaultJSONProvider
 
 from datacat_server import api, dashboard, errors
 from datacat_server.retention import Retention
@@ -28,13 +29,24 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class StrictJSONProvider(DefaultJSONProvider):
+    """Answers are strict JSON: a non-finite number raises (a 500 the tests see) instead of
+    going out as ``Infinity``, which no JSON parser but Python's accepts."""
+
+    sort_keys = False
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        kwargs.setdefault("allow_nan", False)
+        return super().dumps(obj, **kwargs)
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """A configured app; ``config`` overrides ``DEFAULTS`` (keys ``DATACAT_*``)."""
     app = Flask(__name__)
+    app.json = StrictJSONProvider(app)
     app.config.from_mapping(DEFAULTS)
     app.config.from_mapping(config or {})
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["DATACAT_MAX_BODY"])
-    app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["datacat"] = Storage(
         app.config["DATACAT_DB"], float(app.config["DATACAT_HEARTBEAT_TIMEOUT"])
     )

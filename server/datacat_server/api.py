@@ -65,14 +65,18 @@ def _json(raw: bytes, status: int = 200) -> Response:
 def _check_api_key() -> None:
     """With ``DATACAT_API_KEY`` set, every ``/api`` request needs it (Bearer or X-API-Key)."""
     expected = current_app.config.get("DATACAT_API_KEY")
-    if not expected:
-        return
+    if expected and not key_given(str(expected)):
+        raise Unauthorized("missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
+
+
+def key_given(expected: str) -> bool:
+    """Whether the request carries ``expected`` as ``Authorization: Bearer`` or ``X-API-Key``;
+    the one timing-safe comparison of the key (the dashboard uses it too)."""
     given = request.headers.get("X-API-Key") or ""
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
         given = auth[7:].strip()
-    if not hmac.compare_digest(given.encode(), str(expected).encode()):
-        raise Unauthorized("missing or wrong API key (Authorization: Bearer KEY or X-API-Key)")
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
 
 
 @bp.after_request
@@ -91,8 +95,7 @@ def create_session() -> tuple[Response, int]:
     data = model.parse_create(_body())
     data["id"] = data["id"] or str(uuid.uuid4())
     store = _store()
-    with store.write() as conn:
-        created = storage.create_session(conn, data, store.heartbeat_timeout)
+    created = store.run(lambda conn: storage.create_session(conn, data, store.heartbeat_timeout))
     return jsonify(_get(data["id"])), 201 if created else 200
 
 
@@ -145,8 +148,7 @@ def crash(session_id: str) -> Response:
 
 def _commit(write: Callable[..., None], *args: Any, answer: bytes = _SUCCESS) -> Response:
     """Run ``write(conn, *args)`` in one write transaction and answer ``answer``."""
-    with _store().write() as conn:
-        write(conn, *args)
+    _store().run(lambda conn: write(conn, *args))
     return _json(answer)
 
 
@@ -224,13 +226,14 @@ def _state_args() -> list[tuple[str, str]]:
     return [(k.removeprefix("state."), v) for k, v in pairs if k.startswith("state.")]
 
 
-def query_int(name: str, default: int) -> int:
-    """A query-string integer in 1..MAX_LIMIT (``default`` when absent)."""
+def query_int(name: str, default: int, low: int = 1, high: int = MAX_LIMIT) -> int:
+    """A query-string integer in low..high (``default`` when absent)."""
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_LIMIT):
-        raise ValidationError("invalid parameter", f"{name} must be an integer in 1..{MAX_LIMIT}")
+    # (length first: int() of a huge digit string is slow and may be refused)
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20 and low <= int(raw) <= high):
+        raise ValidationError("invalid parameter", f"{name} must be an integer in {low}..{high}")
     return int(raw)
 
 

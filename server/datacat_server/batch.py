@@ -67,37 +67,40 @@ def _failure(index: int, op_id: str | None, status: int, error: str, details: st
 
 def apply_batch(store: storage.Storage, items: list[Operation | ValidationError]) -> JSONDict:
     """Apply the parsed operations; answer the ``POST /api/batch`` body."""
-    try:
-        return _apply_once(store, items)
-    except store.engine.dialect.loaded_dbapi.IntegrityError:
-        # A copy of this batch (a client's retry while the first try was in flight) committed
-        # the same op_ids first; ours rolled back whole. Again, they now count as duplicates.
-        return _apply_once(store, items)
-
-
-def _apply_once(store: storage.Storage, items: list[Operation | ValidationError]) -> JSONDict:
     failed: list[JSONDict] = []
     valid = [v for index, item in enumerate(items) if (v := _validate(index, item, failed))]
-    with store.write() as conn:
-        run = _Run(
-            conn,
-            store.heartbeat_timeout,
-            known=_existing(conn, [sessions.c.id], {v.op.session_id for v in valid}),
-            seen=_existing(conn, [applied_ops.c.op_id], {v.op.op_id for v in valid if not v.row}),
-            failed=failed,
-        )
-        for item in valid:
-            _apply_item(run, item)
-        run.flush()
-        stamp = now()
-        rows = [{"op_id": op_id, "applied_at": stamp} for op_id in run.logged]
-        storage.insert_rows(conn, applied_ops, rows)
+    # A driver IntegrityError: a copy of this batch (a client's retry while the first try was
+    # in flight) committed the same op_ids first and ours rolled back whole. Run again, they
+    # count as duplicates. Deadlocks and serialization failures run again too (Storage.run).
+    integrity = store.engine.dialect.loaded_dbapi.IntegrityError
+    run = store.run(lambda conn: _apply(conn, store, valid, list(failed)), retry=(integrity,))
     return {
-        "success": not failed,
+        "success": not run.failed,
         "applied": run.applied,
         "duplicates": run.duplicates,
-        "failed": sorted(failed, key=lambda f: f["index"]),
+        "failed": sorted(run.failed, key=lambda f: f["index"]),
     }
+
+
+def _apply(
+    conn: Connection, store: storage.Storage, valid: list[_Valid], failed: list[JSONDict]
+) -> _Run:
+    """One try at applying ``valid`` inside the write transaction ``conn``."""
+    storage.lock_sessions(conn, {v.op.session_id for v in valid if v.row is None})
+    run = _Run(
+        conn,
+        store.heartbeat_timeout,
+        known=_existing(conn, [sessions.c.id], {v.op.session_id for v in valid}),
+        seen=_existing(conn, [applied_ops.c.op_id], {v.op.op_id for v in valid if not v.row}),
+        failed=failed,
+    )
+    for item in valid:
+        _apply_item(run, item)
+    run.flush()
+    stamp = now()
+    rows = [{"op_id": op_id, "applied_at": stamp} for op_id in run.logged]
+    storage.insert_rows(conn, applied_ops, rows)
+    return run
 
 
 def _validate(
@@ -161,10 +164,14 @@ def _apply_item(run: _Run, item: _Valid) -> None:
     if item.row is not None:  # its op_id is checked by the row's unique index as it goes in
         (run.event_rows if op.op == "event" else run.metric_rows).append(item.row)
         return
+    try:
+        _apply_op(run, op, item.data)
+    except ValueError as exc:  # a value the model let through that cannot be stored
+        run.failed.append(_failure(item.index, op.op_id, 400, "invalid value", str(exc)[:200]))
+        return
     run.seen.add(op.op_id)
     run.applied += 1
     run.logged.append(op.op_id)
-    _apply_op(run, op, item.data)
 
 
 def _apply_op(run: _Run, op: Operation, data: Any) -> None:

@@ -68,11 +68,7 @@ def _cookie_value(key: str) -> str:
 
 
 def _authorised(key: str) -> bool:
-    given = request.headers.get("X-API-Key") or ""
-    auth = request.headers.get("Authorization", "")
-    if auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    if given and hmac.compare_digest(given.encode(), key.encode()):
+    if api.key_given(key):
         return True
     cookie = request.cookies.get(COOKIE, "")
     return hmac.compare_digest(cookie.encode(), _cookie_value(key).encode())
@@ -191,7 +187,7 @@ def metrics_data() -> Response:
 @bp.get("/dashboard/api/sessions/<session_id>")
 def session_data(session_id: str) -> Response:
     with _store().read() as conn:
-        after = request.args.get("events_after", default=0, type=int)  # not a number: 0
+        after = api.query_int("events_after", 0, low=0, high=queries.MAX_ROW_ID)
         detail = dashboard_queries.session_detail(conn, session_id, _clock(), after)
     if detail is None:
         raise NotFound(session_id)

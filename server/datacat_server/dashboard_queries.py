@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,14 @@ from sqlalchemy.engine import Connection, Row
 
 from datacat.model import DEFAULT_BUCKETS, HUNG_EVENT, RECOVERED_EVENT, JSONDict, iso
 from datacat_server import queries
-from datacat_server.queries import STATUSES, Clock, SessionFilter, session_dict, state_history
+from datacat_server.queries import (
+    STATUSES,
+    Clock,
+    SessionFilter,
+    finite,
+    session_dict,
+    state_history,
+)
 from datacat_server.schema import events, metrics, sessions
 from datacat_server.storage import leaves, value_key
 
@@ -199,11 +207,14 @@ def _session_figures(conn: Connection, conds: list[Any]) -> dict[tuple[Any, ...]
     m = metrics.c
     keys = (m.name, m.type, m.session_id, sessions.c.created_at)
     joined = sa.select(*keys).join_from(metrics, sessions, m.session_id == sessions.c.id)
-    plain = joined.add_columns(sa.func.sum(m.value), sa.func.count()).where(
+    # PostgreSQL's float sum raises once it passes 1e308; a numeric sum does not (the figure
+    # then comes out as inf, and is left out below).
+    value = sa.cast(m.value, sa.Numeric) if conn.dialect.name == "postgresql" else m.value
+    plain = joined.add_columns(sa.func.sum(value), sa.func.count()).where(
         *conds, sa.not_(_READ_BODY)
     )
     sums: dict[tuple[Any, ...], list[float]] = {
-        (name, kind, "", sid, created): [total, float(n)]
+        (name, kind, "", sid, created): [float(total), float(n)]
         for name, kind, sid, created, total, n in conn.execute(plain.group_by(*keys))
     }
     for name, kind, sid, created, value, raw in conn.execute(
@@ -213,7 +224,8 @@ def _session_figures(conn: Connection, conds: list[Any]) -> dict[tuple[Any, ...]
         acc = sums.setdefault((name, kind, _tags_label(body), sid, created), [0.0, 0.0])
         acc[0] += value
         acc[1] += float(body.get("count") or 1) if kind == "histogram" else 1.0
-    return {key: s if key[1] == "counter" else s / n for key, (s, n) in sums.items()}
+    figures = {key: s if key[1] == "counter" else s / n for key, (s, n) in sums.items()}
+    return {key: f for key, f in figures.items() if math.isfinite(f)}  # beyond float: left out
 
 
 def _tags_label(row: JSONDict) -> str:
@@ -240,13 +252,21 @@ def describe(values: Sequence[float]) -> JSONDict:
     """avg, min, max, median and population std-dev of a non-empty sequence."""
     low, high = min(values), max(values)
     return {
-        "avg": statistics.fmean(values),
+        "avg": _figure(statistics.fmean, values),
         "min": low,
         "max": high,
-        "median": statistics.median(values),
+        "median": _figure(statistics.median, values),
         # equal values give 0, not float noise like 1e-17
-        "stddev": 0.0 if low == high else statistics.pstdev(values),
+        "stddev": 0.0 if low == high else _figure(statistics.pstdev, values),
     }
+
+
+def _figure(statistic: Callable[[Sequence[float]], float], values: Sequence[float]) -> float | None:
+    """``statistic(values)``, or None when it leaves float's range (values near 1e308)."""
+    try:
+        return finite(statistic(values))
+    except (OverflowError, ValueError):
+        return None
 
 
 def _thin(rows: Sequence[Any]) -> list[Any]:
@@ -351,7 +371,7 @@ def _summary(key: tuple[str, str, str], unit: str | None, group: list[JSONDict])
         "tags": group[-1].get("tags") or {},
         "unit": unit,
         "count": len(group),
-        "total": sum(values),
+        "total": finite(sum(values)),
         "last": values[-1],
         **describe(values),
         "series": [[iso(r["ts"]), r["value"]] for r in _thin(group)],

@@ -1,7 +1,9 @@
 """The one place where exceptions become the JSON error shape ``{"error", "details"}``.
 
-Validation problems are 400, unknown sessions 404, HTTP errors keep their status (401, 404, 405,
-413, ...), and anything unexpected is logged and answered 500 without internals.
+Validation problems are 400 (a body nested too deeply is refused while ``api`` reads it; a
+RecursionError anywhere else is the server's fault: 500), unknown sessions 404, HTTP errors keep
+their status (401, 404, 405, 413, ...), and anything unexpected is logged and answered 500
+without internals.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ def register(app: Flask) -> None:
     """Install the JSON error handlers on ``app``."""
     app.register_error_handler(ValidationError, _validation)
     app.register_error_handler(NotFound, _not_found)
-    app.register_error_handler(RecursionError, _too_deep)
     app.register_error_handler(sa.exc.DataError, _bad_value)
     app.register_error_handler(HTTPException, _http)
     app.register_error_handler(Exception, _unexpected)
@@ -40,10 +41,6 @@ def _validation(exc: ValidationError) -> Response:
 
 def _not_found(exc: NotFound) -> Response:
     return error_response(404, "session not found", str(exc))
-
-
-def _too_deep(_exc: RecursionError) -> Response:
-    return error_response(400, "invalid body", "JSON nested too deeply")
 
 
 def _bad_value(exc: sa.exc.DataError) -> Response:

@@ -10,6 +10,7 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,11 +20,13 @@ from sqlalchemy.engine import Connection, Row
 
 from datacat.errors import ValidationError
 from datacat.merge import deep_merge
-from datacat.model import JSONDict, iso
+from datacat.model import MAX_TIMESTAMP, JSONDict, iso
 from datacat_server.schema import events, metrics, sessions, state_updates, state_values
 from datacat_server.storage import value_key
 
 STATUSES = ("active", "ended", "suspended", "hung", "crashed")
+#: The largest row id (a signed 64-bit integer column); larger numbers overflow the drivers.
+MAX_ROW_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def decode_cursor(cursor: str, shape: Callable[[Any], bool]) -> Any:
     """The key inside a cursor; anything not made by ``encode_cursor`` with ``shape`` is a 400."""
     try:
         key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):
         key = None
     if key is None or not shape(key):
         raise ValidationError("invalid cursor", "pass back the cursor a list answered")
@@ -81,16 +84,22 @@ def decode_cursor(cursor: str, shape: Callable[[Any], bool]) -> Any:
 
 
 def _is_session_key(key: Any) -> bool:
+    """``[created_at, id]``: a timestamp the database can compare, an id it can encode."""
     return (
         isinstance(key, list)
         and len(key) == 2
         and isinstance(key[0], int | float)
+        and not isinstance(key[0], bool)
+        and 0 <= key[0] <= MAX_TIMESTAMP  # (also False for NaN)
         and isinstance(key[1], str)
+        and len(key[1]) <= 64
+        and key[1].isascii()  # session ids are UUIDs
     )
 
 
 def _is_row_key(key: Any) -> bool:
-    return isinstance(key, int) and not isinstance(key, bool)
+    """A row id: an integer both databases' 64-bit columns can hold."""
+    return isinstance(key, int) and not isinstance(key, bool) and 0 <= key <= MAX_ROW_ID
 
 
 def status_of(row: Row[Any], clock: Clock) -> JSONDict:
@@ -163,13 +172,19 @@ def _row_body(row: Row[Any]) -> JSONDict:
     return body
 
 
-def counter_totals(metric_bodies: Sequence[JSONDict]) -> dict[str, float]:
-    """A counter's rows carry deltas; readers see the total per name."""
+def counter_totals(metric_bodies: Sequence[JSONDict]) -> dict[str, float | None]:
+    """A counter's rows carry deltas; readers see the total per name (None when it is beyond
+    float's range: each delta is finite, their sum need not be)."""
     totals: dict[str, float] = {}
     for m in metric_bodies:
         if m.get("type") == "counter":
             totals[m["name"]] = totals.get(m["name"], 0.0) + m["value"]
-    return totals
+    return {name: finite(total) for name, total in totals.items()}
+
+
+def finite(value: float) -> float | None:
+    """``value``, or None when it is not finite (answers are strict JSON: no Infinity/NaN)."""
+    return value if math.isfinite(value) else None
 
 
 def state_history(conn: Connection, session_id: str) -> list[JSONDict]:

@@ -79,6 +79,10 @@ def gunicorn_options(opts: dict[str, Any], app: Flask) -> dict[str, Any]:
         "graceful_timeout": 5,
         "timeout": 60,
         "accesslog": None,
+        # Long filter URLs (many ``state.*=`` pairs) must not meet gunicorn's HTML 414 at
+        # 4094 bytes: 8190 is the most it allows short of no limit at all.
+        "limit_request_line": 8190,
+        "limit_request_field_size": 16384,
         # Workers touch a file to show they are alive, twice per request; on a container's
         # overlay /tmp that cost ~90 us each time, in memory it is free (gunicorn's advice).
         "worker_tmp_dir": "/dev/shm" if os.access("/dev/shm", os.W_OK) else None,

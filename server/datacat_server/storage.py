@@ -4,7 +4,13 @@ Each function takes a ``Connection`` already inside a write transaction (``Stora
 single endpoint and a whole ``POST /api/batch`` share the same code. Events and metrics are single
 ``INSERT``\\ s (the session's existence is checked by the foreign key, not by a read); a state
 update reads and rewrites one small row under the write lock (``BEGIN IMMEDIATE`` on SQLite,
-``SELECT ... FOR UPDATE`` on PostgreSQL), so concurrent writers never lose a key.
+``SELECT ... FOR NO KEY UPDATE`` on PostgreSQL), so concurrent writers never lose a key.
+
+PostgreSQL deadlocks: an event's INSERT takes a KEY SHARE lock on its session through the
+foreign key. Sessions are therefore locked ``FOR NO KEY UPDATE`` (which does not conflict with
+KEY SHARE, unlike ``FOR UPDATE``), a batch locks its sessions in id order first
+(``lock_sessions``), and ``Storage.run`` runs a transaction again when PostgreSQL still broke a
+deadlock or a serialization conflict by rolling it back.
 """
 
 from __future__ import annotations
@@ -16,10 +22,10 @@ import json
 import operator
 import os
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,7 +33,7 @@ from sqlalchemy.engine import Connection
 
 from datacat.errors import ValidationError
 from datacat.merge import deep_merge
-from datacat.model import CRASH_EVENT, HUNG_EVENT, RECOVERED_EVENT, JSONDict
+from datacat.model import CRASH_EVENT, HUNG_EVENT, RECOVERED_EVENT, JSONDict, now
 from datacat_server.schema import (
     events,
     make_engine,
@@ -36,6 +42,12 @@ from datacat_server.schema import (
     state_updates,
     state_values,
 )
+
+T = TypeVar("T")
+
+#: How often ``Storage.run`` tries a transaction again after a deadlock or serialization failure.
+RETRIES = 3
+_TRANSIENT = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 
 
 class NotFound(Exception):
@@ -83,6 +95,19 @@ class Storage:
         with self._writers, conn.begin():
             yield conn
 
+    def run(self, work: Callable[[Connection], T], retry: tuple[type[Exception], ...] = ()) -> T:
+        """``work(conn)`` in one write transaction; when PostgreSQL rolled it back to break a
+        deadlock or a serialization conflict (or it raised one of ``retry``), it runs again
+        from the start, at most ``RETRIES`` times."""
+        for attempt in range(RETRIES + 1):
+            try:
+                with self.write() as conn:
+                    return work(conn)
+            except Exception as exc:
+                if attempt == RETRIES or not (isinstance(exc, retry) or is_transient(exc)):
+                    raise
+        raise AssertionError("unreachable")
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read-only transaction (on SQLite it does not take the write lock)."""
@@ -101,6 +126,21 @@ class Storage:
         """Forget inherited connections (after ``fork``: a child must open its own)."""
         self._local = threading.local()
         self.engine.dispose(close=False)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A deadlock or serialization failure (the driver's, or SQLAlchemy's wrapping of it)."""
+    orig = getattr(exc, "orig", exc)
+    return getattr(orig, "sqlstate", None) in _TRANSIENT
+
+
+def lock_sessions(conn: Connection, session_ids: Iterable[str]) -> None:
+    """Lock these sessions in id order (PostgreSQL; SQLite has one writer at a time anyway), so
+    two batches locking the same sessions never wait for each other crosswise."""
+    wanted = sorted(set(session_ids))
+    if wanted and conn.dialect.name == "postgresql":
+        query = sa.select(sessions.c.id).where(sessions.c.id.in_(wanted)).order_by(sessions.c.id)
+        conn.execute(query.with_for_update(key_share=True)).all()
 
 
 class WriterLock:
@@ -166,26 +206,32 @@ def create_session(conn: Connection, data: JSONDict, heartbeat_timeout: float) -
     if inserted.first() is None:  # (rowcount is not reliable here on every driver)
         return False
     if data["machine_id"]:
-        _crash_abandoned(conn, data["machine_id"], ts - heartbeat_timeout, ts)
+        _crash_abandoned(conn, data["machine_id"], heartbeat_timeout)
     _record_state(conn, data["id"], state, ts)
     return True
 
 
-def _crash_abandoned(conn: Connection, machine_id: str, stale_before: float, ts: float) -> None:
-    """The machine is back with a new session: its older suspended sessions died with it."""
-    open_stale = sa.select(sessions.c.id).where(
-        sessions.c.machine_id == machine_id,
-        sessions.c.ended_at.is_(None),
-        sessions.c.last_heartbeat < stale_before,
-    )
+def _crash_abandoned(conn: Connection, machine_id: str, heartbeat_timeout: float) -> None:
+    """The machine is back with a new session: its older suspended sessions died with it.
+    "Suspended" by the server's clock, like every status (not by the create's timestamp)."""
+    ts = now()
+    stale_before = ts - heartbeat_timeout
+    open_stale = (
+        sa.select(sessions.c.id)
+        .where(
+            sessions.c.machine_id == machine_id,
+            sessions.c.ended_at.is_(None),
+            sessions.c.last_heartbeat < stale_before,
+        )
+        .order_by(sessions.c.id)
+    )  # id order, like every multi-session lock (no deadlocks)
     for (sid,) in conn.execute(open_stale).all():
         crash(conn, sid, "machine came back without this session (it stopped heartbeating)", {}, ts)
 
 
 def update_state(conn: Connection, session_id: str, update: JSONDict, ts: float) -> None:
     """Deep-merge ``update`` into the session's state under the write lock."""
-    query = sa.select(sessions.c.state).where(sessions.c.id == session_id).with_for_update()
-    row = conn.execute(query).first()
+    row = conn.execute(_locked(session_id, sessions.c.state)).first()
     if row is None:
         raise NotFound(session_id)
     state = deep_merge(json.loads(row.state), update)
@@ -322,25 +368,31 @@ def add_event(conn: Connection, session_id: str, event: JSONDict) -> None:
     """One event; hang and recovery events also set or clear the session's hung flag."""
     add_events(conn, [event_row(session_id, event)])
     if is_special(event):
-        hung = event["name"] == HUNG_EVENT
-        values = {"hung": hung, "updated_at": event["timestamp"]}
-        conn.execute(sessions.update().where(sessions.c.id == session_id).values(values))
+        # Only while the session is open: a late event must not rewrite how it ended.
+        values = {"hung": event["name"] == HUNG_EVENT, "updated_at": event["timestamp"]}
+        is_open = sa.and_(sessions.c.id == session_id, sessions.c.ended_at.is_(None))
+        conn.execute(sessions.update().where(is_open).values(values))
 
 
-def heartbeat(conn: Connection, session_id: str, ts: float) -> None:
-    """Record a heartbeat; one after a hang logs ``application_recovered`` and clears it."""
-    row = conn.execute(_locked(sessions.c.hung, session_id)).first()
+def heartbeat(conn: Connection, session_id: str, ts: float, received: float | None = None) -> None:
+    """Record a heartbeat; one after a hang logs ``application_recovered`` and clears it
+    (while the session is open). Liveness is the server's clock: ``last_heartbeat`` is when
+    the server got it (``received``, default now), never earlier than the last one; the
+    client's ``ts`` dates the recovery event."""
+    cols = (sessions.c.hung, sessions.c.ended_at, sessions.c.last_heartbeat)
+    row = conn.execute(_locked(session_id, *cols)).first()
     if row is None:
         raise NotFound(session_id)
-    if row.hung:
+    if row.hung and row.ended_at is None:
         add_event(conn, session_id, _server_event(RECOVERED_EVENT, ts, "heartbeat after a hang"))
-    values = {"last_heartbeat": ts, "updated_at": ts}
+    seen = max(row.last_heartbeat or 0.0, now() if received is None else received)
+    values = {"last_heartbeat": seen, "updated_at": ts}
     conn.execute(sessions.update().where(sessions.c.id == session_id).values(values))
 
 
 def end(conn: Connection, session_id: str, ts: float) -> None:
     """End the session; ending an ended (or crashed) session changes nothing."""
-    row = conn.execute(_locked(sessions.c.ended_at, session_id)).first()
+    row = conn.execute(_locked(session_id, sessions.c.ended_at)).first()
     if row is None:
         raise NotFound(session_id)
     if row.ended_at is None:
@@ -350,7 +402,7 @@ def end(conn: Connection, session_id: str, ts: float) -> None:
 
 def crash(conn: Connection, session_id: str, reason: str, data: JSONDict, ts: float) -> None:
     """Mark the session crashed and log ``session_crashed_detected``; an ended one stays as is."""
-    row = conn.execute(_locked(sessions.c.ended_at, session_id)).first()
+    row = conn.execute(_locked(session_id, sessions.c.ended_at)).first()
     if row is None:
         raise NotFound(session_id)
     if row.ended_at is not None:
@@ -361,8 +413,10 @@ def crash(conn: Connection, session_id: str, reason: str, data: JSONDict, ts: fl
     add_events(conn, [event_row(session_id, event)])
 
 
-def _locked(column: sa.Column[Any], session_id: str) -> sa.Select[Any]:
-    return sa.select(column).where(sessions.c.id == session_id).with_for_update()
+def _locked(session_id: str, *columns: sa.Column[Any]) -> sa.Select[Any]:
+    # FOR NO KEY UPDATE: it does not wait for (or deadlock with) the KEY SHARE lock an
+    # event's foreign key takes on the session.
+    return sa.select(*columns).where(sessions.c.id == session_id).with_for_update(key_share=True)
 
 
 def _server_event(
