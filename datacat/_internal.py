@@ -1,8 +1,9 @@
 """Client internals that keep instrumentation from hurting the host.
 
 Owns: the ``datacat`` logger, log-once reporting of internal errors, the JSON-safe conversion of
-user values (repr for the unknown, truncation of oversized strings, NUL characters replaced:
-the server refuses them, PostgreSQL cannot store them), the repair of event text fields
+user values (repr for the unknown, truncation of oversized strings, NUL characters and lone
+surrogates replaced: the server refuses them, PostgreSQL cannot store NUL, UTF-8 cannot encode a
+surrogate), the repair of event text fields
 (``text_field``, ``name_field``) the server would refuse, the process-wide
 "interpreter is shutting down" flag that forbids starting threads, and the fork repair of imports
 DataCat's own threads had in progress (``free_orphaned_imports``).
@@ -146,7 +147,7 @@ def jsonable(value: Any, depth: int = 0) -> Any:
     kind = type(value)
     if kind is dict and depth < _MAX_DEPTH:
         return {
-            k if type(k) is str and "\x00" not in k else _key(k): _leaf(v, depth)
+            k if type(k) is str and k.isascii() and "\x00" not in k else _key(k): _leaf(v, depth)
             for k, v in value.items()
         }
     if kind is list and depth < _MAX_DEPTH:
@@ -162,7 +163,11 @@ def _plain(value: Any) -> bool:
     """Already strict JSON as it is: None, bool, int, finite float, a string not too long."""
     kind = type(value)
     if kind is str:
-        return len(value) <= MAX_STRING and "\x00" not in value
+        return (
+            len(value) <= MAX_STRING
+            and "\x00" not in value
+            and (value.isascii() or not has_surrogate(value))
+        )
     return kind in _PLAIN or (kind is float and math.isfinite(value))
 
 
@@ -171,18 +176,18 @@ def _unusual(value: Any, depth: int) -> Any:
     if isinstance(value, int):  # an int subclass such as IntEnum (None and bool are plain)
         return int(value)
     if isinstance(value, str):
-        return truncate(without_nul(str(value)))
+        return truncate(clean_text(str(value)))
     if isinstance(value, float):
         return float(value) if math.isfinite(value) else repr(value)
     if depth >= _MAX_DEPTH:
-        return truncate(without_nul(_safe_repr(value)))
+        return truncate(clean_text(_safe_repr(value)))
     if isinstance(value, dict):
         return {_key(k): jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v, depth + 1) for v in value]
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
-    return truncate(without_nul(_safe_repr(value)))
+    return truncate(clean_text(_safe_repr(value)))
 
 
 def truncate(text: str, limit: int = MAX_STRING) -> str:
@@ -192,15 +197,31 @@ def truncate(text: str, limit: int = MAX_STRING) -> str:
     return text[:limit] + TRUNCATED.format(len(text) - limit)
 
 
-def without_nul(text: str) -> str:
-    return text.replace("\x00", NUL_REPLACEMENT) if "\x00" in text else text
+def clean_text(text: str) -> str:
+    """``text`` with NUL characters and lone surrogates (``"\\ud800"``, or what
+    ``surrogateescape`` made of undecodable bytes) replaced by U+FFFD: the server refuses both,
+    and UTF-8 cannot encode a surrogate. A well-formed surrogate pair becomes its character."""
+    if "\x00" in text:
+        text = text.replace("\x00", NUL_REPLACEMENT)
+    if not text.isascii() and has_surrogate(text):
+        text = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
+def has_surrogate(text: str) -> bool:
+    """``text`` holds a surrogate code point (which UTF-8 cannot encode)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def text_field(value: Any, limit: int = MAX_STRING) -> str:
     """A text field of an event (``message``, ``category``, ...) as the server takes it: a
-    string (``str()`` of anything else), without NUL, cut to ``limit``."""
+    string (``str()`` of anything else), without NUL or lone surrogates, cut to ``limit``."""
     text = value if type(value) is str else _safe_str(value)
-    return truncate(without_nul(text), limit)
+    return truncate(clean_text(text), limit)
 
 
 def name_field(value: Any) -> str:
@@ -223,9 +244,9 @@ def snapshot(value: Any) -> Any:
 
 
 def _key(key: Any) -> str:
-    if type(key) is str and "\x00" not in key:
+    if type(key) is str and "\x00" not in key and (key.isascii() or not has_surrogate(key)):
         return key  # nearly always
-    return truncate(without_nul(key if isinstance(key, str) else _safe_str(key)))
+    return truncate(clean_text(key if isinstance(key, str) else _safe_str(key)))
 
 
 def _safe_str(value: Any) -> str:

@@ -13,10 +13,18 @@ import bisect
 import math
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from datacat._internal import MAX_STRING, jsonable, log_once, name_field, text_field
+from datacat._internal import (
+    MAX_STRING,
+    has_surrogate,
+    jsonable,
+    log_once,
+    logger,
+    name_field,
+    text_field,
+)
 from datacat.merge import changes_nothing, combine_updates, deep_merge
 
 JSONDict = dict[str, Any]
@@ -29,36 +37,66 @@ RAW = "raw"  # a ready wire operation (the daemon forwards these)
 
 
 class Batcher:
-    """Turns queued items into wire operations; remembers each session's state to filter."""
+    """Turns queued items into wire operations; remembers each session's state to filter.
 
-    def __init__(self) -> None:
+    ``on_drop(session_id, count)`` hears of every item left out because it cannot be sent (a
+    non-finite metric, an item whose arguments break its body): the worker reports those as
+    ``datacat.dropped_items``. One such item never costs the others of its batch."""
+
+    def __init__(self, on_drop: Callable[[str, int], None] | None = None) -> None:
         self.states: dict[str, JSONDict] = {}
+        # Sessions whose server state is not what this batcher saw (inherited by a forked
+        # child, whose parent writes too): their updates are never filtered as no-ops.
+        self.unknown: set[str] = set()
         self.nonfinite = 0
+        self.on_drop = on_drop
 
     def operations(self, items: Iterable[Item]) -> list[JSONDict]:
-        ops: list[JSONDict] = []
-        last: dict[str, JSONDict] = {}  # the latest operation of each session in ``ops``
-        updates: dict[str, JSONDict] = {}  # each session's state update waiting in ``ops``
-        folded: set[int] = set()  # ids of updates folded into a later one
-        aggregates = _Aggregates()
+        batch = _Batch()
         for item in items:
-            op, sid = item[0], item[1]
-            if op == OBSERVE:
-                self._observe(aggregates, sid, item[2:])
-                continue
-            payload = item[2] if len(item) == 3 else event_body(*item[2:])
-            if op in ("create", "end", "crash"):
-                ops.extend(aggregates.pop(sid) if op != "create" else ())
-                updates.pop(sid, None)  # never fold an update across these
-            if op == "state":
-                wire_op = self._state(sid, payload, updates, folded)
-            else:
-                wire_op = self._fold(op, sid, payload, last.get(sid))
-            if wire_op is not None:
-                ops.append(wire_op)
-                last[sid] = wire_op
-        ops.extend(aggregates.pop(None))
-        return [op for op in ops if id(op) not in folded] if folded else ops
+            try:
+                self._add(batch, item)
+            except Exception:  # one malformed item must not cost the batch (and its creates)
+                self._broken(item)
+        batch.ops.extend(batch.aggregates.pop(None, self._broken_metric))
+        folded = batch.folded
+        return [op for op in batch.ops if id(op) not in folded] if folded else batch.ops
+
+    def _add(self, batch: _Batch, item: Item) -> None:
+        op, sid = item[0], item[1]
+        if op == OBSERVE:
+            self._observe(batch.aggregates, sid, item[2:])
+            return
+        payload = item[2] if len(item) == 3 else _BODIES[op](*item[2:])
+        if op in ("create", "end", "crash"):
+            if op != "create":
+                batch.ops.extend(batch.aggregates.pop(sid, self._broken_metric))
+            batch.updates.pop(sid, None)  # never fold an update across these
+        if op == "state":
+            wire_op = self._state(sid, payload, batch.updates, batch.folded)
+        else:
+            wire_op = self._fold(op, sid, payload, batch.last.get(sid))
+        if wire_op is not None:
+            batch.ops.append(wire_op)
+            batch.last[sid] = wire_op
+
+    def _broken(self, item: Any, what: str = "item", count: int = 1) -> None:
+        """An item (or aggregated metric) whose body cannot be built: logged once, dropped."""
+        log_once(
+            "broken-item",
+            "datacat: a %s could not be turned into an operation (bad arguments?); dropped "
+            "(further ones are only counted)",
+            what,
+        )
+        logger.debug("datacat: dropped %r", item, exc_info=True)
+        self._dropped(item[1] if isinstance(item, tuple) and len(item) > 1 else "", count)
+
+    def _broken_metric(self, sid: str, count: int) -> None:
+        self._broken(("metric", sid), "metric", count)
+
+    def _dropped(self, sid: Any, count: int = 1) -> None:
+        if self.on_drop is not None and isinstance(sid, str):
+            self.on_drop(sid, count)
 
     def _fold(self, op: str, sid: str, payload: Any, previous: JSONDict | None) -> JSONDict | None:
         """The wire operation for one item, or None when it was folded into ``previous``."""
@@ -67,10 +105,11 @@ class Batcher:
         if op == "heartbeat" and previous is not None and previous["op"] == "heartbeat":
             previous["data"] = payload
             return None
-        if op == "metric" and not self._finite(payload):
+        if op == "metric" and not self._finite(payload, sid):
             return None
         if op == "create":
-            self.states.setdefault(sid, jsonable(payload.get("state") or {}))
+            if sid not in self.unknown:
+                self.states.setdefault(sid, jsonable(payload.get("state") or {}))
         elif op in ("end", "crash"):
             self.states.pop(sid, None)
         return wire(op, sid, payload if _plain_tree(payload) else jsonable(payload))
@@ -95,11 +134,12 @@ class Batcher:
         updates[sid] = wire("state", sid, {"state": update, "timestamp": payload["timestamp"]})
         return updates[sid]
 
-    def _finite(self, metric: JSONDict) -> bool:
+    def _finite(self, metric: JSONDict, sid: str) -> bool:
         value = metric.get("value")
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if finite_number(value):
             return True
         self.nonfinite += 1
+        self._dropped(sid)
         log_once(
             "nonfinite",
             "datacat: metric %r has value %r (not a finite number); dropped "
@@ -110,11 +150,31 @@ class Batcher:
         return False
 
     def _observe(self, aggregates: _Aggregates, sid: str, payload: tuple[Any, ...]) -> None:
-        value = payload[1]
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        if finite_number(payload[1]):
             aggregates.add(sid, payload)
         else:
-            self._finite({"name": payload[0], "value": value})
+            self._finite({"name": payload[0], "value": payload[1]}, sid)
+
+
+def finite_number(value: Any) -> bool:
+    """An int or float (not a bool) a JSON reader takes: finite, and an int a float can hold."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range (10**400)
+        return False
+
+
+class _Batch:
+    """What one ``Batcher.operations`` call is building."""
+
+    def __init__(self) -> None:
+        self.ops: list[JSONDict] = []
+        self.last: dict[str, JSONDict] = {}  # the latest operation of each session in ``ops``
+        self.updates: dict[str, JSONDict] = {}  # each session's state update waiting in ``ops``
+        self.folded: set[int] = set()  # ids of updates folded into a later one
+        self.aggregates = _Aggregates()
 
 
 class _Aggregates:
@@ -161,15 +221,23 @@ class _Aggregates:
             text = tuple(sorted((str(k), str(v)) for k, v in tags.items()))
             return self._by_key.setdefault((sid, name, kind, text, unit, bounds), [])
 
-    def pop(self, sid: str | None) -> list[JSONDict]:
-        """Metric operations of one session (``None``: of all), removed from the aggregates."""
+    def pop(self, sid: str | None, broken: Callable[[str, int], None]) -> list[JSONDict]:
+        """Metric operations of one session (``None``: of all), removed from the aggregates;
+        ``broken(session_id, observations)`` hears of one that cannot be built (odd bounds)."""
         keys = [k for k in self._by_key if sid is None or k[0] == sid]
         if sid is None:
             self._by_call.clear()
         elif keys:  # what is popped must not be added to again
             calls = self._by_call
             self._by_call = {c: v for c, v in calls.items() if c[0] != sid}
-        return [self._metric(k, self._by_key.pop(k)) for k in keys]
+        metrics = []
+        for key in keys:
+            values = self._by_key.pop(key)
+            try:
+                metrics.append(self._metric(key, values))
+            except Exception:
+                broken(key[0], len(values))
+        return metrics
 
     @staticmethod
     def _metric(key: tuple[Any, ...], values: list[Any]) -> JSONDict:
@@ -179,7 +247,7 @@ class _Aggregates:
         else:
             total, low, high = sum(values), min(values), max(values)
         body: JSONDict = {
-            "name": name,
+            "name": name_field(name),
             "type": kind,
             "value": total,
             "count": len(values),
@@ -209,7 +277,7 @@ def _plain_tree(value: Any, depth: int = 0) -> bool:
     ``_internal.jsonable`` leaves alone; keep the two in step). One call per
     container, the leaves checked inline: ~3x cheaper than rebuilding, and most bodies pass."""
     if type(value) is dict:
-        if not all(type(key) is str and "\x00" not in key for key in value):
+        if not all(type(key) is str and _clean(key) for key in value):
             return False
         items: Any = value.values()
     elif type(value) is list:
@@ -219,7 +287,7 @@ def _plain_tree(value: Any, depth: int = 0) -> bool:
     for item in items:
         kind = type(item)
         if kind is str:
-            if len(item) > MAX_STRING or "\x00" in item:  # the server refuses NUL
+            if len(item) > MAX_STRING or not _clean(item):  # the server refuses these
                 return False
         elif kind is float:
             if not math.isfinite(item):
@@ -230,6 +298,12 @@ def _plain_tree(value: Any, depth: int = 0) -> bool:
         elif kind not in _LEAVES:
             return False
     return True
+
+
+def _clean(text: str) -> bool:
+    """No NUL and no lone surrogate (the server refuses both). ASCII, the common case, is
+    checked in C; the surrogate test only runs for other text."""
+    return "\x00" not in text and (text.isascii() or not has_surrogate(text))
 
 
 def event_body(
@@ -252,7 +326,7 @@ def event_body(
     if category is not None:
         body["category"] = text_field(category)
     if labels:
-        body["labels"] = [text_field(label) for label in labels]
+        body["labels"] = [text_field(label) for label in _listed(labels)]
     if message is not None:
         body["message"] = text_field(message)
     body.update(fields)
@@ -260,6 +334,46 @@ def event_body(
         body["trace_id"], body["span_id"] = trace
     return body
 
+
+def _listed(labels: Any) -> Any:
+    """Labels as an iterable of labels: one string (or any non-iterable) is one label."""
+    if isinstance(labels, str | bytes) or not isinstance(labels, Iterable):
+        return (labels,)
+    return labels
+
+
+def metric_body(
+    name: Any,
+    value: Any,
+    kind: Any,
+    unit: Any,
+    tags: Any,
+    timestamp: float,
+    count: Any = None,
+    low: Any = None,
+    high: Any = None,
+    buckets: Any = None,
+    bucket_counts: Any = None,
+) -> JSONDict:
+    """The wire body of a metric queued flat by ``log_metric``/``log_timer``/``log_aggregate``
+    (tags already text: ``Session`` made them so)."""
+    body: JSONDict = {"name": name_field(name), "value": value, "type": kind}
+    body["timestamp"] = timestamp
+    if count is not None:
+        body["count"] = count
+    if low is not None or high is not None:
+        body["min"], body["max"] = low, high
+    if unit is not None:
+        body["unit"] = unit
+    if tags:
+        body["tags"] = tags
+    if buckets is not None:
+        body.update(buckets=list(buckets), bucket_counts=list(bucket_counts or ()))
+    return body
+
+
+# How a flat item's arguments become its operation's body (items of other ops carry it ready).
+_BODIES: dict[str, Callable[..., JSONDict]] = {"event": event_body, "metric": metric_body}
 
 # A private generator: an application's ``random.seed(...)`` must not repeat our ids; it is
 # reseeded in forked children (``reseed``). UUID version 4 bits set by hand: ~4x faster

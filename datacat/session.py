@@ -27,7 +27,7 @@ from datacat import heartbeat as heartbeat_module
 from datacat import otel
 from datacat._asyncgen import wrap_async_generator_function
 from datacat._internal import log_once, logger, snapshot
-from datacat.batching import OBSERVE, Batcher, Item, new_id
+from datacat.batching import OBSERVE, Batcher, Item, finite_number, new_id
 from datacat.config import Config, resolve
 from datacat.errors import ConfigurationError, DatacatError
 from datacat.model import DEFAULT_BUCKETS
@@ -182,6 +182,8 @@ class Session:
         if session_id is not None:  # ``attach_session``: neither created nor ended here, so
             self.id = session_id  # not in ``worker.sessions`` (the exit hook ends those)
             self.create_body = {}
+            if worker is not None:  # but its drops are reported with the others
+                worker.sessions.attached.add(self)
             return
         if worker is not None:
             worker.sessions[self.id] = self
@@ -317,12 +319,7 @@ class Session:
         if type == "counter":
             self.observe(name, value, type="counter", tags=tags, unit=unit, buckets=None)
             return
-        body: JSONDict = {"name": name, "value": value, "type": type, "timestamp": time.time()}
-        if unit is not None:
-            body["unit"] = unit
-        if tags:
-            body["tags"] = dict(tags)
-        self._enqueue("metric", body)
+        self._metric(name, value, type, unit, tags)
 
     @_never_raises()
     def log_gauge(
@@ -341,7 +338,6 @@ class Session:
     ) -> None:
         self.observe(name, delta, type="counter", tags=tags, unit=None, buckets=None)
 
-    @_never_raises()
     def log_histogram(
         self,
         name: str,
@@ -350,9 +346,10 @@ class Session:
         buckets: Any = DEFAULT_BUCKETS,
         tags: Mapping[str, Any] | None = None,
     ) -> None:
+        if buckets is not DEFAULT_BUCKETS:
+            buckets = bucket_bounds(buckets)
         self.observe(name, value, type="histogram", tags=tags, unit=None, buckets=buckets)
 
-    @_never_raises()
     def log_timer(
         self,
         name: str,
@@ -361,18 +358,9 @@ class Session:
         count: int | None = None,
         tags: Mapping[str, Any] | None = None,
     ) -> None:
-        body: JSONDict = {
-            "name": name,
-            "value": seconds,
-            "type": "timer",
-            "unit": "s",
-            "timestamp": time.time(),
-        }
-        if count is not None:
-            body["count"] = count
-        if tags:
-            body["tags"] = dict(tags)
-        self._enqueue("metric", body)
+        """One timing (``count``: iterations it covers). The hot path of ``session.timer``:
+        one flat tuple is queued; the sender builds the body (``batching.metric_body``)."""
+        self._metric(name, seconds, "timer", "s", tags, count)
 
     @_never_raises()
     def log_aggregate(
@@ -391,22 +379,17 @@ class Session:
     ) -> None:
         """One aggregate the caller folded itself (``count`` observations summing to
         ``value``), sent as one metric as it is (``@track`` folds in bulk this way)."""
-        body: JSONDict = {
-            "name": name,
-            "value": value,
-            "type": type,
-            "count": count,
-            "min": min,
-            "max": max,
-            "timestamp": time.time(),
-        }
-        if unit is not None:
-            body["unit"] = unit
-        if tags:
-            body["tags"] = dict(tags)
         if buckets is not None:
-            body.update(buckets=list(buckets), bucket_counts=list(bucket_counts or ()))
-        self._enqueue("metric", body)
+            buckets, bucket_counts = tuple(buckets), tuple(bucket_counts or ())
+        self._metric(name, value, type, unit, tags, count, min, max, buckets, bucket_counts)
+
+    def _metric(self, name: Any, value: Any, kind: Any, unit: Any, tags: Any, *rest: Any) -> None:
+        """Queue one metric flat: (name, value, type, unit, tags, timestamp, [count, min, max,
+        buckets, bucket_counts]), as ``batching.metric_body`` takes them."""
+        if tags:
+            tags = text_tags(tags)
+        if not self._put(("metric", self.id, name, value, kind, unit, tags, _now(), *rest)):
+            self.dropped += 1
 
     def timer(self, name: str, *, tags: Mapping[str, str] | None = None) -> Timer:
         return Timer(self, name, tags)
@@ -523,7 +506,7 @@ class Session:
         lost = sum(stats[k] - start.get(k, 0) for k in ("dropped", "rejected"))
         if worker.spool is not None and worker.spool.has_files():
             lost += stats["spooled"] - start.get("spooled", 0)
-        return lost + len(worker.queue) + sum(map(len, list(worker._outbox)))
+        return lost + worker.pending()
 
     @_never_raises(default=False)
     def flush(self, timeout: float | None = None) -> bool:
@@ -561,6 +544,31 @@ class Session:
         if exc is not None and not isinstance(exc, GeneratorExit | KeyboardInterrupt):
             self.log_exception(exc)
         self.end()
+
+
+def text_tags(tags: Any) -> dict[str, str] | None:
+    """Metric tags as the server takes them, ``{str: str}`` (hashable, sortable); ``None``
+    (no tags, logged once) when ``tags`` is not a mapping or its items cannot be read."""
+    try:
+        return {str(key): str(value) for key, value in tags.items()}
+    except Exception:
+        log_once("tags", "datacat: metric tags must be a mapping, not %s", type(tags).__name__)
+        return None
+
+
+def bucket_bounds(buckets: Any) -> tuple[float, ...]:
+    """Histogram bucket bounds as the server takes them: finite numbers, increasing. Others
+    are left out (logged once); unusable ``buckets`` give the default bounds."""
+    try:
+        bounds = tuple(sorted({float(b) for b in buckets if finite_number(b)}))
+    except Exception:
+        bounds = ()
+    if not bounds:
+        log_once("buckets", "datacat: histogram buckets %r unusable; default buckets", buckets)
+        return DEFAULT_BUCKETS
+    if bounds != tuple(buckets):
+        log_once("buckets-order", "datacat: histogram buckets sorted (only finite numbers kept)")
+    return bounds
 
 
 def exception_fields(exc: BaseException) -> JSONDict:

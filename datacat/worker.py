@@ -65,7 +65,7 @@ class Worker:
         self.stats = dict.fromkeys(
             ("requests", "batches", "operations", "rejected", "dropped", "spooled"), 0
         )
-        self._batcher = Batcher()
+        self._batcher = Batcher(on_drop=self.count_dropped)
         self._recreate: list[Item] = []
         self._outbox: deque[list[JSONDict]] = deque()  # batches with op_ids, oldest first
         self._failures = 0
@@ -153,6 +153,12 @@ class Worker:
         ``datacat.dropped_items`` counter of that session at the next send)."""
         self.stats["dropped"] += count
         self._lost[session_id] = self._lost.get(session_id, 0) + count
+
+    def pending(self) -> int:
+        """How many items and operations wait in this process to be sent (queue and outbox)."""
+        with self._outbox_lock:
+            waiting = sum(map(len, self._outbox))
+        return len(self.queue) + waiting
 
     def close(self, deadline: float) -> bool:
         """Exit: end open sessions, flush until ``deadline`` (monotonic), spool what is left."""
@@ -412,6 +418,9 @@ class Worker:
         self.queue.clear()
         self._outbox.clear()
         self._recreate = [("create", sid, s.create_body) for sid, s in self.sessions.items()]
+        # The parent writes these sessions' states too: what it filtered is no guide here.
+        self._batcher = Batcher(on_drop=self.count_dropped)
+        self._batcher.unknown.update(self.sessions)
         self.sessions = _Sessions()
         self._lost = {}
         self.spool = Spool.for_url(self.config) if self.config.spool_dir else None
@@ -427,6 +436,8 @@ class _Sessions(dict[str, Any]):
     def __init__(self) -> None:
         super().__init__()
         self.ended: list[Any] = []
+        # ``attach_session`` handles: never ended here, but their drops are reported too.
+        self.attached: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def pop(self, key: str, *default: Any) -> Any:
         session = super().pop(key, *default)
@@ -438,7 +449,7 @@ class _Sessions(dict[str, Any]):
         """Sessions whose drops are reported now: the open ones and those ended since the last
         report (forgotten from here on)."""
         ended, self.ended = self.ended, []
-        return [*self.values(), *ended]
+        return [*self.values(), *ended, *self.attached]
 
 
 def _is_drop_report(op: JSONDict) -> bool:

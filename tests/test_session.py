@@ -194,7 +194,9 @@ def test_unserialisable_values_become_repr_and_long_strings_are_cut(
     assert data["long"].startswith("x" * MAX_STRING) and data["long"].endswith(
         "[truncated 10 chars]"
     )
-    assert [m["name"] for m in got["metrics"]] == ["good"]
+    assert sorted(m["name"] for m in got["metrics"]) == [DROPPED_METRIC, "good"]
+    (dropped,) = by_name(got["metrics"], DROPPED_METRIC)  # the refused metric is reported
+    assert dropped["value"] == 1
 
 
 def test_state_update_that_changes_nothing_is_not_sent(make: Make, server_url: str) -> None:
@@ -314,3 +316,74 @@ def test_timer_times_coroutines_and_generators_to_the_end(make: Make, server_url
     metrics = details(server_url, session.id)["metrics"]
     assert by_name(metrics, "coroutine")[0]["value"] >= 0.04
     assert by_name(metrics, "generator")[0]["value"] >= 0.04
+
+
+class BrokenMapping(dict[str, Any]):
+    """A mapping whose copy fails (``dict(...)`` of it raises)."""
+
+    def keys(self) -> Any:
+        raise RuntimeError("no keys")
+
+    def __iter__(self) -> Any:
+        raise RuntimeError("no iteration")
+
+
+def test_a_malformed_call_costs_only_itself_not_the_batch_or_the_session(
+    make: Make, server_url: str
+) -> None:
+    session = make(server_url, flush_interval=5.0)  # everything below goes in one send cycle
+    session.log_event("before")
+    session.log_counter("mixed", tags={1: "a", "b": 2})  # type: ignore[dict-item]
+    session.log_counter("unhashable", tags={"k": ["v"]})
+    session.log_metric("huge", 10**400)
+    session.observe("odd-bounds", 1.0, type="histogram", buckets=("a", "b"))
+    session.log_event("labels", labels=5)
+    session.log_event("broken-data", BrokenMapping(a=1))
+    session.log_metric("good", 1.5, tags={"k": 1})
+    session.log_event("after")
+    assert session.flush(10)
+    session.update_state({"alive": True})  # the session is not lost either
+    assert session.flush(10)
+    got = details(server_url, session.id)
+    names = {e["name"] for e in got["events"]}
+    assert {"before", "labels", "after"} <= names and "broken-data" not in names
+    assert by_name(got["events"], "labels")[0]["labels"] == ["5"]
+    metrics = {m["name"]: m for m in got["metrics"]}
+    assert metrics["good"]["tags"] == {"k": "1"}
+    assert metrics["mixed"]["tags"] == {"1": "a", "b": "2"}
+    assert metrics["unhashable"]["tags"] == {"k": "['v']"}
+    assert "huge" not in metrics and "odd-bounds" not in metrics
+    assert metrics[DROPPED_METRIC]["value"] == 3  # huge, odd-bounds, broken-data
+    assert got["state"]["alive"] is True
+
+
+def test_unsorted_histogram_buckets_are_sorted_at_the_verb(make: Make, server_url: str) -> None:
+    session = make(server_url, flush_interval=5.0)
+    for value in (0.5, 1.5, 7.0):
+        session.log_histogram("h", value, buckets=[5, 1, math.inf, 2])
+    assert session.flush(10)
+    (metric,) = by_name(details(server_url, session.id)["metrics"], "h")
+    assert metric["buckets"] == [1.0, 2.0, 5.0] and metric["bucket_counts"] == [1, 1, 0, 1]
+
+
+def test_nul_and_lone_surrogates_arrive_repaired(make: Make, server_url: str) -> None:
+    session = make(server_url, state={"s\ud800": "v\udcff", "pair": "\ud83d\ude00"})
+    session.log_event(
+        "e\x00\udc80",
+        {"k\ud800": "x\x00y"},
+        category="c\ud800",
+        labels=["l\udfff"],
+        message="m\ud800",
+    )
+    session.update_state({"u": "\udc00"})
+    session.log_metric("m\ud800" + "x" * 300, 1)
+    assert session.flush(10)
+    got = details(server_url, session.id)
+    expected = {"s\ufffd": "v\ufffd", "pair": "\U0001f600", "u": "\ufffd"}
+    assert {k: got["state"][k] for k in expected} == expected
+    (event,) = got["events"]
+    assert event["name"] == "e\ufffd\ufffd" and event["data"] == {"k\ufffd": "x\ufffdy"}
+    assert event["category"] == "c\ufffd" and event["labels"] == ["l\ufffd"]
+    assert event["message"] == "m\ufffd"
+    (metric,) = got["metrics"]
+    assert metric["name"].startswith("m\ufffdxx") and len(metric["name"]) <= 200
