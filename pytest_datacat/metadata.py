@@ -1,6 +1,7 @@
 """What a test run is: its product name and version defaults and the metadata put in the state.
 
-Everything here is read once at the start of a recorded run. Every probe is best effort: a
+Everything here is read once at the start of a recorded run; secrets in the command line (API
+keys, a URL's user:password) are redacted before they reach the state. Every probe is best effort: a
 missing ``git``, an unreadable ``pyproject.toml`` or an odd CI variable yields ``None``, never an
 error, because the plugin must never change the run.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import socket
 import subprocess
 import tomllib
@@ -84,7 +86,7 @@ _CI_PROVIDERS: dict[str, tuple[str, tuple[str, ...]]] = {
 def run_metadata(config: pytest.Config) -> dict[str, Any]:
     """The ``pytest`` part of the session state: how, where and on what the run started."""
     meta = {
-        "args": [str(arg) for arg in config.invocation_params.args],
+        "args": redacted_args(config.invocation_params.args),
         "rootdir": str(config.rootpath),
         "python": platform.python_version(),
         "implementation": platform.python_implementation(),
@@ -96,6 +98,40 @@ def run_metadata(config: pytest.Config) -> dict[str, Any]:
         "ci": ci_info(os.environ),
     }
     return {key: value for key, value in meta.items() if value is not None}
+
+
+#: What a secret in the run's arguments is replaced by.
+REDACTED = "***"
+# Words that make an option (``--datacat-api-key``, ``-o datacat_api_key=...``) a secret.
+_SECRET_WORDS = frozenset({"key", "token", "password", "passwd", "secret", "credentials"})
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redacted_args(args: Any) -> list[str]:
+    """The command line without secrets (they would end up in the state and the dashboard):
+    the value of a secret-named option (``--datacat-api-key=K``, ``--datacat-api-key K``,
+    ``-o datacat_api_key=K``) and the user:password of a URL become ``REDACTED``."""
+    out: list[str] = []
+    hide_next = False
+    for arg in map(str, args):
+        name, eq, _ = arg.partition("=")
+        if hide_next:
+            out.append(REDACTED)
+        elif eq and _secret(name):
+            out.append(f"{name}={REDACTED}")
+        else:
+            out.append(redact_url(arg))
+        hide_next = not hide_next and not eq and arg.startswith("--") and _secret(arg)
+    return out
+
+
+def _secret(name: str) -> bool:
+    return not _SECRET_WORDS.isdisjoint(re.split(r"[-_.\s]+", name.lower()))
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the user:password of any URL in it replaced by ``REDACTED``."""
+    return _USERINFO.sub(REDACTED + "@", text) if "@" in text else text
 
 
 def git_info(path: Path) -> dict[str, str] | None:

@@ -24,7 +24,7 @@ import datacat
 from datacat.config import resolve
 from pytest_datacat import metadata, reports
 from pytest_datacat.plugin import SESSION, Settings
-from pytest_datacat.relay import ItemReporter
+from pytest_datacat.relay import UNDELIVERED, ItemReporter
 
 logger = logging.getLogger("datacat.pytest")
 
@@ -104,6 +104,7 @@ class Recorder:
         self.counts = dict.fromkeys(["collected", *reports.COUNTERS.values()], 0)
         self.current: str | None = None
         self.internal_errors = 0
+        self.workers_undelivered = 0  # what xdist workers' own writes could not deliver
         self.delivered: bool | None = None
         self._tests: dict[str, list[Any]] = {}  # nodeid -> [outcome, summed duration]
         self._next_progress = 0.0
@@ -113,7 +114,8 @@ class Recorder:
 
     @property
     def dashboard_url(self) -> str:
-        return f"{(self.settings.url or '').rstrip('/')}/sessions/{self.session.id}"
+        url = metadata.redact_url(self.settings.url or "")  # printed: no user:password
+        return f"{url.rstrip('/')}/sessions/{self.session.id}"
 
     # -- xdist wiring ---------------------------------------------------------------------------
 
@@ -126,6 +128,12 @@ class Recorder:
             datacat_api_key=self.settings.api_key,
             datacat_flush_timeout=self.settings.flush_timeout,
         )
+
+    @pytest.hookimpl(optionalhook=True)
+    @_guarded
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        output = getattr(node, "workeroutput", None) or {}
+        self.workers_undelivered += int(output.get(UNDELIVERED, 0))
 
     @pytest.hookimpl(optionalhook=True)
     @_guarded
@@ -234,10 +242,11 @@ class Recorder:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         write = terminalreporter.write_line
         write(f"datacat: session {self.session.id} -> {self.dashboard_url}")
-        undelivered = self.session.undelivered
+        undelivered = self.session.undelivered + self.workers_undelivered
         if undelivered or not self.delivered:
             write(
-                f"datacat: {undelivered} items not delivered to {self.settings.url} within "
+                f"datacat: {undelivered} items not delivered to "
+                f"{metadata.redact_url(self.settings.url or '')} within "
                 f"{self.settings.flush_timeout:g} s (spooled for a later run; the run itself is "
                 "unaffected)"
             )

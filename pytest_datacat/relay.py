@@ -20,6 +20,8 @@ import pytest
 from pytest_datacat import reports
 
 logger = logging.getLogger("datacat.pytest")
+#: The ``workeroutput`` key of how many items a worker's session did not deliver.
+UNDELIVERED = "datacat_undelivered"
 
 
 class ItemReporter:
@@ -46,8 +48,12 @@ class WorkerSession:
     """On an xdist worker: attaches to the controller's session on first use, and delivers what
     the worker's tests logged before the worker ends (within the flush deadline)."""
 
-    def __init__(self, workerinput: dict[str, Any]) -> None:
+    def __init__(
+        self, workerinput: dict[str, Any], workeroutput: dict[str, Any] | None = None
+    ) -> None:
         self.workerinput = workerinput
+        # goes back to the controller when the worker ends
+        self.workeroutput = {} if workeroutput is None else workeroutput
         self.session: Any = None
 
     def get(self) -> Any:
@@ -68,6 +74,8 @@ class WorkerSession:
         if self.session is not None:
             try:
                 self.session.end()  # attached: flushes within exit_timeout, ends nothing
+                # the controller's summary counts what this worker could not deliver too
+                self.workeroutput[UNDELIVERED] = self.session.undelivered
             except Exception:
                 logger.debug("datacat: worker flush failed", exc_info=True)
 
@@ -76,7 +84,7 @@ def register_worker(config: pytest.Config, workerinput: dict[str, Any]) -> None:
     """On an xdist worker: the fixture attaches to the controller's session; never ends it."""
     from pytest_datacat.plugin import WORKER
 
-    worker = WorkerSession(workerinput)
+    worker = WorkerSession(workerinput, getattr(config, "workeroutput", {}))
     config.stash[WORKER] = worker
     config.pluginmanager.register(worker, "datacat-worker")
     config.pluginmanager.register(ItemReporter(), "datacat-items")

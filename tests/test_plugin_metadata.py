@@ -53,3 +53,36 @@ def test_git_commit_and_branch(tmp_path: Path) -> None:
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
     assert metadata.git_info(tmp_path) == {"commit": git("rev-parse", "HEAD"), "branch": "feature"}
     assert metadata.default_version(tmp_path) == git("rev-parse", "--short", "HEAD")
+
+
+def test_secrets_in_the_command_line_are_redacted() -> None:
+    args = [
+        "-q",
+        "--datacat-api-key=SECRET1",
+        "--datacat-api-key",
+        "SECRET2",
+        "-o",
+        "datacat_api_key=SECRET3",
+        "--datacat-url=http://user:SECRET4@host:8000",
+        "--datacat-url",
+        "https://SECRET5@host/x",
+        "-k",
+        "keyword and key",
+        "tests/test_x.py",
+    ]
+    got = metadata.redacted_args(args)
+    assert not any("SECRET" in arg for arg in got)
+    assert got == [
+        "-q",
+        "--datacat-api-key=***",
+        "--datacat-api-key",
+        "***",
+        "-o",
+        "datacat_api_key=***",
+        "--datacat-url=http://***@host:8000",
+        "--datacat-url",
+        "https://***@host/x",
+        "-k",
+        "keyword and key",
+        "tests/test_x.py",
+    ]
