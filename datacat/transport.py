@@ -5,16 +5,19 @@ Owns ``BatchResult``, the ``Transport`` protocol the sender talks to (``send_bat
 ``requests``; its errors are translated here, once, into ``datacat.errors``. ``send_batch`` never
 raises: a failure is a ``BatchResult`` saying whether a retry may help.
 
-``send_batch`` (the sender's hot path) talks to a plain ``http://`` server over the standard
-library's ``http.client``, one keep-alive connection per thread: ``requests`` costs ~0.1 s of
-CPU to import and ~3x the CPU per request, which an instrumented program (a test run) pays.
-HTTPS, a proxy from the environment and the single API calls of ``request`` go through
-``requests``, imported on first use.
+``send_batch`` (the sender's hot path) talks to an ``http://`` or ``https://`` server over the
+standard library's ``http.client``, one keep-alive connection per thread: ``requests`` costs
+~0.1 s of CPU to import and ~3x the CPU per request, which an instrumented program (a test run)
+pays. ``https://`` always means TLS (``HTTPSConnection``) with the certificate and host name
+verified against the system's CAs (or ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``/``SSL_CERT_FILE``,
+as with ``requests``). A proxy from the environment and the single API calls of ``request`` go
+through ``requests``, imported on first use.
 """
 
 from __future__ import annotations
 
 import email.utils
+import functools
 import http.client
 import json
 import os
@@ -33,6 +36,8 @@ from datacat.errors import (
 )
 
 if TYPE_CHECKING:
+    import ssl
+
     import requests
 
 JSONDict = dict[str, Any]
@@ -109,7 +114,7 @@ class HttpTransport:
         if api_key:
             self._headers["X-API-Key"] = api_key
         self._local = threading.local()
-        self._plain = _plain_http(self.url)
+        self._plain = _direct(self.url)
         self._batch_path = (self._plain[2] if self._plain else "") + "/api/batch"
 
     def send_batch(self, operations: list[JSONDict], timeout: float | None = None) -> BatchResult:
@@ -171,8 +176,7 @@ class HttpTransport:
         conn: http.client.HTTPConnection | None = getattr(local, "conn", None)
         fresh = conn is None or local.conn_pid != os.getpid()
         if fresh:
-            host, port, _ = self._plain or ("", 0, "")
-            conn = local.conn = http.client.HTTPConnection(host, port, timeout=seconds)
+            conn = local.conn = _connect(self._plain, seconds)
             local.conn_pid = os.getpid()
         assert conn is not None
         conn.timeout = seconds  # for its next connect; a connected socket is set by the caller
@@ -233,18 +237,45 @@ class HttpTransport:
         return session
 
 
-def _plain_http(url: str) -> tuple[str, int, str] | None:
-    """Host, port and path prefix of a plain ``http://`` URL that no proxy variable of the
-    environment may concern; ``None`` sends through ``requests`` (HTTPS, proxies)."""
-    if not url.startswith("http://") or any(
-        os.environ.get(name) for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
-    ):
+# An ``http://``/``https://`` URL sent to directly: host, port, path prefix, TLS or not.
+Direct = tuple[str, int, str, bool]
+_PROXY_VARIABLES = {
+    "http": ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"),
+    "https": ("https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"),
+}
+
+
+def _direct(url: str) -> Direct | None:
+    """Where batches go over ``http.client``: an ``http://`` or ``https://`` URL that no proxy
+    variable of the environment may concern; ``None`` sends through ``requests`` (proxies)."""
+    scheme = url.partition("://")[0].lower()
+    names = _PROXY_VARIABLES.get(scheme)
+    if names is None or any(os.environ.get(name) for name in names):
         return None
     try:
         parsed = urllib.parse.urlsplit(url)
-        return parsed.hostname or "localhost", parsed.port or 80, parsed.path.rstrip("/")
+        tls = scheme == "https"
+        port = parsed.port or (443 if tls else 80)
+        return parsed.hostname or "localhost", port, parsed.path.rstrip("/"), tls
     except ValueError:
         return None
+
+
+def _connect(direct: Direct | None, seconds: float) -> http.client.HTTPConnection:
+    """A new connection; TLS with verification for ``https://`` (never plain HTTP)."""
+    host, port, _, tls = direct or ("", 0, "", False)
+    if tls:
+        return http.client.HTTPSConnection(host, port, timeout=seconds, context=tls_context())
+    return http.client.HTTPConnection(host, port, timeout=seconds)
+
+
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """Certificates and host names verified, against the CA bundle ``requests`` would use."""
+    import ssl  # only for https:// (a plain run does not pay for it)
+
+    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    return ssl.create_default_context(cafile=bundle or None)
 
 
 def _dumps(body: Any) -> str:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
+import http.client
+import ssl
+import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from client_helpers import Peer
 
+from datacat import transport as transport_module
 from datacat.errors import AuthenticationError, NotFoundError, ServerError, TransportError
 from datacat.transport import BatchResult, HttpTransport
 
@@ -132,3 +141,60 @@ def test_with_a_proxy_in_the_environment_batches_go_through_requests(
 def test_a_value_json_cannot_hold_is_refused_not_raised() -> None:
     result = HttpTransport("http://127.0.0.1:9").send_batch([{"value": float("nan")}])
     assert (result.status, result.retryable) == (400, False) and "not JSON" in result.error
+
+
+def _certificate(folder: Path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (made by the openssl command)."""
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    return cert, key
+
+
+@contextlib.contextmanager
+def tls_front(server_url: str, folder: Path) -> Iterator[tuple[str, str]]:
+    """A TLS server in front of the real server (forwards each POST); its URL and CA file."""
+
+    class Forward(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            answer = requests.post(server_url + self.path, data=body, headers=dict(self.headers))
+            self.send_response(answer.status_code)
+            self.send_header("Content-Length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    cert, key = _certificate(folder)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Forward)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"https://127.0.0.1:{server.server_address[1]}", cert
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_https_urls_go_over_verified_tls_never_plain_http(
+    server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with tls_front(server_url, tmp_path) as (url, cert):
+        transport = HttpTransport(url, timeout=5)
+        refused = transport.send_batch([create_op(str(uuid.uuid4()))])
+        assert not refused.delivered and "SSL" in refused.error  # self-signed: not trusted
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+        transport_module.tls_context.cache_clear()
+        trusted = HttpTransport(url, timeout=5)
+        assert trusted.send_batch([create_op(str(uuid.uuid4()))]).applied == 1
+        assert type(trusted._local.conn) is http.client.HTTPSConnection
+        trusted.close()
+    transport_module.tls_context.cache_clear()
