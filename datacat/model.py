@@ -430,7 +430,7 @@ def _string_list(body: JSONDict, key: str) -> list[str]:
 def _stacktrace(body: JSONDict) -> list[str]:
     value = body.get("stacktrace")
     if isinstance(value, str):
-        return value.splitlines()
+        return _string_list({"stacktrace": value.splitlines()}, "stacktrace")
     return _string_list(body, "stacktrace")
 
 

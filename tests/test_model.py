@@ -202,3 +202,42 @@ def test_dataclasses_round_trip() -> None:
         "tags": {},
         "metadata": {},
     }
+
+
+def nested(depth: int) -> Any:
+    """A JSON object ``depth`` levels deep."""
+    document: Any = 1
+    for _ in range(depth):
+        document = {"d": document}
+    return document
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"name": "x", "data": nested(model.MAX_DEPTH + 1)},
+        {"name": "x", "data": {"list": [[[[float("inf")]]]]}},
+        {"name": "x", "data": {"nan": float("nan")}},
+        {"name": "x", "data": {"\udcff": 1}},
+        {"name": "x", "data": {"k": ["ok", "\ud800"]}},
+        {"name": "\ud800"},
+        {"name": "x", "labels": ["\udcff"]},
+        {"name": "x", "stacktrace": "line\udcff"},
+    ],
+)
+def test_unstorable_event_values_are_refused(body: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        model.parse_event(body)
+
+
+def test_storable_values_still_pass() -> None:
+    data = {"deep": nested(model.MAX_DEPTH - 1), "text": "é ✓ 😀", "big": 10**400, "n": 1e308}
+    assert model.parse_event({"name": "ü", "data": data})["data"] is data
+    assert model.parse_state(nested(model.MAX_DEPTH))[0] == nested(model.MAX_DEPTH)
+    for bad in (nested(model.MAX_DEPTH + 1), {"state": {"k": float("inf")}}):
+        with pytest.raises(ValidationError):
+            model.parse_state(bad)
+    with pytest.raises(ValidationError):
+        model.parse_metric({"name": "m", "value": 1, "metadata": {"x": [float("-inf")]}})
+    with pytest.raises(ValidationError):
+        model.parse_create({"product": "p", "version": "1", "state": nested(900)})

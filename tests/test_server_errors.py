@@ -133,3 +133,24 @@ def test_api_key_is_required_when_configured(guarded: ServerProcess) -> None:
     assert Api(guarded.url).request("GET", "/health").ok  # health and the contract stay open
     assert Api(guarded.url).request("GET", "/openapi.json").ok
     assert Api(guarded.url).request("GET", f"/api/sessions/{uuid.uuid4()}").status_code == 401
+
+
+def chunks(*parts: bytes) -> Iterator[bytes]:
+    """A body ``requests`` sends chunked (no Content-Length)."""
+    yield from parts
+
+
+def test_chunked_body_over_the_limit_is_413(guarded: ServerProcess) -> None:
+    api = Api(guarded.url, {"X-API-Key": "s3cret"})
+    big = chunks(b'{"product": "a", "version": "1", "state": {"x": "', b"y" * 2000, b'"}}')
+    response = api.request("POST", "/api/sessions", data=big)
+    assert response.status_code == 413, response.text
+    small = chunks(b'{"product": "a", ', b'"version": "1"}')
+    assert api.request("POST", "/api/sessions", data=small).status_code == 201
+
+
+def test_long_filter_urls_are_served(api_url: str) -> None:
+    """gunicorn answered an HTML 414 to request lines over 4094 bytes."""
+    state = {f"state.key{i}": "x" * 50 for i in range(100)}  # ~6,500 bytes
+    response = Api(api_url).request("GET", "/api/data/sessions", params=state)
+    assert response.status_code == 200 and response.json() == []

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import Unauthorized
+from werkzeug.exceptions import RequestEntityTooLarge, Unauthorized
 
 from datacat import model
 from datacat.errors import ValidationError
@@ -48,13 +48,26 @@ _DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # built once: per-
 
 def _body() -> Any:
     """The request body as JSON; an empty body is ``None``."""
-    raw = request.get_data(cache=False)
+    raw = _raw_body()
     if not raw.strip():
         return None
     try:
         return _DECODER.decode(raw.decode(json.detect_encoding(raw)))
     except (ValueError, RecursionError) as exc:
         raise ValidationError("invalid JSON", str(exc)[:200]) from None
+
+
+def _raw_body() -> bytes:
+    """The body's bytes. One sent chunked (no Content-Length) is read up to the size limit
+    from the server's own stream: Werkzeug's cuts it at the limit without a word, and the
+    truncated JSON was answered "invalid JSON" instead of 413."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if request.content_length is not None or not limit:
+        return request.get_data(cache=False)
+    raw: bytes = request.environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        raise RequestEntityTooLarge(f"the body is larger than {limit} bytes")
+    return raw
 
 
 def _json(raw: bytes, status: int = 200) -> Response:
@@ -183,21 +196,19 @@ def list_sessions() -> Response:
 
 @bp.get("/sessions/<session_id>/events")
 def list_events(session_id: str) -> Response:
-    level = request.args.get("level")
-    if level is not None and level not in model.LEVELS:
-        raise ValidationError("invalid parameter", f"level must be one of {model.LEVELS}")
-    return _list_rows(events, session_id, level)
+    return _list_rows(events, session_id, "level", model.LEVELS)
 
 
 @bp.get("/sessions/<session_id>/metrics")
 def list_metrics(session_id: str) -> Response:
-    kind = request.args.get("type")
-    if kind is not None and kind not in model.METRIC_TYPES:
-        raise ValidationError("invalid parameter", f"type must be one of {model.METRIC_TYPES}")
-    return _list_rows(metrics, session_id, kind)
+    return _list_rows(metrics, session_id, "type", model.METRIC_TYPES)
 
 
-def _list_rows(table: sa.Table, session_id: str, kind: str | None) -> Response:
+def _list_rows(table: sa.Table, session_id: str, kind_arg: str, kinds: tuple[str, ...]) -> Response:
+    """One page of ``table``'s rows; ``kind_arg`` (level or type) must be one of ``kinds``."""
+    kind = request.args.get(kind_arg)
+    if kind is not None and kind not in kinds:
+        raise ValidationError("invalid parameter", f"{kind_arg} must be one of {kinds}")
     flt = queries.RowFilter(
         name=request.args.get("name"),
         kind=kind,

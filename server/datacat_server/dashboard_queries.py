@@ -9,7 +9,6 @@ state path = value") from ``queries`` so the dashboard and the API never disagre
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Row
+from sqlalchemy.engine import Connection
 
 from datacat.model import DEFAULT_BUCKETS, HUNG_EVENT, RECOVERED_EVENT, JSONDict, iso
 from datacat_server import queries
@@ -98,7 +97,7 @@ def _holding_now(conn: Connection, path: str, raw: str) -> list[str]:
     narrows the candidates and their current state is checked here, the same way on every
     database (JSON operators differ between SQLite and PostgreSQL).
     """
-    wanted = _value_keys(path, raw)
+    wanted = queries.value_keys(path, raw)
     query = sa.select(sessions.c.id, sessions.c.state).where(queries.ever_had_state(path, raw))
     held = []
     for sid, state in conn.execute(query):
@@ -106,14 +105,6 @@ def _holding_now(conn: Connection, path: str, raw: str) -> list[str]:
         if path in current and value_key(path, current[path]) in wanted:
             held.append(sid)
     return held
-
-
-def _value_keys(path: str, raw: str) -> set[str]:
-    """``raw`` as typed in a form: a JSON literal (3, true, "x") or else a plain string."""
-    keys = {value_key(path, raw)}
-    with contextlib.suppress(ValueError):
-        keys.add(value_key(path, json.loads(raw)))
-    return keys
 
 
 def _filtered_ids(conds: list[Any]) -> sa.Select[Any]:
@@ -317,7 +308,7 @@ def _newest_events(conn: Connection, session_id: str, after: int) -> JSONDict:
     query = sa.select(events).where(where, events.c.id > after)
     rows = conn.execute(query.order_by(events.c.id.desc()).limit(MAX_EVENTS)).all()[::-1]
     return {
-        "events": [_body(r) for r in rows],
+        "events": [queries.row_body(r) for r in rows],
         "event_total": int(total),
         "last_event_id": rows[-1].id if rows else after,
     }
@@ -343,12 +334,6 @@ def _units(conn: Connection, session_id: str) -> dict[str, str]:
     newest = sa.select(sa.func.max(m.id)).where(m.session_id == session_id).group_by(m.name)
     rows = conn.execute(sa.select(m.name, m.body).where(m.id.in_(newest)))
     return {name: unit for name, body in rows if (unit := json.loads(body).get("unit"))}
-
-
-def _body(row: Row[Any]) -> JSONDict:
-    body: JSONDict = json.loads(row.body)
-    body["timestamp"] = iso(row.ts)
-    return body
 
 
 def metric_summaries(rows: Iterable[JSONDict], units: dict[str, str]) -> list[JSONDict]:

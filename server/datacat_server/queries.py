@@ -154,8 +154,8 @@ def get_session(conn: Connection, session_id: str, clock: Clock) -> JSONDict | N
 def _full(conn: Connection, row: Row[Any], clock: Clock) -> JSONDict:
     out = session_dict(row, clock)
     out["state_history"] = state_history(conn, row.id)
-    out["events"] = [_row_body(r) for r in conn.execute(_rows(events, row.id))]
-    out["metrics"] = [_row_body(r) for r in conn.execute(_rows(metrics, row.id))]
+    out["events"] = [row_body(r) for r in conn.execute(_rows(events, row.id))]
+    out["metrics"] = [row_body(r) for r in conn.execute(_rows(metrics, row.id))]
     out["counters"] = counter_totals(out["metrics"])
     last = [e["timestamp"] for e in (out["events"][-1:] + out["metrics"][-1:])]
     out["updated_at"] = max([out["updated_at"], *last])
@@ -166,7 +166,8 @@ def _rows(table: sa.Table, session_id: str) -> sa.Select[Any]:
     return sa.select(table).where(table.c.session_id == session_id).order_by(table.c.id)
 
 
-def _row_body(row: Row[Any]) -> JSONDict:
+def row_body(row: Row[Any]) -> JSONDict:
+    """An event's or metric's stored body with its ISO timestamp."""
     body: JSONDict = json.loads(row.body)
     body["timestamp"] = iso(row.ts)
     return body
@@ -283,11 +284,17 @@ def status_condition(status: str, clock: Clock) -> Any:
 
 def ever_had_state(path: str, raw: str) -> Any:
     """Sessions whose state ever held ``path`` = ``raw`` (a JSON literal, or else a string)."""
-    keys = {value_key(path, raw)}
-    with contextlib.suppress(ValueError):
-        keys.add(value_key(path, json.loads(raw)))
-    held = sa.select(state_values.c.session_id).where(state_values.c.key.in_(keys))
+    held = sa.select(state_values.c.session_id).where(state_values.c.key.in_(value_keys(path, raw)))
     return sessions.c.id.in_(held)
+
+
+def value_keys(path: str, raw: str) -> set[str]:
+    """The indexed keys ``path`` = ``raw`` may stand for: ``raw`` as typed in a query string is a
+    JSON literal (3, true, "x") or else a plain string."""
+    keys = {value_key(path, raw)}
+    with contextlib.suppress(ValueError, RecursionError):
+        keys.add(value_key(path, json.loads(raw)))
+    return keys
 
 
 def list_rows(
@@ -308,4 +315,4 @@ def list_rows(
     rows = conn.execute(query.limit(flt.limit + 1)).all()
     page = rows[: flt.limit]
     cursor = encode_cursor(page[-1].id) if len(rows) > flt.limit else None
-    return [_row_body(r) for r in page], cursor
+    return [row_body(r) for r in page], cursor
