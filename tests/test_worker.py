@@ -16,8 +16,10 @@ from typing import Any
 
 import pytest
 from client_helpers import Peer, details, session_factory, wait_for
+from fork_helpers import run_script
 from track_helpers import fetch
 
+import datacat
 from datacat import _internal
 from datacat.session import Session
 from datacat.worker import DROPPED_METRIC, Worker
@@ -462,3 +464,50 @@ def test_an_idle_sender_retires_and_a_new_one_starts_on_the_next_put(
     second.log_event("after-retirement")
     assert second.flush(10)
     assert "after-retirement" in [e["name"] for e in details(server_url, second.id)["events"]]
+
+
+STALE_STATE_SCRIPT = """
+import os, sys, datacat
+s = datacat.create_session(sys.argv[1], spool_dir=sys.argv[2], state={"a": 1}, flush_interval=0.05)
+assert s.flush(10)
+ready, go = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.read(ready, 1)  # the parent has set a=2 on the server meanwhile
+    s.update_state({"a": 1})  # what this child last saw: not a no-op on the server
+    os._exit(0 if s.flush(10) else 3)
+s.update_state({"a": 2})
+assert s.flush(10)
+os.write(go, b"x")
+print(s.id, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""
+
+
+def test_a_forked_childs_state_updates_are_not_filtered_by_the_parents_view(
+    server_url: str, tmp_path: Path
+) -> None:
+    sid, code = run_script(STALE_STATE_SCRIPT, server_url, str(tmp_path)).split()
+    assert code == "0"
+    assert details(server_url, sid)["state"]["a"] == 1
+
+
+def test_drops_of_an_attached_session_are_reported(make: Make, server_url: str) -> None:
+    creator = make(server_url)
+    assert creator.flush(10)
+    attached = datacat.attach_session(
+        creator.id, server_url, spool_dir=str(creator.config.spool_dir), queue_size=5,
+        batch_size=1000, flush_interval=5.0,
+    )  # fmt: skip
+    worker = attached._worker
+    assert worker is not None and worker is not creator._worker
+    with worker._flushed:  # hold the sender off while the queue overflows
+        for i in range(20):
+            attached.log_event(f"e{i}")
+    assert attached.dropped >= 14 and attached.undelivered >= attached.dropped
+    assert attached.flush(10) and attached.undelivered == attached.dropped
+    (dropped,) = [
+        m for m in details(server_url, creator.id)["metrics"] if m["name"] == DROPPED_METRIC
+    ]
+    assert dropped["value"] == attached.dropped
+    attached.end()
+    worker.close(time.monotonic() + 1)
