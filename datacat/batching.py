@@ -142,7 +142,7 @@ class Batcher:
         self._dropped(sid)
         log_once(
             "nonfinite",
-            "datacat: metric %r has value %r (not a finite number); dropped "
+            "datacat: metric %.200r has value %.60r (not a finite number); dropped "
             "(further ones are only counted)",
             metric.get("name"),
             value,

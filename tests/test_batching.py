@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -148,3 +149,40 @@ def test_event_text_fields_are_made_acceptable_to_the_server() -> None:
     body = event_body("n\x00" + "x" * 1000, None, "info", 7, [1, "l"], b"m", {}, 1.0, None)
     assert "\x00" not in body["name"] and len(body["name"]) == MAX_NAME
     assert (body["category"], body["labels"], body["message"]) == ("7", ["1", "l"], "b'm'")
+
+
+class Unreadable(Mapping[str, Any]):
+    """A mapping that cannot be copied (its iteration fails)."""
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("unreadable")
+
+    def __len__(self) -> int:
+        return 1
+
+
+def test_a_broken_item_is_dropped_alone_and_reported() -> None:
+    drops: list[tuple[str, int]] = []
+    batcher = Batcher(on_drop=lambda sid, n: drops.append((sid, n)))
+    items = [
+        ("create", SID, {"id": SID, "state": {}}),
+        ("event", SID, "bad", None, "info", None, 5, None, {}, 1.0, None),  # labels=5: one label
+        ("event", SID, "worse", Unreadable(), "info", None, None, None, {}, 1.0, None),
+        ("metric", SID, "huge", 10**400, "gauge", None, None, 1.0),
+        (OBSERVE, SID, "h", 1.0, "histogram", None, None, ("a", 2)),
+        ("event", SID, "good", None, "info", None, None, None, {}, 1.0, None),
+    ]
+    ops = batcher.operations(items)
+    assert [op["op"] for op in ops] == ["create", "event", "event"]
+    assert ops[1]["data"]["labels"] == ["5"] and ops[2]["data"]["name"] == "good"
+    assert drops == [(SID, 1), (SID, 1), (SID, 1)]
+
+
+def test_sessions_of_unknown_state_are_never_filtered() -> None:
+    batcher = Batcher()
+    batcher.unknown.add(SID)
+    create = ("create", SID, {"id": SID, "state": {"a": 1}})
+    assert [op["op"] for op in batcher.operations([create, state({"a": 1})])] == ["create", "state"]

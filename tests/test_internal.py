@@ -110,3 +110,8 @@ def test_swallow_logs_and_returns_the_default(caplog: pytest.LogCaptureFixture) 
 
     assert explode() == -1
     assert "internal error" in caplog.text or "explode" in str(_internal._seen)
+
+
+def test_lone_surrogates_become_replacement_characters_and_pairs_their_character() -> None:
+    assert jsonable({"k\ud800": ["a\udcffb", "\ud83d\ude00"]}) == {"k\ufffd": ["a\ufffdb", "😀"]}
+    assert text_field("x\udc80\x00") == "x\ufffd\ufffd"
