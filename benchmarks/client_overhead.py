@@ -7,7 +7,8 @@ counting proxy (a real HTTP hop that counts every request it forwards) and print
   the same dict (target <= 2 us per call), and of ``session.observe`` (the ``@track`` hot path),
   as the thread's CPU time (wall-clock time in parentheses: on a busy machine it also holds
   time the thread was descheduled or waited for the GIL), with the sender running as usual;
-- the same for ``observe`` with tags, ``log_histogram`` and ``with session.timer(...)``, and
+- the same for ``observe`` with tags, ``log_histogram``, ``with session.timer(...)``,
+  ``log_timer`` and ``log_metric`` (one flat tuple each), and
   what folding an observation costs the sender thread (keys cached per distinct call);
 - the sender thread's CPU time per event (the work moved off the caller's thread);
 - the number of HTTP requests the server received for 10,000 log calls (target <= 100).
@@ -106,6 +107,8 @@ def verb_costs(session: datacat.Session) -> list[tuple[str, float, float]]:
         ),
         ("session.log_histogram(...)", *per_call_us(lambda: session.log_histogram("h", 0.2))),
         ("with session.timer(...)", *per_call_us(lambda: timed_block(session))),
+        ("session.log_timer(...)", *per_call_us(lambda: session.log_timer("t", 0.01))),
+        ("session.log_metric(...)", *per_call_us(lambda: session.log_metric("g", 1.5))),
     ]
     session.flush(60)
     session.end()
