@@ -29,7 +29,7 @@ from datacat._asyncgen import wrap_async_generator_function
 from datacat._internal import log_once, logger, snapshot
 from datacat.batching import OBSERVE, Batcher, Item, finite_number, new_id
 from datacat.config import Config, resolve
-from datacat.errors import ConfigurationError, DatacatError
+from datacat.errors import ConfigurationError, DatacatError, ValidationError
 from datacat.model import DEFAULT_BUCKETS
 from datacat.transport import HttpTransport
 from datacat.worker import Worker, get_worker
@@ -201,7 +201,8 @@ class Session:
         self.dropped_reported = 0
         self._worker = worker
         self._transport = transport
-        self._batcher = Batcher()  # blocking mode: turns one item into its operation
+        # blocking mode: turns one item into its operation; one it cannot send raises
+        self._batcher = Batcher(on_drop=_refuse)
         self._monitor: heartbeat_module.HangMonitor | None = None
         self._beater: heartbeat_module.HeartbeatThread | None = None
         self._put: Callable[[Item], bool] = worker.put if worker is not None else self._send_now
@@ -632,3 +633,8 @@ class NoopSession(Session):
 
 def _accept(item: Item) -> bool:
     return True
+
+
+def _refuse(session_id: str, count: int) -> None:
+    """``blocking=True``: an item that cannot be sent is an error for the caller."""
+    raise ValidationError("invalid arguments", "this call cannot be sent (see the datacat log)")

@@ -16,7 +16,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 import datacat
 from datacat._internal import MAX_STRING
-from datacat.errors import ConfigurationError, NotFoundError, TransportError
+from datacat.errors import ConfigurationError, NotFoundError, TransportError, ValidationError
 from datacat.model import DEFAULT_BUCKETS
 from datacat.session import NoopSession, Session
 from datacat.worker import DROPPED_METRIC
@@ -256,6 +256,10 @@ def test_blocking_sends_at_once_and_raises(server_url: str, tmp_path: Path) -> N
         bogus.log_event("no such session")
     with pytest.raises(TransportError):
         datacat.create_session("http://127.0.0.1:9", blocking=True, timeout=1)
+    with pytest.raises(ValidationError):  # what a background session drops alone
+        session.log_metric("huge", 10**400)
+    with pytest.raises(ValidationError):
+        session.log_event("broken", BrokenMapping(a=1))
 
 
 def test_verbs_return_at_once_when_nothing_listens(make: Make) -> None:
