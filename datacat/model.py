@@ -396,15 +396,22 @@ def _dict(body: JSONDict, key: str) -> JSONDict:
 def check_json(document: JSONDict | list[Any], key: str) -> None:
     """Free-form JSON ``key`` must be storable and readable back: nested at most ``MAX_DEPTH``
     levels, finite numbers, strings and keys encodable as UTF-8. Iterative: a deep document
-    must not exhaust the stack while it is being refused."""
+    must not exhaust the stack while it is being refused. (It runs on every event's ``data``,
+    so the common scalars are let through first.)"""
     pending: list[tuple[Any, int]] = [(document, 1)]
     while pending:
         node, depth = pending.pop()
         if depth > MAX_DEPTH:
             raise ValidationError("invalid field", f"{key} is nested deeper than {MAX_DEPTH}")
-        for name, value in node.items() if isinstance(node, dict) else enumerate(node):
-            if isinstance(name, str) and not name.isascii():
-                _utf8(name, key)
+        if isinstance(node, dict):
+            for name in node:
+                if type(name) is str and not name.isascii():
+                    _utf8(name, key)
+            node = node.values()
+        for value in node:
+            kind = type(value)
+            if kind is int or kind is bool or value is None:
+                continue
             if isinstance(value, str):
                 if not value.isascii():
                     _utf8(value, key)
