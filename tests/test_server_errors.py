@@ -150,7 +150,10 @@ def test_chunked_body_over_the_limit_is_413(guarded: ServerProcess) -> None:
 
 
 def test_long_filter_urls_are_served(api_url: str) -> None:
-    """gunicorn answered an HTML 414 to request lines over 4094 bytes."""
+    """gunicorn answered an HTML 414 to request lines over 4094 bytes; past its 8190 limit the
+    414 is in the JSON error shape."""
     state = {f"state.key{i}": "x" * 50 for i in range(100)}  # ~6,500 bytes
     response = Api(api_url).request("GET", "/api/data/sessions", params=state)
     assert response.status_code == 200 and response.json() == []
+    too_long = Api(api_url).request("GET", "/api/data/sessions?x=" + "x" * 9000)
+    assert too_long.status_code == 414 and set(too_long.json()) == {"error", "details"}

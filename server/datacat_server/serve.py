@@ -3,17 +3,21 @@
 Options resolve as command-line argument > ``DATACAT_SERVER_*`` environment variable > default.
 gunicorn's master loads the app once (schema created before any worker starts), forks the
 workers (each then opens its own database connections), prints the URL when ready, and shuts
-down cleanly on SIGINT/SIGTERM.
+down cleanly on SIGINT/SIGTERM. Errors gunicorn answers itself, before the app sees the request
+(a request line over its limit: 414, malformed headers: 400/431), use the API's JSON error shape.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
+import socket
 import sys
 from typing import Any
 
+import gunicorn.util
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
@@ -99,7 +103,19 @@ def _worker_started(store: Storage) -> None:
     ingest took 20 us per event instead of 25-35 (through gunicorn: lost in the machine's noise).
     """
     store.dispose()
+    # gunicorn's workers write their own errors through this module function (HTML otherwise).
+    gunicorn.util.write_error = _json_error
     gc.freeze()
+
+
+def _json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's error page as ``{"error", "details"}`` JSON (same arguments as its own)."""
+    body = json.dumps({"error": reason.lower(), "details": mesg[:200]}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
 
 
 def main(args: argparse.Namespace | None = None) -> int:
