@@ -202,6 +202,10 @@ def parse_event(body: Any) -> JSONDict:
         raise ValidationError("invalid field", f"level must be one of {', '.join(LEVELS)}")
     out: JSONDict = {"name": _name(body), "level": level, "timestamp": _timestamp(body)}
     out.update(_EVENT_DEFAULTS)
+    if _EVENT_COMMON_KEYS.issuperset(body):  # the usual shape: no optional field to check
+        out["labels"], out["stacktrace"], out["data"] = [], [], _dict(body, "data")
+        out["source_line"] = None
+        return out
     for key in _EVENT_TEXT_KEYS.intersection(body):
         out[key] = _text(body, key)
     out["labels"] = _string_list(body, "labels")
@@ -213,6 +217,7 @@ def parse_event(body: Any) -> JSONDict:
 
 _EVENT_DEFAULTS = dict.fromkeys(_EVENT_TEXT)
 _EVENT_TEXT_KEYS = frozenset(_EVENT_TEXT)
+_EVENT_COMMON_KEYS = frozenset(("name", "level", "timestamp", "data"))
 
 
 def parse_metric(body: Any) -> JSONDict:
