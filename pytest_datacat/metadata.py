@@ -136,11 +136,12 @@ def redact_url(text: str) -> str:
 
 def git_info(path: Path) -> dict[str, str] | None:
     """Commit and branch of the checkout at ``path``, or ``None`` outside git."""
-    commit = _git(path, "rev-parse", "HEAD")
-    if commit is None:
+    # one git process for both (each costs the run's start ~5 ms)
+    out = _git(path, "rev-parse", "HEAD", "--abbrev-ref", "HEAD")
+    if out is None:
         return None
+    commit, _, branch = out.partition("\n")
     info = {"commit": commit}
-    branch = _git(path, "rev-parse", "--abbrev-ref", "HEAD")
     if branch and branch != "HEAD":
         info["branch"] = branch
     return info
