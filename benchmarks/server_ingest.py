@@ -26,11 +26,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from datacat.batching import new_id
 
 SINGLE_TARGET = 1_500
 BATCH_TARGET = 50_000
@@ -123,7 +124,7 @@ def create_session(port: int) -> str:
 def batch_body(session_id: str, n: int) -> bytes:
     ops = [
         {
-            "op_id": str(uuid.uuid4()),
+            "op_id": new_id(),  # time-ordered, as the client makes them
             "op": "event",
             "session_id": session_id,
             "data": {"name": "tick", "level": "info", "data": {"i": i, "phase": "bench"}},

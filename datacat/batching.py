@@ -376,16 +376,25 @@ def metric_body(
 _BODIES: dict[str, Callable[..., JSONDict]] = {"event": event_body, "metric": metric_body}
 
 # A private generator: an application's ``random.seed(...)`` must not repeat our ids; it is
-# reseeded in forked children (``reseed``). UUID version 4 bits set by hand: ~4x faster
-# than ``str(uuid.uuid4())``, which matters at one id per operation.
+# reseeded in forked children (``reseed``).
 _rng = random.Random()
-_V4_CLEAR = ~((0xC000 << 48) | (0xF000 << 64)) & ((1 << 128) - 1)
-_V4_SET = (0x8000 << 48) | (4 << 76)
+_RAND_B = (1 << 62) - 1
 
 
 def new_id() -> str:
-    """A random UUID (version 4) in canonical form."""
-    h = f"{(_rng.getrandbits(128) & _V4_CLEAR) | _V4_SET:032x}"
+    """A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds, then 74 random
+    bits. Ids made later sort later, so the server's unique index of op ids grows at its end
+    instead of dirtying pages all over it (with random ids, SQLite's commit of a batch grew with
+    the table). Built by hand: ~4x faster than ``str(uuid.uuid4())``, at one id per operation."""
+    rand = _rng.getrandbits(74)
+    value = (
+        (time.time_ns() // 1_000_000) << 80
+        | 7 << 76
+        | (rand >> 62) << 64
+        | 2 << 62
+        | (rand & _RAND_B)
+    )
+    h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

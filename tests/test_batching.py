@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -79,12 +80,22 @@ def test_non_finite_metrics_are_dropped_and_counted(
     assert batcher.nonfinite == 3 and "not a finite number" in caplog.text
 
 
-def test_ids_are_uuid4_and_ignore_the_applications_random_seed() -> None:
+def test_ids_are_uuid7_and_ignore_the_applications_random_seed() -> None:
     random.seed(7)
     first = new_id()
     random.seed(7)
     second = new_id()
-    assert first != second and uuid.UUID(first).version == 4 and str(uuid.UUID(first)) == first
+    parsed = uuid.UUID(first)
+    assert first != second and str(parsed) == first
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+
+
+def test_ids_made_later_sort_later() -> None:
+    """Time-ordered ids keep the server's op-id index append-mostly."""
+    earlier = new_id()
+    time.sleep(0.002)
+    assert new_id() > earlier
+    assert int(earlier[:8] + earlier[9:13], 16) == pytest.approx(time.time() * 1000, abs=5000)
 
 
 def test_raw_operations_keep_their_op_id() -> None:
