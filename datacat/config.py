@@ -56,6 +56,9 @@ class Config:
     hang_timeout: float = 60.0
     max_backoff: float = 30.0
     daemon: bool = False
+    # "thread": a sender thread in this process; "process": a child process sends
+    # (``datacat.offload``), this process only hands it the items
+    sender: str = "thread"
     otel_spans: bool = False  # ``@track`` opens OpenTelemetry spans (``datacat.otel``)
     state: Mapping[str, Any] | None = None
     machine_id: str | None = None
@@ -73,6 +76,7 @@ SENDER_OPTIONS = (
     "url",
     "api_key",
     "daemon",
+    "sender",
     "spool_dir",
     "spool_max_bytes",
     "timeout",
@@ -82,6 +86,9 @@ SENDER_OPTIONS = (
     "exit_timeout",
     "max_backoff",
 )
+
+#: Where a session's items are turned into batches and sent (``Config.sender``).
+SENDERS = ("thread", "process")
 
 _POSITIVE = (
     "timeout",
@@ -158,5 +165,8 @@ def _check(config: Config) -> None:
             raise ConfigurationError(f"{name} must be positive, not {getattr(config, name)!r}")
     if config.spool_max_bytes < 0:
         raise ConfigurationError("spool_max_bytes must not be negative")
+    if config.sender not in SENDERS:
+        choices = " or ".join(SENDERS)
+        raise ConfigurationError(f"sender must be {choices}, not {config.sender!r}")
     if not config.url.startswith(("http://", "https://")):
         raise ConfigurationError(f"url must start with http:// or https://, not {config.url!r}")

@@ -98,6 +98,65 @@ def spawn_daemon() -> subprocess.Popen[bytes]:
     )
 
 
+class Outlet:
+    """The app's non-blocking write end of a pipe: what the pipe could not take yet waits in
+    ``pending``, in order, and goes first. Writing never blocks; ``drain`` waits (``select``) at
+    most as long as it is told. A closed reader (EPIPE) or another error makes it ``broken``."""
+
+    def __init__(self, fd: int, reader: str = "local daemon") -> None:
+        os.set_blocking(fd, False)
+        self.reader = reader  # named in the warning when it goes
+        self.fd: int | None = fd
+        self.pending = b""
+        self.broken = False
+
+    def push(self) -> bool:
+        """Write what is pending without waiting; True when all of it went in."""
+        try:
+            while self.pending:
+                sent = os.write(self.fd, self.pending)  # type: ignore[arg-type]
+                self.pending = self.pending[sent:]
+        except BlockingIOError:
+            return False
+        except (OSError, TypeError) as exc:  # TypeError: closed meanwhile (fd None)
+            self._lost(exc)
+            return False
+        return True
+
+    def drain(self, timeout: float | None) -> bool:
+        """Write what is pending, waiting at most ``timeout`` seconds (``None``: no limit) for
+        the reader."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.push():
+            left = None if deadline is None else deadline - time.monotonic()
+            if self.fd is None or self.broken or (left is not None and left <= 0):
+                return False
+            select.select([], [self.fd], [], left)
+        return True
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd = None
+        self.broken = True
+
+    def forget(self) -> None:
+        """In a forked child: close the inherited end (the parent's reader must still see EOF
+        when the parent ends) and write nothing more."""
+        self.close()
+        self.pending = b""
+
+    def _lost(self, exc: BaseException) -> None:
+        if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+            log.warning("datacat: the %s has gone; sending directly", self.reader)
+        else:
+            log.warning(
+                "datacat: writing to the %s failed (%s); sending directly", self.reader, exc
+            )
+        self.broken = True
+        self.pending = b""
+
+
 class PipeTransport:
     """Hands batches to a local daemon through a non-blocking pipe (see the module docstring)."""
 
@@ -105,8 +164,7 @@ class PipeTransport:
         self.config = config
         self.dropped_writes = 0  # batches the full pipe refused (then retried by the sender)
         self._lock = threading.Lock()
-        self._pending = b""  # the rest of a line a full pipe took only in part
-        self._fd: int | None = None
+        self._outlet: Outlet | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._pid = os.getpid()
         self._broken = False
@@ -128,10 +186,10 @@ class PipeTransport:
     def close(self, timeout: float | None = None) -> None:
         """Finish a partly written line (bounded wait), then close our end: the daemon's EOF."""
         with self._lock:
-            if self._fd is not None and os.getpid() == self._pid:
-                self._drain(self.config.exit_timeout if timeout is None else timeout)
-                os.close(self._fd)
-            self._fd = None
+            if self._outlet is not None and os.getpid() == self._pid:
+                self._outlet.drain(self.config.exit_timeout if timeout is None else timeout)
+                self._outlet.close()
+            self._outlet = None
             self._broken = True  # what comes after close goes over HTTP, never to a new daemon
         if self._http is not None:
             self._http.close()
@@ -145,15 +203,17 @@ class PipeTransport:
         The lock is new: the parent's sender may have held it at fork time, and it would stay
         held here forever (the child's sender blocked in ``send_batch``)."""
         self._lock = threading.Lock()
-        if self._fd is not None:
-            os.close(self._fd)
-        self._fd, self._process, self._pid, self._pending = None, None, os.getpid(), b""
+        if self._outlet is not None:
+            self._outlet.forget()
+        self._outlet, self._process, self._pid = None, None, os.getpid()
         self._broken = True  # the child's batches go over HTTP
 
     def _usable(self) -> bool:
-        if self._fd is None and not self._broken:
+        if self._outlet is None and not self._broken:
             self._start()
-        return self._fd is not None and not self._broken
+        if self._outlet is not None and self._outlet.broken:
+            self._broken = True
+        return self._outlet is not None and not self._broken
 
     def _start(self) -> None:
         try:
@@ -163,55 +223,28 @@ class PipeTransport:
             self._broken = True
             return
         assert self._process.stdin is not None
-        self._fd = os.dup(self._process.stdin.fileno())
+        self._outlet = Outlet(os.dup(self._process.stdin.fileno()))
         self._process.stdin.close()
-        os.set_blocking(self._fd, False)
-        self._pending = hello(self.config)
+        self._outlet.pending = hello(self.config)
 
     def _write(self, line: bytes, wait: float) -> bool:
         """True when ``line`` went into the pipe whole within ``wait`` seconds. A line the pipe
         took only in part stays pending and is finished before anything else (the stream must
         stay parseable); the batch is still answered "retry", and its ``op_id``s make the
         second copy harmless."""
+        outlet = self._outlet
+        assert outlet is not None
         deadline = time.monotonic() + wait
-        if self._pending and not self._drain(wait):
+        if outlet.pending and not outlet.drain(wait):
+            self._broken = outlet.broken
             return False
-        self._pending = line
-        if self._drain(max(0.0, deadline - time.monotonic())):
+        outlet.pending = line
+        if outlet.drain(max(0.0, deadline - time.monotonic())):
             return True
-        if len(self._pending) == len(line):
-            self._pending = b""  # none of it went in: the sender retries it whole
+        self._broken = outlet.broken
+        if len(outlet.pending) == len(line):
+            outlet.pending = b""  # none of it went in: the sender retries it whole
         return False
-
-    def _flush_pending(self) -> bool:
-        try:
-            while self._pending:
-                sent = os.write(self._fd, self._pending)  # type: ignore[arg-type]
-                self._pending = self._pending[sent:]
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            self._lost(exc)
-            return False
-        return True
-
-    def _drain(self, timeout: float) -> bool:
-        """Write what is pending, waiting at most ``timeout`` for the daemon to read."""
-        deadline = time.monotonic() + timeout
-        while not self._flush_pending():
-            left = deadline - time.monotonic()
-            if self._fd is None or self._broken or left <= 0:
-                return False
-            select.select([], [self._fd], [], left)
-        return True
-
-    def _lost(self, exc: OSError) -> None:
-        if exc.errno == errno.EPIPE:
-            log.warning("datacat: the local daemon has gone; sending directly")
-        else:
-            log.warning("datacat: writing to the local daemon failed (%s); sending directly", exc)
-        self._broken = True
-        self._pending = b""
 
     def _fallback(self) -> HttpTransport:
         if self._http is None:

@@ -483,8 +483,16 @@ def get_worker(config: Config, transport: Transport | None = None) -> Worker:
     with _registry_lock:
         worker = _workers.get(key)
         if worker is None or worker._closed:
-            worker = _workers[key] = Worker(transport or transport_factory(config), config)
+            worker = _workers[key] = _new_worker(config, transport)
         return worker
+
+
+def _new_worker(config: Config, transport: Transport | None) -> Worker:
+    if config.sender == "process":
+        from datacat.offload import ProcessWorker  # late: only its users pay for it
+
+        return ProcessWorker(transport or http_transport(config), config)
+    return Worker(transport or transport_factory(config), config)
 
 
 def http_transport(config: Config) -> Transport:

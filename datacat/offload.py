@@ -1,0 +1,452 @@
+"""The sender in a child process (``sender="process"``): the app's side and the child's loop.
+
+With ``sender="process"`` the batching, the JSON and the HTTP of a session's sender run in a
+child process (``python -m datacat.offload``), on another core and outside the app's GIL. The
+app's :class:`ProcessWorker` is a ``Worker`` whose sender thread does not build batches: every
+``flush_interval`` (or ``batch_size`` items) it hands the queued items, exactly as the session
+verbs queued them, to the child through a pipe, one ``marshal`` frame per hand-over. What the
+app pays per item is the deque append it always paid and a share of one ``marshal.dumps``; the
+child runs the ordinary ``Worker`` on the items (batching, retries with backoff, the spool).
+
+- ``flush(timeout)`` is a round trip: the app writes a flush request and waits (at most
+  ``timeout``) for the child's answer, which carries the child's counters (``undelivered``).
+- The pipe closing while a session is still open (the app was killed, or ``os._exit``) is the
+  child's signal: it marks such sessions crashed (``parent_process_terminated``), as the local
+  daemon does. On a normal exit the app's exit hook ends its sessions first.
+- After the pipe closes the child delivers what is left within ``exit_timeout``, spools the
+  rest for a later run, and exits. It runs in its own session (Ctrl-C in the app's terminal does
+  not reach it) with no terminal: its stdout is the answer pipe, its stderr ``/dev/null``.
+- The child cannot start, or goes away: the app sends by itself (the ordinary thread sender),
+  from the items the child had not yet taken on.
+- Writes never block the app's threads: the pipe is non-blocking and what it cannot take yet
+  waits in the app (bounded by ``queue_size`` items; beyond, items are dropped and counted).
+
+Protocol, app to child (stdin): frames of one kind byte, a 4-byte big-endian length and the
+payload: ``H`` hello (JSON: the sender options and the app's pid), ``I`` items (``marshal`` of a
+list of item tuples), ``F`` flush request (JSON ``{"ticket": n, "timeout": s}``). Child to app
+(stdout): one JSON line per flush request, ``{"ticket", "ok", "pending", "stats"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import marshal
+import os
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import IO, Any
+
+from datacat import config as config_module
+from datacat._internal import jsonable, log_once, logger
+from datacat.batching import RAW, Item, _plain_tree, wire
+from datacat.config import SENDER_OPTIONS, Config
+from datacat.pipe import Outlet, daemon_environment
+from datacat.transport import HttpTransport, Transport
+from datacat.worker import Worker, _drain
+
+JSONDict = dict[str, Any]
+
+HELLO, ITEMS, FLUSH = b"H", b"I", b"F"
+_HEADER = struct.Struct(">cI")
+#: The options the child's sender is made with (the app's own; the child reads no environment).
+CHILD_OPTIONS = tuple(name for name in SENDER_OPTIONS if name not in ("daemon", "sender"))
+#: The reason of the crash the child reports for a session the app left open when it died.
+CRASH_REASON = "parent_process_terminated"
+#: Seconds the app's sender thread waits between two hand-overs, at most (the child batches
+#: by ``flush_interval`` itself; handing over often keeps items short-lived in the app).
+HAND_OVER_INTERVAL = 0.1
+#: Bytes asked for the pipe (Linux ``F_SETPIPE_SZ``): the child starting up does not stall it.
+PIPE_BYTES = 1 << 20
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    return _HEADER.pack(kind, len(payload)) + payload
+
+
+def encode_items(items: list[Item]) -> bytes:
+    """``marshal`` of the items. Containers that are not plain JSON are converted here, as the
+    sender would convert them (``jsonable``): ``marshal`` would refuse an unknown object, and
+    would write a buffer (a NumPy array, a ``bytearray``) as bytes instead of its ``repr``."""
+    return marshal.dumps([_portable(item) for item in items])
+
+
+def _portable(item: Item) -> Item:
+    for part in item:
+        kind = type(part)
+        if (kind is dict or kind is list) and not _plain_tree(part):
+            break
+        if kind is not dict and kind is not list and kind not in _ATOMS:
+            break
+    else:
+        return item
+    return tuple(_convert(part) for part in item)
+
+
+_ATOMS = frozenset({str, int, float, bool, type(None), tuple})
+
+
+def _convert(part: Any) -> Any:
+    kind = type(part)
+    if kind is tuple:  # an observation's buckets, an event's trace ids: kept as tuples
+        return tuple(_convert(x) for x in part)
+    if kind in _ATOMS or ((kind is dict or kind is list) and _plain_tree(part)):
+        return part
+    return jsonable(part)
+
+
+class ProcessWorker(Worker):
+    """The app's side: hands items to the child; sends by itself when there is no child."""
+
+    def __init__(self, transport: Transport, config: Config) -> None:
+        super().__init__(transport, config)
+        self._pipe_lock = threading.Lock()
+        self._init_child()
+
+    def _init_child(self) -> None:
+        self._process: subprocess.Popen[bytes] | None = None
+        self._outlet: Outlet | None = None
+        self._answers: int | None = None  # the read end of the child's answers
+        self._frames: deque[tuple[bytes, int]] = deque()  # frames to write, and their items
+        self._writing: tuple[bytes, int] | None = None  # the frame in the pipe in part
+        self._answer_buffer = b""
+        self._tickets = 0
+        self._gone = False  # no child (it could not start, or went away): send by ourselves
+        self._in_child = 0  # items handed over since the child's last answer
+        self._child_pending = 0  # items the child had not delivered at its last answer
+        self._child_stats: dict[str, int] = {}
+
+    # -- app side: the sender thread's cycle hands over instead of sending -----------------------
+
+    def _wait_time(self) -> float:
+        wait = super()._wait_time()
+        return wait if self._gone else min(wait, HAND_OVER_INTERVAL)
+
+    def _cycle_once(self, force: bool) -> bool:
+        if self._gone:
+            return super()._cycle_once(force)
+        items = _drain(self.queue)
+        reports = self._dropped_counts()
+        if reports:
+            items.extend((RAW, op["session_id"], op) for op in reports)
+        with self._pipe_lock:
+            if self._outlet is None and not self._start_child():
+                self.queue.extendleft(reversed(items))
+                return super()._cycle_once(force)
+            if items:
+                self._hand_over(items)
+            self._write()
+        return not self._gone or super()._cycle_once(force)
+
+    def _hand_over(self, items: list[Item]) -> None:
+        waiting = sum(count for _, count in self._frames)
+        if waiting + len(items) > self.maxsize:  # the child is far behind: drop, and count
+            for item in items:
+                self.count_dropped(item[1] if isinstance(item[1], str) else "")
+            return
+        try:
+            payload = encode_items(items)
+        except (ValueError, TypeError, RecursionError):  # a value nothing could convert
+            log_once("offload-encode", "datacat: items could not be handed to the sender")
+            for item in items:
+                self.count_dropped(item[1] if isinstance(item[1], str) else "")
+            return
+        self._frames.append((frame(ITEMS, payload), len(items)))
+
+    def _write(self, timeout: float | None = 0.0) -> bool:
+        """Move frames into the pipe (waiting at most ``timeout``); True when all went in."""
+        outlet = self._outlet
+        if outlet is None:
+            return False
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if outlet.pending:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not outlet.drain(left):
+                    if outlet.broken:
+                        self._lost_child()
+                    return False
+            self._writing = None  # in the pipe whole
+            if not self._frames:
+                return True
+            self._writing = self._frames.popleft()
+            outlet.pending = self._writing[0]
+            self._in_child += self._writing[1]
+
+    def pending(self) -> int:
+        waiting = sum(count for _, count in self._frames)
+        return super().pending() + waiting + self._in_child + self._child_pending
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Hand everything over, then ask the child to deliver it (a round trip, in ``timeout``)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        handed = super().flush(timeout)  # by the sender thread (with no child: sent by it)
+        if self._gone or not handed:
+            return handed
+        with self._pipe_lock:
+            ok = self._outlet is not None and self._round_trip(deadline)
+        if self._gone:  # it went away meanwhile: what it had not taken on is sent from here
+            return super().flush(_left(deadline))
+        return ok
+
+    def _round_trip(self, deadline: float | None) -> bool:
+        self._tickets += 1
+        ticket = self._tickets
+        left = _left(deadline)
+        # the child answers a little before our deadline, so its answer can still reach us
+        child_timeout = None if left is None else max(0.0, left * 0.9 - 0.01)
+        request = json.dumps({"ticket": ticket, "timeout": child_timeout}).encode()
+        self._frames.append((frame(FLUSH, request), 0))
+        if not self._write(_left(deadline)):
+            return False
+        answer = self._await(ticket, deadline)
+        return answer is not None and bool(answer.get("ok"))
+
+    def _await(self, ticket: int, deadline: float | None) -> JSONDict | None:
+        """Read answers until the one to ``ticket`` (older ones only update the counters)."""
+        answers = self._answers
+        while answers is not None:
+            for line in self._answer_lines():
+                answer = self._absorb(line)
+                if answer is not None and answer.get("ticket") == ticket:
+                    return answer
+            left = _left(deadline)
+            if left is not None and left <= 0:
+                return None
+            ready, _, _ = select.select([answers], [], [], left)  # a closed end is ready too
+            if ready and not self._read_answers():
+                self._lost_child()
+                return None
+        return None
+
+    def _read_answers(self) -> bool:
+        """Read what the child wrote; False when its end is closed (it has gone)."""
+        assert self._answers is not None
+        try:
+            data = os.read(self._answers, 65536)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        self._answer_buffer += data
+        return bool(data)
+
+    def _answer_lines(self) -> list[bytes]:
+        *lines, self._answer_buffer = self._answer_buffer.split(b"\n")
+        return lines
+
+    def _absorb(self, line: bytes) -> JSONDict | None:
+        """One answer: the child's counters become ours (by their change since the last one)."""
+        try:
+            answer = json.loads(line)
+            stats = {str(k): int(v) for k, v in answer["stats"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        for key, value in stats.items():
+            if key in self.stats:
+                self.stats[key] += value - self._child_stats.get(key, 0)
+        self._child_stats = stats
+        self._child_pending = int(answer.get("pending") or 0)
+        self._in_child = 0
+        return answer if isinstance(answer, dict) else None
+
+    # -- the child process ------------------------------------------------------------------------
+
+    def _start_child(self) -> bool:
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "datacat.offload"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the app's terminal must not cut delivery
+                close_fds=True,
+                env=daemon_environment(),
+            )
+        except (OSError, RuntimeError, ValueError) as exc:  # e.g. at interpreter shutdown
+            log_once("offload-start", "datacat: cannot start the sender process (%s)", str(exc))
+            self._gone = True
+            return False
+        assert process.stdin is not None and process.stdout is not None
+        _grow_pipe(process.stdin.fileno())
+        self._process = process
+        # Our ends are dups: Popen's file objects must not flush, buffer or close them.
+        self._outlet = Outlet(os.dup(process.stdin.fileno()), reader="sender process")
+        self._answers = os.dup(process.stdout.fileno())
+        process.stdin.close()
+        process.stdout.close()
+        os.set_blocking(self._answers, False)
+        self._outlet.pending = frame(HELLO, json.dumps(hello_options(self.config)).encode())
+        _children.append(process)  # kept referenced: it outlives us, Popen must not warn
+        return True
+
+    def _lost_child(self) -> None:
+        """The child went away: what it had not taken on is sent by this process."""
+        if self._gone:
+            return
+        log_once("offload-lost", "datacat: the sender process has gone; sending directly")
+        self._gone = True
+        if self._writing is not None:  # a torn frame: the child cannot have applied it
+            self._frames.appendleft(self._writing)
+        self._requeue_frames()
+        self._in_child = self._child_pending = 0
+        self._close_child()
+        if self._process is not None:
+            self._process.poll()  # reaped, if it has ended
+
+    def _close_child(self) -> None:
+        if self._outlet is not None:
+            self._outlet.close()
+        if self._answers is not None:
+            os.close(self._answers)
+        self._outlet, self._answers = None, None
+
+    def _spill_all(self) -> None:
+        """Exit gave up: what the child has not taken on goes to this process's spool."""
+        with self._pipe_lock:
+            self._requeue_frames()
+        super()._spill_all()
+
+    def _requeue_frames(self) -> None:
+        """The items of frames not written: back to the front of the queue, in order."""
+        unsent = [marshal.loads(data[_HEADER.size :]) for data, count in self._frames if count]
+        self._frames.clear()
+        for items in reversed(unsent):
+            self.queue.extendleft(reversed(items))
+
+    def _close_transport(self, deadline: float) -> None:
+        """Exit: close the pipe (the child's EOF: it delivers what it has, then exits)."""
+        with self._pipe_lock:
+            if self._outlet is not None:
+                self._outlet.drain(max(0.0, deadline - time.monotonic()))
+            self._close_child()
+        super()._close_transport(deadline)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the parent's sender process is the parent's (the inherited ends
+        are closed, or it would not see the parent end); a new one starts on first use."""
+        if self._outlet is not None:
+            self._outlet.forget()
+        if self._answers is not None:
+            os.close(self._answers)
+        self._pipe_lock = threading.Lock()
+        self._init_child()
+        super()._after_fork()
+        # The parent's sessions are created again here, but as ready operations: this
+        # process's child must not take them for its own (and crash them when it ends).
+        self._recreate = [(RAW, item[1], wire(*item)) for item in self._recreate]
+
+
+_children: list[subprocess.Popen[bytes]] = []
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _grow_pipe(fd: int) -> None:
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):  # not Linux, or over the system's limit
+        pass
+
+
+def hello_options(config: Config) -> JSONDict:
+    return {**{name: getattr(config, name) for name in CHILD_OPTIONS}, "pid": os.getpid()}
+
+
+# -- the child ------------------------------------------------------------------------------------
+
+
+class Child:
+    """The child's loop: items into the ordinary ``Worker``, flush requests answered, and at
+    EOF the sessions the app left open crashed."""
+
+    def __init__(self, worker: Worker, answers: IO[bytes], app_pid: Any = None) -> None:
+        self.worker = worker
+        self.answers = answers
+        self.app_pid = app_pid
+        self.open: set[str] = set()  # sessions created and not ended or crashed
+
+    def serve(self, stream: IO[bytes]) -> None:
+        for kind, payload in read_frames(stream):
+            if kind == ITEMS:
+                self.receive(marshal.loads(payload))
+            elif kind == FLUSH:
+                self.answer(json.loads(payload))
+        self.app_gone()
+
+    def receive(self, items: Iterable[Item]) -> None:
+        worker = self.worker
+        for item in items:
+            op = item[0]
+            if op == "create":
+                self.open.add(item[1])
+            elif op in ("end", "crash"):
+                self.open.discard(item[1])
+            if not worker.put(item):
+                worker.flush(self.worker.config.timeout)  # far behind: wait, then try once more
+                worker.put(item)
+
+    def answer(self, request: JSONDict) -> None:
+        timeout = request.get("timeout")
+        ok = self.worker.flush(None if timeout is None else float(timeout))
+        line = {"ticket": request.get("ticket"), "ok": ok, "pending": self.worker.pending()}
+        line["stats"] = self.worker.stats
+        try:
+            self.answers.write(json.dumps(line).encode() + b"\n")
+            self.answers.flush()
+        except OSError:  # the app has gone
+            pass
+
+    def app_gone(self) -> None:
+        """EOF: sessions still open were left by an app that died."""
+        data = {"pid": self.app_pid, "detected_by": "datacat sender process"}
+        for sid in sorted(self.open):
+            body = {"reason": CRASH_REASON, "data": data, "timestamp": time.time()}
+            self.worker.put(("crash", sid, body))
+        self.open.clear()
+
+
+def read_frames(stream: IO[bytes]) -> Iterable[tuple[bytes, bytes]]:
+    """The frames of ``stream`` until EOF (a torn last frame, the app dying mid-write, ends it)."""
+    while True:
+        header = stream.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            return
+        kind, size = _HEADER.unpack(header)
+        payload = stream.read(size)
+        if len(payload) < size:
+            return
+        yield kind, payload
+
+
+def main() -> int:
+    """``python -m datacat.offload``: serve the app on stdin, then deliver the rest, exit."""
+    logging.getLogger("datacat").addHandler(logging.NullHandler())
+    stream = os.fdopen(0, "rb", closefd=False)
+    answers = os.fdopen(1, "wb", closefd=False)
+    kind, payload = next(iter(read_frames(stream)), (b"", b""))
+    hello = json.loads(payload) if kind == HELLO else {}
+    options = {name: hello.get(name) for name in CHILD_OPTIONS}
+    config = config_module.resolve(env={}, **options)
+    worker = Worker(HttpTransport(config.url, config.api_key, config.timeout), config)
+    child = Child(worker, answers, hello.get("pid"))
+    try:
+        child.serve(stream)
+    except Exception:  # a bug here must still deliver what came in
+        logger.debug("datacat: sender process failed", exc_info=True)
+        child.app_gone()
+    return 0 if worker.close(time.monotonic() + config.exit_timeout) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""``sender="process"``: the sender in a child process, against a real server and real processes.
+
+What the app's process keeps is the queue and a pipe; these tests prove the rest still holds
+with the child doing the work: everything arrives (in order, once), ``flush``/``end`` round-trip
+within their deadline and say what was not delivered, the server down or stalling never blocks
+the app, an app killed with a session open gets it crashed by the child, a child that cannot
+start or dies leaves the app sending by itself, values marshal cannot carry arrive as the thread
+sender would send them, and a forked app does not share its parent's child.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from autoinstrument_helpers import PYTHON, client_env, event_named, events, metrics, session
+from client_helpers import Peer, session_factory, wait_for
+
+import datacat
+from datacat import offload
+from datacat.config import resolve
+from datacat.errors import ConfigurationError
+from datacat.offload import CRASH_REASON, ProcessWorker
+from datacat.session import Session
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[Callable[..., Session]]:
+    def process_session(url: str, **options: Any) -> Session:
+        return factory(url, **{"sender": "process", **options})
+
+    factory_gen = session_factory(tmp_path)
+    factory = next(factory_gen)
+    yield process_session
+    next(factory_gen, None)
+
+
+def child_of(session: Session) -> subprocess.Popen[bytes]:
+    worker = session._worker
+    assert isinstance(worker, ProcessWorker)
+    wait_for(lambda: worker._process is not None or worker._gone, 10)
+    assert worker._process is not None
+    return worker._process
+
+
+def test_everything_arrives_in_order_through_the_child(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    s = make(server_url, product="offload-basic")
+    assert isinstance(s._worker, ProcessWorker)
+    s.update_state({"phase": "start", "nested": {"a": 1}})
+    for i in range(300):
+        s.log_event("step", {"i": i}, labels=("x",))
+        s.observe("work", 0.001 * i, tags={"kind": "k"})
+    s.log_metric("size", 42, unit="bytes")
+    s.update_state({"phase": "done", "nested": {"b": 2}})
+    assert s.end(timeout=10)
+    assert s.undelivered == 0
+    got = session(server_url, s.id)
+    assert got["status"] == "ended"
+    assert got["state"]["phase"] == "done"
+    assert got["state"]["nested"] == {"a": 1, "b": 2}
+    steps = [e for e in events(server_url, s.id) if e["name"] == "step"]
+    assert [e["data"]["i"] for e in steps] == list(range(300))
+    assert steps[0]["labels"] == ["x"]
+    work = metrics(server_url, s.id, "work")
+    assert sum(m["count"] for m in work) == 300
+    assert metrics(server_url, s.id, "size")[0]["value"] == 42
+    assert child_of(s).pid != os.getpid()
+
+
+def test_values_marshal_cannot_carry_arrive_as_the_thread_sender_sends_them(
+    make: Callable[..., Session], tmp_path: Path, server_url: str
+) -> None:
+    class Odd:
+        def __repr__(self) -> str:
+            return "<odd>"
+
+    data = {
+        "obj": Odd(),
+        "buf": bytearray(b"ab"),
+        "view": memoryview(b"cd"),
+        "tuple": (1, "two"),
+        "set": {3},
+        "nan": float("nan"),
+        "nested": {"deep": [Odd(), 1.5]},
+    }
+    stored = []
+    for sender in ("thread", "process"):
+        factory = next(session_factory(tmp_path / sender))
+        s = factory(server_url, sender=sender, product="offload-values")
+        s.log_event("odd", data)
+        s.update_state({"odd": Odd()})
+        assert s.end(timeout=10)
+        stored.append((events(server_url, s.id, "odd")[0]["data"], session(server_url, s.id)))
+    (thread_data, thread_session), (process_data, process_session) = stored
+    assert process_data == thread_data
+    assert process_data["obj"] == "<odd>" and process_data["buf"] == "bytearray(b'ab')"
+    assert process_session["state"]["odd"] == thread_session["state"]["odd"] == "<odd>"
+
+
+def test_encode_items_keeps_plain_items_as_they_are() -> None:
+    item = ("event", "sid", "name", {"a": [1, "b"]}, "info", None, None, None, {}, 1.5, None)
+    assert offload._portable(item) is item
+    assert marshal.loads(offload.encode_items([item])) == [item]
+    observed = ("observe", "sid", "t", 0.5, "timer", {"k": "v"}, "s", (0.1, 1.0))
+    assert offload._portable(observed) is observed
+
+
+def test_server_down_never_blocks_and_counts_what_is_undelivered(
+    make: Callable[..., Session], tmp_path: Path
+) -> None:
+    with Peer("status", status=503) as peer:
+        s = make(peer.url, product="offload-down")
+        started = time.monotonic()
+        for i in range(2000):
+            s.log_event("e", {"i": i})
+        logging_took = time.monotonic() - started
+        started = time.monotonic()
+        assert not s.end(timeout=0.5)
+        ending_took = time.monotonic() - started
+        assert s.undelivered > 0
+    assert logging_took < 1.0  # the caller only queues
+    assert ending_took < 1.5  # the deadline holds (0.5 s and the answer's way back)
+
+
+def test_a_stalled_server_does_not_hold_the_flush_past_its_deadline(
+    make: Callable[..., Session],
+) -> None:
+    with Peer("stall") as peer:
+        s = make(peer.url, product="offload-stall", timeout=5.0)
+        s.log_event("e")
+        started = time.monotonic()
+        assert not s.flush(timeout=0.5)
+        assert time.monotonic() - started < 1.5
+        peer.release.set()
+
+
+def test_what_the_server_refused_while_down_arrives_later(
+    make: Callable[..., Session], tmp_path: Path, server_url: str
+) -> None:
+    """Down, then up: the child spooled and retried; everything arrives exactly once."""
+    with Peer("status", status=503) as peer:
+        s = make(peer.url, product="offload-recover")
+        for i in range(50):
+            s.log_event("e", {"i": i})
+        assert not s.flush(timeout=0.3)
+        peer.mode, peer.target = "forward", server_url
+        assert wait_for(lambda: s.flush(timeout=2), 20)
+        assert s.end(timeout=5)
+    assert [e["data"]["i"] for e in events(server_url, s.id, "e")] == list(range(50))
+
+
+APP = """
+import os, sys, time
+import datacat
+s = datacat.create_session(sender="process", product="offload-app", flush_interval=0.05)
+s.log_event("started")
+s.flush(10)
+print(s.id, s._worker._process.pid, flush=True)
+if sys.argv[1:] == ["kill"]:
+    time.sleep(60)
+elif sys.argv[1:] == ["os._exit"]:
+    os._exit(3)
+else:
+    s.log_event("last words")
+"""
+
+
+def run_app(url: str, tmp_path: Path, how: str) -> tuple[subprocess.Popen[str], str, int]:
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    env = {**os.environ, **client_env(url, tmp_path)}
+    proc = subprocess.Popen([PYTHON, str(script), how], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    sid, child = proc.stdout.readline().split()
+    return proc, sid, int(child)
+
+
+@pytest.mark.parametrize("how", ["kill", "os._exit"])
+def test_an_app_that_dies_with_its_session_open_gets_it_crashed(
+    server_url: str, tmp_path: Path, how: str
+) -> None:
+    proc, sid, child = run_app(server_url, tmp_path, how)
+    if how == "kill":
+        proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    got = wait_for(lambda: (found := session(server_url, sid))["crashed"] and found, 15)
+    assert got["crash_reason"] == CRASH_REASON
+    wait_for(lambda: _gone(child), 15)  # the child ends once it has delivered
+
+
+def test_a_normal_exit_ends_the_session_and_delivers_everything(
+    server_url: str, tmp_path: Path
+) -> None:
+    proc, sid, child = run_app(server_url, tmp_path, "exit")
+    assert proc.wait(10) == 0
+    assert proc.stdout is not None
+    proc.stdout.close()
+    assert session(server_url, sid)["status"] == "ended"  # delivered before the app exited
+    assert event_named(server_url, sid, "last words")
+    wait_for(lambda: _gone(child), 15)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # a zombie of an app that never reaped it still answers: read its state
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_child_that_cannot_start_leaves_the_app_sending_by_itself(
+    make: Callable[..., Session], server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("no processes left")
+
+    monkeypatch.setattr(offload.subprocess, "Popen", refuse)
+    s = make(server_url, product="offload-nochild")
+    for i in range(20):
+        s.log_event("e", {"i": i})
+    assert s.end(timeout=10)
+    assert s._worker._gone  # type: ignore[union-attr]
+    assert [e["data"]["i"] for e in events(server_url, s.id, "e")] == list(range(20))
+
+
+def test_a_child_that_dies_leaves_the_app_sending_by_itself(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    s = make(server_url, product="offload-childdies")
+    s.log_event("before")
+    assert s.flush(timeout=10)
+    child = child_of(s)
+    child.kill()
+    child.wait(10)
+    for i in range(20):
+        s.log_event("after", {"i": i})
+    assert s.end(timeout=10)
+    assert s._worker._gone  # type: ignore[union-attr]
+    assert [e["data"]["i"] for e in events(server_url, s.id, "after")] == list(range(20))
+
+
+FORK_APP = """
+import os, sys
+import datacat
+s = datacat.create_session(sender="process", product="offload-fork", flush_interval=0.05)
+s.log_event("parent before fork")
+s.flush(10)
+parent_child = s._worker._process.pid
+pid = os.fork()
+if pid == 0:
+    s.log_event("in the forked child")
+    ok = s.flush(10)
+    mine = s._worker._process.pid if s._worker._process else None
+    print("forked", ok, mine != parent_child, flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+s.log_event("parent after fork")
+print(s.id, s.end(timeout=10), flush=True)
+"""
+
+
+def test_a_forked_app_gets_its_own_child(server_url: str, tmp_path: Path) -> None:
+    script = tmp_path / "fork_app.py"
+    script.write_text(FORK_APP)
+    env = {**os.environ, **client_env(server_url, tmp_path)}
+    done = subprocess.run(
+        [PYTHON, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    forked, parent = done.stdout.splitlines()
+    assert forked == "forked True True"
+    sid, ended = parent.split()
+    assert ended == "True"
+    names = [e["name"] for e in events(server_url, sid)]
+    assert names.count("in the forked child") == 1
+    assert names.count("parent after fork") == 1
+    assert session(server_url, sid)["status"] == "ended"
+
+
+def test_sender_is_checked_and_read_from_the_environment() -> None:
+    assert resolve(env={"DATACAT_SENDER": "process"}).sender == "process"
+    assert resolve(env={}).sender == "thread"
+    with pytest.raises(ConfigurationError, match="sender must be thread or process"):
+        resolve(sender="fiber")
+    assert resolve(sender="process").destination() != resolve().destination()
+
+
+def test_a_process_session_and_a_thread_session_do_not_share_a_sender(
+    make: Callable[..., Session], tmp_path: Path, server_url: str
+) -> None:
+    threaded = next(session_factory(tmp_path / "t"))(server_url, product="offload-mixed")
+    processed = make(server_url, product="offload-mixed")
+    assert type(threaded._worker) is datacat.worker.Worker
+    assert isinstance(processed._worker, ProcessWorker)
