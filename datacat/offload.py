@@ -4,8 +4,8 @@ With ``sender="process"`` the batching, the JSON and the HTTP of a session's sen
 child process (``python -m datacat.offload``), on another core and outside the app's GIL. The
 app's :class:`ProcessWorker` is a ``Worker`` whose sender thread does not build batches: every
 ``flush_interval`` (or ``batch_size`` items) it hands the queued items, exactly as the session
-verbs queued them, to the child through a pipe, one ``marshal`` frame per hand-over. What the
-app pays per item is the deque append it always paid and a share of one ``marshal.dumps``; the
+verbs queued them, to the child through a pipe, one pickle frame per hand-over. What the
+app pays per item is the deque append it always paid and a share of one ``pickle.dumps``; the
 child runs the ordinary ``Worker`` on the items (batching, retries with backoff, the spool).
 
 - ``flush(timeout)`` is a round trip: the app writes a flush request and waits (at most
@@ -22,17 +22,19 @@ child runs the ordinary ``Worker`` on the items (batching, retries with backoff,
   waits in the app (bounded by ``queue_size`` items; beyond, items are dropped and counted).
 
 Protocol, app to child (stdin): frames of one kind byte, a 4-byte big-endian length and the
-payload: ``H`` hello (JSON: the sender options and the app's pid), ``I`` items (``marshal`` of a
-list of item tuples), ``F`` flush request (JSON ``{"ticket": n, "timeout": s}``). Child to app
-(stdout): one JSON line per flush request, ``{"ticket", "ok", "pending", "stats"}``.
+payload: ``H`` hello (JSON: the sender options and the app's pid), ``I`` items (a pickle of a
+list of item tuples that holds only built-in types: ``encode_items``), ``F`` flush request (JSON
+``{"ticket": n, "timeout": s}``). Child to app (stdout): one JSON line per flush request,
+``{"ticket", "ok", "pending", "stats"}``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import marshal
 import os
+import pickle
 import select
 import struct
 import subprocess
@@ -45,7 +47,7 @@ from typing import IO, Any
 
 from datacat import config as config_module
 from datacat._internal import jsonable, log_once, logger
-from datacat.batching import RAW, Item, _plain_tree, wire
+from datacat.batching import RAW, Item, wire
 from datacat.config import SENDER_OPTIONS, Config
 from datacat.pipe import Outlet, daemon_environment
 from datacat.transport import HttpTransport, Transport
@@ -70,35 +72,46 @@ def frame(kind: bytes, payload: bytes) -> bytes:
     return _HEADER.pack(kind, len(payload)) + payload
 
 
+class _Encoder(pickle.Pickler):
+    """Pickles queue items as the sender will see them. Exact built-in types (``str``,
+    ``dict``, ``float``, ...) are written as they are, by the C pickler; ``reducer_override``
+    sees every other object (a user's class, an ``IntEnum``, a NumPy array, a ``bytearray``)
+    and writes what the sender would make of it (``jsonable``: its ``repr``, say) instead, so
+    the stream holds only built-in types and the child never imports or runs the app's code."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, type) and obj.__module__ == "builtins":
+            return NotImplemented  # ``str``, ``dict``...: the replacements are made with them
+        value = jsonable(obj)
+        return NotImplemented if value is None else (type(value), (value,))
+
+
 def encode_items(items: list[Item]) -> bytes:
-    """``marshal`` of the items. Containers that are not plain JSON are converted here, as the
-    sender would convert them (``jsonable``): ``marshal`` would refuse an unknown object, and
-    would write a buffer (a NumPy array, a ``bytearray``) as bytes instead of its ``repr``."""
-    return marshal.dumps([_portable(item) for item in items])
+    """The pickle of ``items`` (see ``_Encoder``). An item nothing can pickle (nested deeper
+    than the pickler's recursion limit, say) goes as the sender would send it, alone."""
+    try:
+        return _dumps(items)
+    except (RecursionError, pickle.PicklingError, TypeError, ValueError, AttributeError):
+        return _dumps([_encodable(item) for item in items])
 
 
-def _portable(item: Item) -> Item:
-    for part in item:
-        kind = type(part)
-        if (kind is dict or kind is list) and not _plain_tree(part):
-            break
-        if kind is not dict and kind is not list and kind not in _ATOMS:
-            break
-    else:
-        return item
-    return tuple(_convert(part) for part in item)
+def _dumps(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Encoder(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    return buffer.getvalue()
 
 
-_ATOMS = frozenset({str, int, float, bool, type(None), tuple})
+def _encodable(item: Item) -> Item:
+    try:
+        _dumps(item)
+    except (RecursionError, pickle.PicklingError, TypeError, ValueError, AttributeError):
+        return tuple(jsonable(part) for part in item)  # cut at jsonable's depth
+    return item
 
 
-def _convert(part: Any) -> Any:
-    kind = type(part)
-    if kind is tuple:  # an observation's buckets, an event's trace ids: kept as tuples
-        return tuple(_convert(x) for x in part)
-    if kind in _ATOMS or ((kind is dict or kind is list) and _plain_tree(part)):
-        return part
-    return jsonable(part)
+def decode_items(payload: bytes) -> list[Item]:
+    items: list[Item] = pickle.loads(payload)
+    return items
 
 
 class ProcessWorker(Worker):
@@ -315,7 +328,7 @@ class ProcessWorker(Worker):
 
     def _requeue_frames(self) -> None:
         """The items of frames not written: back to the front of the queue, in order."""
-        unsent = [marshal.loads(data[_HEADER.size :]) for data, count in self._frames if count]
+        unsent = [decode_items(data[_HEADER.size :]) for data, count in self._frames if count]
         self._frames.clear()
         for items in reversed(unsent):
             self.queue.extendleft(reversed(items))
@@ -379,7 +392,7 @@ class Child:
     def serve(self, stream: IO[bytes]) -> None:
         for kind, payload in read_frames(stream):
             if kind == ITEMS:
-                self.receive(marshal.loads(payload))
+                self.receive(decode_items(payload))
             elif kind == FLUSH:
                 self.answer(json.loads(payload))
         self.app_gone()

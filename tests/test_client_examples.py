@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from client_helpers import details
+from client_helpers import details, wait_for
 from serverproc import free_port
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -47,3 +47,19 @@ def test_offline_then_replay(server_factory: Callable[..., Any], tmp_path: Path)
     got = details(url, sid)
     assert [e["data"]["step"] for e in got["events"]] == list(range(10))
     assert got["state"]["step"] == 9 and got["ended_at"]
+
+
+def test_process_sender_delivers_everything_and_a_kill_is_a_crash(server_url: str) -> None:
+    out = run(str(EXAMPLES / "process_sender.py"), "--url", server_url)
+    assert "delivered: True" in out and "holds 20000 events; status ended" in out
+    killed = subprocess.run(
+        [sys.executable, str(EXAMPLES / "process_sender.py"), "--url", server_url, "--kill"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert killed.returncode == -9, killed.stderr
+    sid = killed.stdout.split()[1].rstrip(":")
+    got = wait_for(lambda: (found := details(server_url, sid))["crashed"] and found, 15)
+    assert got["crash_reason"] == "parent_process_terminated"

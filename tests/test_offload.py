@@ -10,7 +10,6 @@ sender would send them, and a forked app does not share its parent's child.
 
 from __future__ import annotations
 
-import marshal
 import os
 import signal
 import subprocess
@@ -106,12 +105,42 @@ def test_values_marshal_cannot_carry_arrive_as_the_thread_sender_sends_them(
     assert process_session["state"]["odd"] == thread_session["state"]["odd"] == "<odd>"
 
 
-def test_encode_items_keeps_plain_items_as_they_are() -> None:
-    item = ("event", "sid", "name", {"a": [1, "b"]}, "info", None, None, None, {}, 1.5, None)
-    assert offload._portable(item) is item
-    assert marshal.loads(offload.encode_items([item])) == [item]
+def test_items_cross_the_pipe_as_built_in_types_only() -> None:
+    plain = (
+        "event",
+        "sid",
+        "name",
+        {"a": [1, "b"], "s": {2}},
+        "info",
+        None,
+        None,
+        None,
+        {},
+        1.5,
+        None,
+    )
     observed = ("observe", "sid", "t", 0.5, "timer", {"k": "v"}, "s", (0.1, 1.0))
-    assert offload._portable(observed) is observed
+    assert offload.decode_items(offload.encode_items([plain, observed])) == [plain, observed]
+
+    class Odd:
+        def __repr__(self) -> str:
+            return "<odd>"
+
+    odd = ("event", "sid", "odd", {"o": Odd(), "cls": Odd, "fn": len, "t": int}, "info")
+    [decoded] = offload.decode_items(offload.encode_items([odd]))
+    assert decoded[3]["o"] == "<odd>" and decoded[3]["t"] is int
+    assert "Odd" in decoded[3]["cls"] and "len" in decoded[3]["fn"]
+
+
+def test_an_item_too_deep_to_pickle_costs_only_itself() -> None:
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(5000):
+        node["a"] = node = {}
+    items = [("event", "sid", "deep", deep), ("event", "sid", "fine", {"x": 1})]
+    decoded = offload.decode_items(offload.encode_items(items))
+    assert decoded[1] == items[1]
+    assert decoded[0][2] == "deep" and isinstance(decoded[0][3], dict)
 
 
 def test_server_down_never_blocks_and_counts_what_is_undelivered(
