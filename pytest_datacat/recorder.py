@@ -24,7 +24,7 @@ import datacat
 from datacat.config import resolve
 from pytest_datacat import metadata, reports
 from pytest_datacat.plugin import SESSION, Settings
-from pytest_datacat.relay import UNDELIVERED, ItemReporter
+from pytest_datacat.relay import UNDELIVERED, ItemTracker
 
 logger = logging.getLogger("datacat.pytest")
 
@@ -56,7 +56,9 @@ def register(config: pytest.Config, settings: Settings) -> None:
         return
     config.stash[SESSION] = recorder.session
     config.pluginmanager.register(recorder, "datacat-recorder")
-    config.pluginmanager.register(ItemReporter(), "datacat-items")
+    # Where tests run here (no xdist): the recorder describes each deciding report from its item.
+    # Under xdist this process runs no test and the workers' reports carry their description.
+    config.pluginmanager.register(recorder.items, "datacat-items")
 
 
 def _create_session(config: pytest.Config, settings: Settings) -> datacat.Session:
@@ -106,7 +108,12 @@ class Recorder:
         self.internal_errors = 0
         self.workers_undelivered = 0  # what xdist workers' own writes could not deliver
         self.delivered: bool | None = None
-        self._tests: dict[str, list[Any]] = {}  # nodeid -> [outcome, summed duration]
+        self.items = ItemTracker()
+        # nodeid -> summed duration of the test's reports so far, and (only where it is not
+        # "passed") its outcome: strings and floats only, so neither dict is ever tracked by
+        # the garbage collector (a list per test was, and lived as long as the test)
+        self._durations: dict[str, float] = {}
+        self._outcomes: dict[str, str] = {}
         self._next_progress = 0.0
         self._started = time.monotonic()
         self.session = _create_session(config, settings)
@@ -147,36 +154,49 @@ class Recorder:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.counts["collected"] = len(session.items)
         self._progress(force=True)
+        _make_locations(session.items)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Three times per test, so cheap: plain attribute reads, no per-test state update (the
         # progress is throttled), and the guard inlined rather than ``_guarded``.
         try:
-            nodeid, when = report.nodeid, report.when
-            test = self._tests.get(nodeid)
-            if test is None:  # the test's first report: it is the current one
-                test = self._tests[nodeid] = [None, 0.0]
+            nodeid = report.nodeid
+            durations = self._durations
+            duration = durations.get(nodeid)
+            if duration is None:  # the test's first report: it is the current one
+                duration = 0.0
                 self.current = nodeid
-            test[1] += report.duration
+            durations[nodeid] = duration + report.duration
+            when = report.when
             if when == "call" or report.outcome != "passed":  # the reports that decide
-                self._result(report, test)
+                self._result(report, nodeid)
             if when == "teardown":
                 self._test_finished(nodeid)
         except Exception:
             self.internal_errors += 1
             logger.debug("datacat: internal error in pytest_runtest_logreport", exc_info=True)
 
-    def _result(self, report: pytest.TestReport, test: list[Any]) -> None:
+    def _result(self, report: pytest.TestReport, nodeid: str) -> None:
         result = reports.outcome(report)
-        if result is not None:
-            self.counts[reports.COUNTERS[result]] += 1
-            test[0] = test[0] if test[0] in ("failed", "error") else result
-            name, fields = reports.result_event(report, result)
-            self.session.log_event(name, **fields)
+        if result is None:
+            return
+        self.counts[reports.COUNTERS[result]] += 1
+        outcomes = self._outcomes
+        if (result != "passed" or nodeid in outcomes) and outcomes.get(nodeid) not in (
+            "failed",
+            "error",
+        ):
+            outcomes[nodeid] = result  # a failure or error stays the test's outcome
+        # from an xdist worker the report carries its description; here, the item gives it
+        extra = report.__dict__.get(reports.EXTRA)
+        if extra is None:
+            extra = self.items.describe(report)
+        name, fields = reports.result_event(report, result, extra)
+        self.session.log_event(name, **fields)
 
     def _test_finished(self, nodeid: str) -> None:
-        result, duration = self._tests.pop(nodeid)
-        tags = {"nodeid": nodeid, "outcome": result or "passed"}
+        duration = self._durations.pop(nodeid)
+        tags = {"nodeid": nodeid, "outcome": self._outcomes.pop(nodeid, "passed")}
         # the aggregated path: one tuple on this thread; the sender makes the timer metric
         self.session.observe(DURATION, duration, type="timer", tags=tags, unit="s", buckets=None)
         if _monotonic() >= self._next_progress:
@@ -252,6 +272,22 @@ class Recorder:
             )
         if self.internal_errors:
             write(f"datacat: {self.internal_errors} internal errors (see log level DEBUG)")
+
+
+def _make_locations(items: list[pytest.Item]) -> None:
+    """Each item's ``location`` (cached on the item) made now rather than as its test starts.
+
+    A test's event holds that tuple in its ``data``. CPython stops tracking a tuple of atoms at
+    the first collection that sees it, but a dict only at a full one, and a dict tracks itself
+    as soon as it is given a tuple still tracked: made as the test starts, the location would
+    get every event's ``data`` dict tracked (and promoted, and swept by full collections) for as
+    long as it waits in the session's queue. Made here, it is old by then and the dict is not.
+    """
+    for item in items:
+        try:
+            _ = item.location
+        except Exception:  # pytest makes it again as the test starts and reports the error then
+            continue
 
 
 def _final_state(exitstatus: int | None, seconds: float) -> dict[str, Any]:

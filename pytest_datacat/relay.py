@@ -1,8 +1,13 @@
-"""Where tests run: the reports' extras, and on an xdist worker a handle on the run's session.
+"""Where tests run: what only the item knows, and on an xdist worker a handle on the run's session.
 
-:class:`ItemReporter` attaches what only the item knows to its reports (see
-:func:`pytest_datacat.reports.report_extra`); xdist relays them to the controller, which records
-them. A worker must not own the run's session (only the controller creates and ends it): its
+:class:`ItemTracker` remembers the item of the report being made (and the type of what it
+raised) with a plain ``pytest_runtest_makereport`` implementation that returns nothing, so the
+recorder can describe a deciding report (markers, ``record_datacat`` data, exception type; see
+:func:`pytest_datacat.reports.describe`) without a hook wrapper: pluggy runs a wrapper as a
+generator, several µs per call and three calls per test, where a plain call costs well under
+one. On an xdist worker :class:`ItemReporter` attaches that description to the report (the
+JSON-safe attribute ``datacat_extra``) before xdist relays it to the controller, which records
+it. A worker must not own the run's session (only the controller creates and ends it): its
 ``datacat_session`` is ``datacat.attach_session`` of the controller's session id, made on the
 fixture's first use, which writes directly to the server and never creates or ends the session.
 A worker whose tests never ask for the fixture imports nothing of DataCat, opens no connection
@@ -12,7 +17,6 @@ and starts no thread.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -24,24 +28,48 @@ logger = logging.getLogger("datacat.pytest")
 UNDELIVERED = "datacat_undelivered"
 
 
-class ItemReporter:
-    """Where tests run: attaches markers, recorded data and exception type to the reports."""
+class ItemTracker:
+    """Where tests run: the item of the report being made, to describe the reports that decide."""
 
     def __init__(self) -> None:
-        self.inherited: reports.Inherited = {}  # the collectors' marker names, looked up once
+        self.item: pytest.Item | None = None
+        self.raised: str | None = None  # the type name of what the item's last phase raised
+        self.markers = reports.MarkerNames()
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
+    # tryfirst: before pytest's own implementation, which returns the report (firstresult)
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+        # Three times per test: two attribute writes. Only the type's name is kept, not the
+        # exception (its traceback would keep the test's frames alive until the next phase).
+        self.item = item
+        excinfo = call.excinfo
+        self.raised = None if excinfo is None else excinfo.typename
+
+    def describe(self, report: pytest.TestReport) -> reports.Fields | None:
+        """Markers, recorded data and exception type of ``report``'s item (``None`` when the
+        report is not the one just made, e.g. one another plugin made without this hook)."""
+        item = self.item
+        if item is None or item.nodeid != report.nodeid:
+            return None
+        raised = self.raised if report.failed else None
+        return reports.describe(item, raised, self.markers)
+
+
+class ItemReporter(ItemTracker):
+    """On an xdist worker: attaches the description to each deciding report, which xdist relays
+    to the controller with the report."""
+
+    # tryfirst: before xdist's worker serializes the report for the controller
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call" and report.outcome == "passed":
-            return report  # two of every test's three reports: nothing to add
+            return  # two of every test's three reports: nothing to add
         try:
-            reports.report_extra(item, call, report, self.inherited)
+            extra = self.describe(report)
+            if extra is not None:
+                setattr(report, reports.EXTRA, extra)
         except Exception:
-            logger.debug("datacat: cannot describe %s", item.nodeid, exc_info=True)
-        return report
+            logger.debug("datacat: cannot describe %s", report.nodeid, exc_info=True)
 
 
 class WorkerSession:

@@ -1,10 +1,11 @@
 """How pytest's reports become DataCat events: outcomes, test events, collection errors, warnings.
 
-Two halves meet here. :func:`report_extra` runs where the test runs (the only process, or an
-xdist worker) and attaches what only the item knows (markers, ``record_datacat`` data, the
-exception's type) to the report as the JSON-safe attribute ``datacat_extra``, which xdist
-relays to the controller with the report. The other functions run where results are recorded
-and turn a report into the keyword arguments of ``Session.log_event``. Pure functions; no I/O.
+Two halves meet here. :func:`describe` runs where the test runs (the only process, or an
+xdist worker) and tells what only the item knows (markers, ``record_datacat`` data, the
+exception's type); an xdist worker attaches it to the report as the JSON-safe attribute
+``datacat_extra``, which xdist relays to the controller with the report. The other functions
+run where results are recorded and turn a report into the keyword arguments of
+``Session.log_event``. Pure functions (and one cache of marker names); no I/O.
 """
 
 from __future__ import annotations
@@ -50,23 +51,43 @@ def outcome(report: pytest.TestReport) -> str | None:
     return "failed" if report.when == "call" else "error"
 
 
-#: id of a collector -> (the collector, the names of its and its parents' markers): the tests
-#: of a module share one walk up the node chain instead of one each.
-Inherited = dict[int, tuple[Any, tuple[str, ...]]]
+class MarkerNames:
+    """The names of the markers that apply to an item, closest first, each once, as one shared
+    tuple per distinct list of names.
+
+    The tests of a module share one walk up the node chain (the collectors' names are looked up
+    once per collector), and equal lists of names share one tuple: an event that holds a tuple
+    made long ago holds no object the garbage collector still tracks (CPython stops tracking a
+    tuple of strings at its first collection), so its ``data`` dict is not tracked either while
+    it waits in the session's queue. A list, or a tuple made for each test, would be.
+    """
+
+    def __init__(self) -> None:
+        # id of a collector -> (the collector, the names of its and its parents' markers)
+        self._inherited: dict[int, tuple[Any, tuple[str, ...]]] = {}
+        self._shared: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def __call__(self, item: pytest.Item) -> tuple[str, ...]:
+        parent = item.parent
+        cached = self._inherited.get(id(parent))
+        if cached is None or cached[0] is not parent:
+            names = tuple(m.name for m in parent.iter_markers()) if parent is not None else ()
+            cached = self._inherited[id(parent)] = (parent, self._share(names))
+        own = item.own_markers
+        if not own:
+            return cached[1]
+        return self._share((*(m.name for m in own), *cached[1]))
+
+    def _share(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        names = tuple(dict.fromkeys(names))
+        return self._shared.setdefault(names, names)
 
 
-def report_extra(
-    item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, inherited: Inherited
-) -> None:
-    """Attach the item's markers, recorded data and exception type to a deciding report."""
-    if not report.passed or report.when == "call":
-        setattr(report, EXTRA, _describe(item, call, report, inherited))
-
-
-def _describe(
-    item: pytest.Item, call: pytest.CallInfo[None], report: pytest.TestReport, inherited: Inherited
-) -> Fields:
-    names = marker_names(item, inherited)
+def describe(item: pytest.Item, raised: str | None, markers: MarkerNames) -> Fields:
+    """What only the item knows about its deciding report: the names of its markers, the labels
+    and data of its ``datacat`` markers and ``record_datacat``, and ``raised`` (the type name of
+    the exception a failed report's phase raised) as ``exception_type``."""
+    names = markers(item)
     extra: Fields = {"markers": names}
     labels: list[str] = []
     data: dict[str, Any] = {}
@@ -74,25 +95,17 @@ def _describe(
         for mark in item.iter_markers("datacat"):
             labels.extend(str(arg) for arg in mark.args)
             data = {**mark.kwargs, **data}  # the closest marker wins
-    recorded: dict[str, Any] = item.stash.get(RECORDED, {})
-    data.update(recorded)
+    stash = item.stash
+    if RECORDED in stash:  # not ``stash.get``: a missing key raises (and catches) inside
+        recorded: dict[str, Any] = stash[RECORDED]
+        data.update(recorded)
     if labels:
         extra["labels"] = labels
     if data:
         extra["recorded"] = json_safe(data)
-    if call.excinfo is not None and not report.passed:
-        extra["exception_type"] = call.excinfo.typename
+    if raised is not None:
+        extra["exception_type"] = raised
     return extra
-
-
-def marker_names(item: pytest.Item, inherited: Inherited) -> list[str]:
-    """The names of the markers that apply to ``item``, closest first, each once."""
-    parent = item.parent
-    cached = inherited.get(id(parent))
-    if cached is None or cached[0] is not parent:
-        names = tuple(m.name for m in parent.iter_markers()) if parent is not None else ()
-        cached = inherited[id(parent)] = (parent, names)
-    return list(dict.fromkeys([*(m.name for m in item.own_markers), *cached[1]]))
 
 
 def json_safe(value: Any) -> Any:
@@ -100,18 +113,24 @@ def json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=repr))
 
 
-def result_event(report: pytest.TestReport, result: str) -> tuple[str, Fields]:
-    """Name and ``log_event`` keyword arguments of the event for a deciding report."""
+def result_event(
+    report: pytest.TestReport, result: str, extra: Fields | None = None
+) -> tuple[str, Fields]:
+    """Name and ``log_event`` keyword arguments of the event for a deciding report; ``extra``
+    is :func:`describe`'s, else what an xdist worker attached to the report (``EXTRA``)."""
     attributes = report.__dict__  # ``datacat_extra`` and xdist's ``worker_id`` live here
-    extra: Fields = attributes.get(EXTRA) or _NO_EXTRA
+    if extra is None:
+        extra = attributes.get(EXTRA) or _NO_EXTRA
     data: Fields = {
         "nodeid": report.nodeid,
         "outcome": result,
         "phase": report.when,
         "duration": report.duration,
         "worker": attributes.get("worker_id") or "main",
-        "markers": extra.get("markers", []),
-        "location": list(report.location),
+        # tuples: the client sends them as JSON lists, and the garbage collector does not track
+        # a tuple of strings once it has seen it (``report.location`` is the item's own)
+        "markers": extra.get("markers", ()),
+        "location": report.location,
     }
     if "recorded" in extra:
         data["recorded"] = extra["recorded"]

@@ -143,6 +143,9 @@ def _check_events(by_test: dict[str, dict[str, Any]], xdist: tuple[str, ...]) ->
     assert error["exception_type"] == "RuntimeError" and error["data"]["phase"] == "setup"
     assert error["exception_msg"] == "setup broke"
     assert passed["data"]["recorded"] == {"answer": 42} and passed["data"]["duration"] >= 0
+    # sent as tuples (the item's own location, one shared tuple of marker names): JSON lists
+    assert passed["data"]["location"] == ["test_suite.py", 5, "test_pass"]  # line from 0
+    assert passed["data"]["markers"] == [] and by_test["test_xfail"]["data"]["markers"] == ["xfail"]
     assert by_test["test_skip"]["data"]["reason"] == "Skipped: not today"
     assert by_test["test_xfail"]["data"]["reason"] == "known bug"
     assert by_test["test_warns"]["level"] == "info"
@@ -321,3 +324,64 @@ def test_secrets_reach_neither_the_state_nor_the_terminal(
 def test_a_run_batches_lazily_unless_the_environment_says_otherwise() -> None:
     assert sender_options({}) == SENDER and SENDER["flush_interval"] > 0.5
     assert sender_options({"DATACAT_FLUSH_INTERVAL": "0.1"}) == {"batch_size": 5000}
+
+
+DESCRIBED = """
+import pytest
+
+
+class Custom(Exception):
+    pass
+
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise Custom("teardown broke")
+
+
+@pytest.mark.slow
+@pytest.mark.datacat("a", kind="unit")
+def test_custom(broken_teardown):
+    raise Custom("boom")
+
+
+def test_plain_raise():
+    raise ValueError
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_param(n, pytestconfig):
+    hooks = pytestconfig.pluginmanager.hook.pytest_runtest_makereport.get_hookimpls()
+    ours = [impl for impl in hooks if impl.plugin_name.startswith("datacat")]
+    # the plugin's own is a plain call, no generator-based wrapper (single process and worker)
+    assert ours and not any(impl.wrapper or impl.hookwrapper for impl in ours)
+"""
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["single", "xdist"])
+def test_each_deciding_report_is_described_without_a_hook_wrapper(
+    pytester: pytest.Pytester, server_url: str, xdist: tuple[str, ...]
+) -> None:
+    """The exception's type is its class's own name (pytest's text would say
+    ``test_described.Custom``, or nothing for a bare raise), for a call and a teardown; the
+    markers and ``datacat`` labels and data come with every deciding report."""
+    product = f"described-{uuid.uuid4()}"
+    pytester.makepyfile(test_described=DESCRIBED)
+    result = pytester.runpytest_subprocess(
+        f"--datacat-url={server_url}", f"--datacat-product={product}", *xdist
+    )
+    result.assert_outcomes(passed=2, failed=2, errors=1)
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    by_phase = {(e["data"]["nodeid"].split("::")[-1], e["data"]["phase"]): e for e in events}
+    failed, broken = by_phase["test_custom", "call"], by_phase["test_custom", "teardown"]
+    # (the message keeps pytest's qualified name: "test_described.Custom: boom")
+    assert failed["exception_type"] == "Custom" and failed["exception_msg"].endswith("boom")
+    assert broken["exception_type"] == "Custom" and broken["exception_msg"].endswith("broke")
+    for event in (failed, broken):
+        assert event["data"]["markers"] == ["datacat", "slow"]
+        assert event["labels"] == ["a"] and event["data"]["recorded"] == {"kind": "unit"}
+    assert by_phase["test_plain_raise", "call"]["exception_type"] == "ValueError"
+    param = by_phase["test_param[1]", "call"]
+    assert param["name"] == "test_passed" and param["data"]["markers"] == ["parametrize"]

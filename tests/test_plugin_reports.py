@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import json
 import warnings
 from typing import Any
 
@@ -42,11 +44,17 @@ def test_a_text_failure_names_its_exception_from_the_E_lines() -> None:
     assert name == "test_failed" and fields["level"] == "error"
     assert fields["exception_type"] == "KeyError" and fields["exception_msg"] == "'k'"
     assert fields["stacktrace"] == text.splitlines()
-    assert fields["data"]["worker"] == "main" and fields["data"]["location"] == [
-        "t.py",
-        3,
-        "test_x",
-    ]
+    assert fields["data"]["worker"] == "main"
+    # the report's own tuple, which the client sends as a JSON list
+    assert json.loads(json.dumps(fields["data"])) == {
+        "nodeid": "t.py::test_x",
+        "outcome": "failed",
+        "phase": "call",
+        "duration": 0.5,
+        "worker": "main",
+        "markers": [],
+        "location": ["t.py", 3, "test_x"],
+    }
 
 
 def test_a_skip_carries_its_reason_and_extra_data() -> None:
@@ -65,3 +73,38 @@ def test_a_warning_event_points_at_its_source() -> None:
     assert name == "test_warning" and fields["level"] == "warning" and fields["message"] == "old"
     assert (fields["source_file"], fields["source_line"]) == ("m.py", 7)
     assert fields["data"]["category"] == "DeprecationWarning"
+
+
+def test_a_passing_event_holds_nothing_the_garbage_collector_tracks() -> None:
+    """What waits in the session's queue costs no garbage collection: its ``data`` dict holds
+    only atoms and tuples of atoms the collector has already seen (lists would be tracked)."""
+    report = _report("passed", "call")
+    shared = ("slow",)
+    gc.collect()  # as for the item's location made at collection, and the shared names
+    _, fields = reports.result_event(report, "passed", {"markers": shared})
+    assert not gc.is_tracked(fields["data"])
+    assert fields["data"]["markers"] is shared and fields["data"]["location"] is report.location
+
+
+def test_equal_marker_names_share_one_tuple(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nmarkers =\n    slow\n    fast\n")
+    items = pytester.getitems(
+        """
+        import pytest
+
+        pytestmark = pytest.mark.slow
+
+        @pytest.mark.fast
+        @pytest.mark.slow
+        def test_a(): pass
+
+        @pytest.mark.fast
+        def test_b(): pass
+
+        def test_c(): pass
+        """
+    )
+    names = reports.MarkerNames()
+    a, b, c = (names(item) for item in items)
+    assert a == ("slow", "fast") and b == ("fast", "slow") and c == ("slow",)  # closest first
+    assert names(items[1]) is b and names(items[2]) is c  # the same tuple every time
