@@ -45,13 +45,14 @@ class ItemTracker:
         excinfo = call.excinfo
         self.raised = None if excinfo is None else excinfo.typename
 
-    def describe(self, report: pytest.TestReport) -> reports.Fields | None:
-        """Markers, recorded data and exception type of ``report``'s item (``None`` when the
-        report is not the one just made, e.g. one another plugin made without this hook)."""
+    def describe(self, report: pytest.TestReport, nodeid: str) -> reports.Fields | None:
+        """Markers, recorded data and exception type of the item of ``report`` (whose
+        ``nodeid`` the caller has read already: a property); ``None`` when the report is not
+        the one just made (e.g. one another plugin made without this hook)."""
         item = self.item
-        if item is None or item.nodeid != report.nodeid:
+        if item is None or item.nodeid != nodeid:
             return None
-        raised = self.raised if report.failed else None
+        raised = self.raised if report.outcome == "failed" else None
         return reports.describe(item, raised, self.markers)
 
 
@@ -65,7 +66,7 @@ class ItemReporter(ItemTracker):
         if report.when != "call" and report.outcome == "passed":
             return  # two of every test's three reports: nothing to add
         try:
-            extra = self.describe(report)
+            extra = self.describe(report, report.nodeid)
             if extra is not None:
                 setattr(report, reports.EXTRA, extra)
         except Exception:

@@ -89,23 +89,28 @@ def describe(item: pytest.Item, raised: str | None, markers: MarkerNames) -> Fie
     the exception a failed report's phase raised) as ``exception_type``."""
     names = markers(item)
     extra: Fields = {"markers": names}
+    stash = item.stash
+    # ``in``, not ``stash.get``: a missing key raises (and catches) inside
+    if "datacat" in names or RECORDED in stash:
+        _add_recorded(item, stash, extra)
+    if raised is not None:
+        extra["exception_type"] = raised
+    return extra
+
+
+def _add_recorded(item: pytest.Item, stash: pytest.Stash, extra: Fields) -> None:
+    """The labels and data of the item's ``datacat`` markers and ``record_datacat``."""
     labels: list[str] = []
     data: dict[str, Any] = {}
-    if "datacat" in names:
-        for mark in item.iter_markers("datacat"):
-            labels.extend(str(arg) for arg in mark.args)
-            data = {**mark.kwargs, **data}  # the closest marker wins
-    stash = item.stash
-    if RECORDED in stash:  # not ``stash.get``: a missing key raises (and catches) inside
-        recorded: dict[str, Any] = stash[RECORDED]
-        data.update(recorded)
+    for mark in item.iter_markers("datacat"):
+        labels.extend(str(arg) for arg in mark.args)
+        data = {**mark.kwargs, **data}  # the closest marker wins
+    recorded: dict[str, Any] = stash.get(RECORDED, {})
+    data.update(recorded)
     if labels:
         extra["labels"] = labels
     if data:
         extra["recorded"] = json_safe(data)
-    if raised is not None:
-        extra["exception_type"] = raised
-    return extra
 
 
 def json_safe(value: Any) -> Any:
@@ -121,8 +126,9 @@ def result_event(
     attributes = report.__dict__  # ``datacat_extra`` and xdist's ``worker_id`` live here
     if extra is None:
         extra = attributes.get(EXTRA) or _NO_EXTRA
+    nodeid = report.nodeid  # a property (pytest 9): read once
     data: Fields = {
-        "nodeid": report.nodeid,
+        "nodeid": nodeid,
         "outcome": result,
         "phase": report.when,
         "duration": report.duration,
@@ -138,7 +144,7 @@ def result_event(
         "level": _LEVELS.get(result, "info"),
         "category": "pytest",
         "labels": extra.get("labels"),
-        "message": report.nodeid,
+        "message": nodeid,
         "data": data,
     }
     if result in ("failed", "error"):
