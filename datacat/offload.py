@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import pickle
-import select
 import struct
 import subprocess
 import sys
@@ -46,12 +45,12 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 from datacat import config as config_module
-from datacat._internal import jsonable, log_once, logger
-from datacat.batching import RAW, Item, wire
+from datacat._internal import jsonable, log_once, logger, name_field
+from datacat.batching import _BODIES, OBSERVE, RAW, Item, wire
 from datacat.config import SENDER_OPTIONS, Config
-from datacat.pipe import Outlet, daemon_environment
+from datacat.pipe import Outlet, daemon_environment, wait_readable
 from datacat.transport import HttpTransport, Transport
-from datacat.worker import Worker, _drain
+from datacat.worker import Worker
 
 JSONDict = dict[str, Any]
 
@@ -64,6 +63,8 @@ CRASH_REASON = "parent_process_terminated"
 #: Seconds the app's sender thread waits between two hand-overs, at most (the child batches
 #: by ``flush_interval`` itself; handing over often keeps items short-lived in the app).
 HAND_OVER_INTERVAL = 0.1
+#: Items per frame at most: a frame torn by the child's death or the exit costs little.
+FRAME_ITEMS = 1000
 #: Bytes asked for the pipe (Linux ``F_SETPIPE_SZ``): the child starting up does not stall it.
 PIPE_BYTES = 1 << 20
 
@@ -75,37 +76,75 @@ def frame(kind: bytes, payload: bytes) -> bytes:
 class _Encoder(pickle.Pickler):
     """Pickles queue items as the sender will see them. Exact built-in types (``str``,
     ``dict``, ``float``, ...) are written as they are, by the C pickler; ``reducer_override``
-    sees every other object (a user's class, an ``IntEnum``, a NumPy array, a ``bytearray``)
-    and writes what the sender would make of it (``jsonable``: its ``repr``, say) instead, so
+    sees every other object (a user's class, an ``IntEnum``, a NumPy array, a ``bytearray``),
+    notes it (``odd``), and writes what the sender would make of it (``jsonable``) instead, so
     the stream holds only built-in types and the child never imports or runs the app's code."""
+
+    odd = False
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, type) and obj.__module__ == "builtins":
             return NotImplemented  # ``str``, ``dict``...: the replacements are made with them
+        self.odd = True
         value = jsonable(obj)
         return NotImplemented if value is None else (type(value), (value,))
 
 
+_ENCODING_ERRORS = (RecursionError, pickle.PicklingError, TypeError, ValueError, AttributeError)
+
+
 def encode_items(items: list[Item]) -> bytes:
-    """The pickle of ``items`` (see ``_Encoder``). An item nothing can pickle (nested deeper
-    than the pickler's recursion limit, say) goes as the sender would send it, alone."""
+    """The pickle of ``items`` (see ``_Encoder``), built-in types only. A hand-over holding an
+    object of another type is encoded again item by item: such an item is first put in the form
+    the sender reads it in (``_normal``: its body built as the sender builds it, so a ``Path``
+    message is its ``str``, as it would be, not its ``repr``); one nothing can pickle (nested
+    deeper than the pickler's recursion limit, say) goes as ``jsonable`` makes it, alone."""
     try:
-        return _dumps(items)
-    except (RecursionError, pickle.PicklingError, TypeError, ValueError, AttributeError):
-        return _dumps([_encodable(item) for item in items])
+        data, odd = _dumps(items)
+        if not odd:
+            return data
+    except _ENCODING_ERRORS:
+        pass
+    return _dumps([_encodable(item) for item in items])[0]
 
 
-def _dumps(value: Any) -> bytes:
+def _dumps(value: Any) -> tuple[bytes, bool]:
     buffer = io.BytesIO()
-    _Encoder(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(value)
-    return buffer.getvalue()
+    encoder = _Encoder(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    encoder.dump(value)
+    return buffer.getvalue(), encoder.odd
 
 
 def _encodable(item: Item) -> Item:
     try:
+        if not _dumps(item)[1]:
+            return item
+    except _ENCODING_ERRORS:
+        pass
+    item = _normal(item)
+    try:
         _dumps(item)
-    except (RecursionError, pickle.PicklingError, TypeError, ValueError, AttributeError):
+    except _ENCODING_ERRORS:
         return tuple(jsonable(part) for part in item)  # cut at jsonable's depth
+    return item
+
+
+def _normal(item: Item) -> Item:
+    """``item`` as the sender would read it: a flat event or metric with its body built (by
+    the sender's own ``event_body``/``metric_body``), an observation's name and tags as text."""
+    op = item[0]
+    try:
+        if op in _BODIES and len(item) > 3:
+            return (op, item[1], _BODIES[op](*item[2:]))
+        if op == OBSERVE:
+            name, value, kind, tags, unit, buckets = item[2:]
+            if tags:
+                tags = {str(k): str(v) for k, v in tags.items()}
+            if buckets is not None:
+                buckets = tuple(buckets)
+            return (op, item[1], name_field(name), value, kind, tags, unit, buckets)
+    except Exception:  # arguments the sender cannot use either: it drops and counts the item
+        pass
     return item
 
 
@@ -115,11 +154,17 @@ def decode_items(payload: bytes) -> list[Item]:
 
 
 class ProcessWorker(Worker):
-    """The app's side: hands items to the child; sends by itself when there is no child."""
+    """The app's side: hands items to the child; sends by itself when there is no child.
+
+    ``_pipe_lock`` guards the pipe and the frames; the app's threads take it with their
+    deadline (``flush``, the exit path), never without one. Items wait in frames of at most
+    ``FRAME_ITEMS``; while ``queue_size`` items wait, the sender hands nothing more over, so the
+    queue fills and ``put`` refuses (the session counts it), as with a slow server."""
 
     def __init__(self, transport: Transport, config: Config) -> None:
         super().__init__(transport, config)
         self._pipe_lock = threading.Lock()
+        self._exit_deadline: float | None = None
         self._init_child()
 
     def _init_child(self) -> None:
@@ -128,6 +173,9 @@ class ProcessWorker(Worker):
         self._answers: int | None = None  # the read end of the child's answers
         self._frames: deque[tuple[bytes, int]] = deque()  # frames to write, and their items
         self._writing: tuple[bytes, int] | None = None  # the frame in the pipe in part
+        self._waiting = 0  # items in ``_frames`` and ``_writing``
+        self._handed = 0  # items written to the child, ever
+        self._marks: dict[int, int] = {}  # flush ticket -> ``_handed`` when it was written
         self._answer_buffer = b""
         self._tickets = 0
         self._gone = False  # no child (it could not start, or went away): send by ourselves
@@ -141,36 +189,29 @@ class ProcessWorker(Worker):
         wait = super()._wait_time()
         return wait if self._gone else min(wait, HAND_OVER_INTERVAL)
 
+    def _busy(self) -> bool:
+        handed = self._waiting or self._in_child or self._child_pending
+        return super()._busy() or (not self._gone and bool(handed))
+
     def _cycle_once(self, force: bool) -> bool:
-        if self._gone:
-            return super()._cycle_once(force)
-        items = _drain(self.queue)
+        with self._pipe_lock:
+            if not self._gone and (self._outlet is not None or self._start_child()):
+                self._hand_over()
+                self._write()
+        # no child (any more): this process sends, outside the lock (network I/O)
+        return super()._cycle_once(force) if self._gone else True
+
+    def _hand_over(self) -> None:
+        """Queued items (and drop reports) into frames, as far as ``queue_size`` allows."""
+        room = self.maxsize - self._waiting
         reports = self._dropped_counts()
         if reports:
-            items.extend((RAW, op["session_id"], op) for op in reports)
-        with self._pipe_lock:
-            if self._outlet is None and not self._start_child():
-                self.queue.extendleft(reversed(items))
-                return super()._cycle_once(force)
-            if items:
-                self._hand_over(items)
-            self._write()
-        return not self._gone or super()._cycle_once(force)
-
-    def _hand_over(self, items: list[Item]) -> None:
-        waiting = sum(count for _, count in self._frames)
-        if waiting + len(items) > self.maxsize:  # the child is far behind: drop, and count
-            for item in items:
-                self.count_dropped(item[1] if isinstance(item[1], str) else "")
-            return
-        try:
-            payload = encode_items(items)
-        except (ValueError, TypeError, RecursionError):  # a value nothing could convert
-            log_once("offload-encode", "datacat: items could not be handed to the sender")
-            for item in items:
-                self.count_dropped(item[1] if isinstance(item[1], str) else "")
-            return
-        self._frames.append((frame(ITEMS, payload), len(items)))
+            self.queue.extend((RAW, op["session_id"], op) for op in reports)
+        while room > 0 and self.queue:
+            items = _take(self.queue, min(room, FRAME_ITEMS))
+            room -= len(items)
+            self._frames.append((frame(ITEMS, encode_items(items)), len(items)))
+            self._waiting += len(items)
 
     def _write(self, timeout: float | None = 0.0) -> bool:
         """Move frames into the pipe (waiting at most ``timeout``); True when all went in."""
@@ -179,22 +220,22 @@ class ProcessWorker(Worker):
             return False
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if outlet.pending:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if not outlet.drain(left):
-                    if outlet.broken:
-                        self._lost_child()
-                    return False
-            self._writing = None  # in the pipe whole
+            if outlet.pending and not outlet.drain(_left(deadline)):
+                if outlet.broken:
+                    self._lost_child()
+                return False
+            if self._writing is not None:  # in the pipe whole
+                self._waiting -= self._writing[1]
+                self._handed += self._writing[1]
+                self._in_child += self._writing[1]
+                self._writing = None
             if not self._frames:
                 return True
             self._writing = self._frames.popleft()
             outlet.pending = self._writing[0]
-            self._in_child += self._writing[1]
 
     def pending(self) -> int:
-        waiting = sum(count for _, count in self._frames)
-        return super().pending() + waiting + self._in_child + self._child_pending
+        return super().pending() + self._waiting + self._in_child + self._child_pending
 
     def flush(self, timeout: float | None = None) -> bool:
         """Hand everything over, then ask the child to deliver it (a round trip, in ``timeout``)."""
@@ -202,8 +243,12 @@ class ProcessWorker(Worker):
         handed = super().flush(timeout)  # by the sender thread (with no child: sent by it)
         if self._gone or not handed:
             return handed
-        with self._pipe_lock:
+        if not _acquire(self._pipe_lock, deadline):
+            return False
+        try:
             ok = self._outlet is not None and self._round_trip(deadline)
+        finally:
+            self._pipe_lock.release()
         if self._gone:  # it went away meanwhile: what it had not taken on is sent from here
             return super().flush(_left(deadline))
         return ok
@@ -211,6 +256,7 @@ class ProcessWorker(Worker):
     def _round_trip(self, deadline: float | None) -> bool:
         self._tickets += 1
         ticket = self._tickets
+        self._hand_over()  # what came in since the sender thread's hand-over goes first
         left = _left(deadline)
         # the child answers a little before our deadline, so its answer can still reach us
         child_timeout = None if left is None else max(0.0, left * 0.9 - 0.01)
@@ -218,13 +264,13 @@ class ProcessWorker(Worker):
         self._frames.append((frame(FLUSH, request), 0))
         if not self._write(_left(deadline)):
             return False
+        self._marks[ticket] = self._handed
         answer = self._await(ticket, deadline)
         return answer is not None and bool(answer.get("ok"))
 
     def _await(self, ticket: int, deadline: float | None) -> JSONDict | None:
         """Read answers until the one to ``ticket`` (older ones only update the counters)."""
-        answers = self._answers
-        while answers is not None:
+        while self._answers is not None:
             for line in self._answer_lines():
                 answer = self._absorb(line)
                 if answer is not None and answer.get("ticket") == ticket:
@@ -232,9 +278,8 @@ class ProcessWorker(Worker):
             left = _left(deadline)
             if left is not None and left <= 0:
                 return None
-            ready, _, _ = select.select([answers], [], [], left)  # a closed end is ready too
-            if ready and not self._read_answers():
-                self._lost_child()
+            if wait_readable(self._answers, left) and not self._read_answers():
+                self._lost_child()  # a closed end reads as ready, and empty
                 return None
         return None
 
@@ -255,10 +300,12 @@ class ProcessWorker(Worker):
         return lines
 
     def _absorb(self, line: bytes) -> JSONDict | None:
-        """One answer: the child's counters become ours (by their change since the last one)."""
+        """One answer: the child's counters become ours (by their change since the last one),
+        and what was handed over after its request is still on its way."""
         try:
             answer = json.loads(line)
             stats = {str(k): int(v) for k, v in answer["stats"].items()}
+            mark = self._marks.pop(answer["ticket"])
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
         for key, value in stats.items():
@@ -266,12 +313,15 @@ class ProcessWorker(Worker):
                 self.stats[key] += value - self._child_stats.get(key, 0)
         self._child_stats = stats
         self._child_pending = int(answer.get("pending") or 0)
-        self._in_child = 0
-        return answer if isinstance(answer, dict) else None
+        self._in_child = self._handed - mark
+        return dict(answer)
 
     # -- the child process ------------------------------------------------------------------------
 
     def _start_child(self) -> bool:
+        if self._closed or self._gone:  # never a second child, nor one after exit
+            return False
+        _reap()
         try:
             process = subprocess.Popen(
                 [sys.executable, "-m", "datacat.offload"],
@@ -300,18 +350,17 @@ class ProcessWorker(Worker):
         return True
 
     def _lost_child(self) -> None:
-        """The child went away: what it had not taken on is sent by this process."""
+        """The child went away: what it had not taken on is sent by this process; what it had
+        taken on and not delivered is lost, and counted."""
         if self._gone:
             return
         log_once("offload-lost", "datacat: the sender process has gone; sending directly")
         self._gone = True
-        if self._writing is not None:  # a torn frame: the child cannot have applied it
-            self._frames.appendleft(self._writing)
-        self._requeue_frames()
+        self._take_back_frames()
+        self.stats["dropped"] += self._in_child + self._child_pending
         self._in_child = self._child_pending = 0
         self._close_child()
-        if self._process is not None:
-            self._process.poll()  # reaped, if it has ended
+        _reap()
 
     def _close_child(self) -> None:
         if self._outlet is not None:
@@ -320,25 +369,44 @@ class ProcessWorker(Worker):
             os.close(self._answers)
         self._outlet, self._answers = None, None
 
-    def _spill_all(self) -> None:
-        """Exit gave up: what the child has not taken on goes to this process's spool."""
-        with self._pipe_lock:
-            self._requeue_frames()
-        super()._spill_all()
-
-    def _requeue_frames(self) -> None:
-        """The items of frames not written: back to the front of the queue, in order."""
+    def _take_back_frames(self) -> None:
+        """The items of frames the child has not read whole (it drops a torn frame): back to
+        the front of the queue, in order, for this process to send or spool."""
+        if self._writing is not None:
+            self._frames.appendleft(self._writing)
+            self._writing = None
+            if self._outlet is not None:
+                self._outlet.pending = b""
         unsent = [decode_items(data[_HEADER.size :]) for data, count in self._frames if count]
         self._frames.clear()
+        self._waiting = 0
         for items in reversed(unsent):
             self.queue.extendleft(reversed(items))
 
+    # -- exit and fork ----------------------------------------------------------------------------
+
+    def close(self, deadline: float) -> bool:
+        self._exit_deadline = deadline
+        return super().close(deadline)
+
+    def _spill_all(self) -> None:
+        """Exit gave up: what the child has not taken on goes to this process's spool."""
+        if _acquire(self._pipe_lock, self._exit_deadline):
+            try:
+                self._take_back_frames()
+            finally:
+                self._pipe_lock.release()
+        super()._spill_all()
+
     def _close_transport(self, deadline: float) -> None:
         """Exit: close the pipe (the child's EOF: it delivers what it has, then exits)."""
-        with self._pipe_lock:
-            if self._outlet is not None:
-                self._outlet.drain(max(0.0, deadline - time.monotonic()))
-            self._close_child()
+        if _acquire(self._pipe_lock, deadline):
+            try:
+                if self._outlet is not None:
+                    self._write(max(0.0, deadline - time.monotonic()))
+                self._close_child()
+            finally:
+                self._pipe_lock.release()
         super()._close_transport(deadline)
 
     def _after_fork(self) -> None:
@@ -361,6 +429,27 @@ _children: list[subprocess.Popen[bytes]] = []
 
 def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _acquire(lock: threading.Lock, deadline: float | None) -> bool:
+    left = _left(deadline)
+    return lock.acquire(timeout=-1 if left is None else left)
+
+
+def _take(queue: deque[Item], count: int) -> list[Item]:
+    items: list[Item] = []
+    popleft = queue.popleft
+    try:
+        for _ in range(count):
+            items.append(popleft())
+    except IndexError:  # fewer than ``count``
+        pass
+    return items
+
+
+def _reap() -> None:
+    """Forget child processes that have ended (``poll`` reaps them: no zombies)."""
+    _children[:] = [process for process in _children if process.poll() is None]
 
 
 def _grow_pipe(fd: int) -> None:
@@ -405,9 +494,10 @@ class Child:
                 self.open.add(item[1])
             elif op in ("end", "crash"):
                 self.open.discard(item[1])
-            if not worker.put(item):
-                worker.flush(self.worker.config.timeout)  # far behind: wait, then try once more
-                worker.put(item)
+            if len(worker.queue) >= worker.maxsize:  # far behind: let the sender catch up
+                worker.flush(worker.config.timeout)
+            if not worker.put(item):  # still full: lost, and reported for its session
+                worker.count_dropped(item[1] if isinstance(item[1], str) else "", counted=True)
 
     def answer(self, request: JSONDict) -> None:
         timeout = request.get("timeout")

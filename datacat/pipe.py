@@ -20,8 +20,10 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -98,6 +100,48 @@ def spawn_daemon() -> subprocess.Popen[bytes]:
     )
 
 
+def wait_writable(fd: int, timeout: float | None) -> bool:
+    """Wait at most ``timeout`` seconds (``None``: no limit) until ``fd`` can be written."""
+    return _wait(fd, select.POLLOUT if _POLL else 0, timeout)
+
+
+def wait_readable(fd: int, timeout: float | None) -> bool:
+    """Wait at most ``timeout`` seconds until ``fd`` can be read (or its writer has gone)."""
+    return _wait(fd, select.POLLIN if _POLL else 1, timeout)
+
+
+_POLL = hasattr(select, "poll")
+
+
+def _wait(fd: int, event: int, timeout: float | None) -> bool:
+    # ``poll``: ``select`` refuses descriptors over 1023, which a busy server has
+    if not _POLL:  # Windows: no poll (and no non-blocking pipes either)
+        readers, writers = ([fd], []) if event else ([], [fd])
+        return bool(select.select(readers, writers, [], timeout)[0 if event else 1])
+    poller = select.poll()
+    poller.register(fd, event)
+    return bool(poller.poll(None if timeout is None else math.ceil(timeout * 1000)))
+
+
+def _write(fd: int, data: bytes) -> int:
+    """``os.write`` that reports a reader gone as ``BrokenPipeError`` even when the program
+    restored SIGPIPE's default action (which would kill it): the signal is blocked on this
+    thread for the write and a pending one is taken back."""
+    if _SIGPIPE is None or signal.getsignal(_SIGPIPE) != signal.SIG_DFL:
+        return os.write(fd, data)  # Python's own default: ignored, EPIPE raises
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {_SIGPIPE})
+    try:
+        return os.write(fd, data)
+    except BrokenPipeError:
+        signal.sigtimedwait({_SIGPIPE}, 0)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+_SIGPIPE = getattr(signal, "SIGPIPE", None) if hasattr(signal, "pthread_sigmask") else None
+
+
 class Outlet:
     """The app's non-blocking write end of a pipe: what the pipe could not take yet waits in
     ``pending``, in order, and goes first. Writing never blocks; ``drain`` waits (``select``) at
@@ -114,7 +158,7 @@ class Outlet:
         """Write what is pending without waiting; True when all of it went in."""
         try:
             while self.pending:
-                sent = os.write(self.fd, self.pending)  # type: ignore[arg-type]
+                sent = _write(self.fd, self.pending)  # type: ignore[arg-type]
                 self.pending = self.pending[sent:]
         except BlockingIOError:
             return False
@@ -131,7 +175,7 @@ class Outlet:
             left = None if deadline is None else deadline - time.monotonic()
             if self.fd is None or self.broken or (left is not None and left <= 0):
                 return False
-            select.select([], [self.fd], [], left)
+            wait_writable(self.fd, left)
         return True
 
     def close(self) -> None:

@@ -148,11 +148,17 @@ class Worker:
         finally:
             self._deadline = None
 
-    def count_dropped(self, session_id: str, count: int = 1) -> None:
+    def count_dropped(self, session_id: str, count: int = 1, *, counted: bool = False) -> None:
         """Count items of ``session_id`` lost on the way (reported to the server as the
-        ``datacat.dropped_items`` counter of that session at the next send)."""
-        self.stats["dropped"] += count
+        ``datacat.dropped_items`` counter of that session at the next send). ``counted``: the
+        drop is in ``stats`` already (a ``put`` that found the queue full)."""
+        if not counted:
+            self.stats["dropped"] += count
         self._lost[session_id] = self._lost.get(session_id, 0) + count
+
+    def _busy(self) -> bool:
+        """Something waits to be sent (the exit flushes it; the sender thread stays)."""
+        return bool(self.queue or self._outbox)
 
     def pending(self) -> int:
         """How many items and operations wait in this process to be sent (queue and outbox)."""
@@ -164,7 +170,7 @@ class Worker:
         """Exit: end open sessions, flush until ``deadline`` (monotonic), spool what is left."""
         if self._closed:
             return True
-        if not (self.queue or self._outbox or self.sessions):
+        if not (self._busy() or self.sessions):
             self._closed = True  # nothing of ours to send: no network at exit
             self._close_transport(deadline)
             return True
@@ -220,7 +226,7 @@ class Worker:
                 time.sleep(min(1.0, self.config.max_backoff))
 
     def _idle_long_enough(self) -> bool:
-        if self.sessions or self.queue or self._outbox or self._lost or self._failures:
+        if self.sessions or self._busy() or self._lost or self._failures:
             self._busy_at = time.monotonic()
             return False
         return time.monotonic() - self._busy_at >= self.idle_retire

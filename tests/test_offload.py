@@ -10,9 +10,12 @@ sender would send them, and a forked app does not share its parent's child.
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +26,8 @@ from autoinstrument_helpers import PYTHON, client_env, event_named, events, metr
 from client_helpers import Peer, session_factory, wait_for
 
 import datacat
+import datacat.transport
+import datacat.worker
 from datacat import offload
 from datacat.config import resolve
 from datacat.errors import ConfigurationError
@@ -336,3 +341,174 @@ def test_a_process_session_and_a_thread_session_do_not_share_a_sender(
     processed = make(server_url, product="offload-mixed")
     assert type(threaded._worker) is datacat.worker.Worker
     assert isinstance(processed._worker, ProcessWorker)
+
+
+# -- regressions found in review -------------------------------------------------------------
+
+BIG = "x" * 10_000
+
+
+def test_undelivered_never_races_the_sender_thread(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    s = make(server_url, product="offload-race", batch_size=1, flush_interval=0.01)
+    assert s.flush(10)
+    child = child_of(s)
+    os.kill(child.pid, signal.SIGSTOP)  # frames pile up while the sender keeps handing over
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            s.log_event("e", {"b": BIG})
+            for _ in range(20):
+                assert s.undelivered >= 0
+    finally:
+        sys.setswitchinterval(old)
+        os.kill(child.pid, signal.SIGCONT)
+    assert s.end(timeout=20)
+
+
+def test_a_child_lost_during_a_flush_is_never_replaced(make: Callable[..., Session]) -> None:
+    """The sender thread waits for the pipe while a flush holds it, and the child dies: the
+    items go out from this process, in order, and no second child starts."""
+    with Peer("stall") as peer:
+        s = make(peer.url, product="offload-respawn", timeout=10.0)
+        first = child_of(s)
+        s.log_event("before")
+        flushing = threading.Thread(target=s.flush, args=(5.0,))
+        flushing.start()
+        time.sleep(0.3)
+        for i in range(20):
+            s.log_event("during", {"i": i})
+        time.sleep(0.3)
+        first.kill()
+        flushing.join()
+        peer.release.set()
+        peer.mode = "ok"
+        assert s.flush(10)
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker) and worker._gone
+    assert worker._process is first
+    during = [op["data"]["data"]["i"] for op in peer.accepted if op["op"] == "event"
+              and op["data"]["name"] == "during"]  # fmt: skip
+    assert sorted(set(during)) == list(range(20))
+
+
+EXIT_APP = """
+import os, signal, sys, time, datacat
+s = datacat.create_session(sender="process", product="offload-slowchild", flush_interval=0.05,
+                           exit_timeout=0.5)
+s.flush(10)
+print(s.id, s._worker._process.pid, flush=True)
+os.kill(s._worker._process.pid, signal.SIGSTOP)
+for i in range(400):
+    s.log_event("e", {"i": i, "b": str(i) + "x" * 10_000})
+if sys.argv[1:] == ["end"]:
+    s.end(timeout=0.3)
+"""
+
+
+@pytest.mark.parametrize("how", ["end", "exit hook"])
+def test_a_slow_child_at_exit_loses_nothing(server_url: str, tmp_path: Path, how: str) -> None:
+    """The child is stopped while the app logs and exits: what it could not take is spooled by
+    the app (and delivered by the next process), what it took it delivers when resumed."""
+    script = tmp_path / "app.py"
+    script.write_text(EXIT_APP)
+    env = {**os.environ, **client_env(server_url, tmp_path)}
+    done = subprocess.run(
+        [PYTHON, str(script), how], capture_output=True, text=True, env=env, timeout=60
+    )
+    sid, child = done.stdout.split()
+    os.kill(int(child), signal.SIGCONT)
+    wait_for(lambda: _gone(int(child)), 15)
+    replay = next(session_factory(tmp_path))(server_url, product="offload-replayer")
+    assert replay.end(timeout=10)  # a later process replays the spool
+    assert sorted(e["data"]["i"] for e in events(server_url, sid, "e")) == list(range(400))
+
+
+def test_flush_works_with_descriptors_over_1023(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        s = make(server_url, product="offload-fds")
+        s.log_event("e")
+        assert s.end(timeout=10)
+    finally:
+        for fd in held:
+            os.close(fd)
+
+
+SIGPIPE_APP = """
+import signal, datacat
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # as CLIs do for `| head`
+s = datacat.create_session(sender="process", product="offload-sigpipe", flush_interval=0.05)
+assert s.flush(10)
+s._worker._process.kill()
+s._worker._process.wait()
+for i in range(50):
+    s.log_event("after", {"i": i})
+print("alive", s.end(timeout=10), flush=True)
+"""
+
+
+def test_a_dead_child_never_kills_an_app_that_restored_sigpipe(
+    server_url: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(SIGPIPE_APP)
+    env = {**os.environ, **client_env(server_url, tmp_path)}
+    done = subprocess.run(
+        [PYTHON, str(script)], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "alive True"
+
+
+def test_text_fields_arrive_as_the_thread_sender_sends_them(
+    server_url: str, tmp_path: Path
+) -> None:
+    import enum
+    import types
+
+    class Color(enum.Enum):
+        RED = 1
+
+    def labels() -> Iterator[str]:
+        yield from ("a", "b")
+
+    stored = []
+    for sender in ("thread", "process"):
+        s = next(session_factory(tmp_path / sender))(server_url, sender=sender, product="fields")
+        s.log_event(
+            Color.RED,
+            types.MappingProxyType({"k": 1}),
+            category=Color.RED,
+            message=Path("/x"),
+            labels=labels(),
+        )
+        s.observe("t", 0.5, tags={"path": Path("/y")})
+        assert s.end(timeout=10)
+        [event] = [e for e in events(server_url, s.id) if e["category"] == "Color.RED"]
+        [metric] = metrics(server_url, s.id, "t")
+        stored.append(
+            ({k: event[k] for k in ("name", "data", "message", "labels")}, metric["tags"])
+        )
+    assert stored[0] == stored[1]
+    assert stored[1][0]["message"] == "/x" and stored[1][1] == {"path": "/y"}
+
+
+def test_a_full_child_queue_is_counted_once_and_reported_for_its_session(
+    server_url: str,
+) -> None:
+    config = resolve(url=server_url, queue_size=2, spool_dir="")
+    worker = datacat.worker.Worker(datacat.transport.HttpTransport(server_url), config)
+    child = offload.Child(worker, io.BytesIO())
+    with Peer("stall") as peer:
+        worker.transport = datacat.transport.HttpTransport(peer.url, timeout=0.2)
+        worker.config = resolve(url=peer.url, queue_size=2, spool_dir="", timeout=0.2)
+        child.receive([("event", "s1", "e", None, "info", None, None, None, {}, 1.0, None)] * 5)
+        peer.release.set()
+    assert worker.stats["dropped"] == worker._lost.get("s1", 0)
+    worker.close(time.monotonic() + 1)
