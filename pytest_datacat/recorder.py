@@ -154,7 +154,6 @@ class Recorder:
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self.counts["collected"] = len(session.items)
         self._progress(force=True)
-        _make_locations(session.items)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Three times per test, so cheap: plain attribute reads, no per-test state update (the
@@ -272,22 +271,6 @@ class Recorder:
             )
         if self.internal_errors:
             write(f"datacat: {self.internal_errors} internal errors (see log level DEBUG)")
-
-
-def _make_locations(items: list[pytest.Item]) -> None:
-    """Each item's ``location`` (cached on the item) made now rather than as its test starts.
-
-    A test's event holds that tuple in its ``data``. CPython stops tracking a tuple of atoms at
-    the first collection that sees it, but a dict only at a full one, and a dict tracks itself
-    as soon as it is given a tuple still tracked: made as the test starts, the location would
-    get every event's ``data`` dict tracked (and promoted, and swept by full collections) for as
-    long as it waits in the session's queue. Made here, it is old by then and the dict is not.
-    """
-    for item in items:
-        try:
-            _ = item.location
-        except Exception:  # pytest makes it again as the test starts and reports the error then
-            continue
 
 
 def _final_state(exitstatus: int | None, seconds: float) -> dict[str, Any]:

@@ -75,12 +75,12 @@ def test_a_warning_event_points_at_its_source() -> None:
     assert fields["data"]["category"] == "DeprecationWarning"
 
 
-def test_a_passing_event_holds_nothing_the_garbage_collector_tracks() -> None:
-    """What waits in the session's queue costs no garbage collection: its ``data`` dict holds
-    only atoms and tuples of atoms the collector has already seen (lists would be tracked)."""
+def test_an_events_data_holds_no_list() -> None:
+    """An event's ``data`` holds only atoms and the tuples it was given (no list, which the
+    garbage collector would track), so once those tuples are old the dict is untracked."""
     report = _report("passed", "call")
     shared = ("slow",)
-    gc.collect()  # as for the item's location made at collection, and the shared names
+    gc.collect()  # the location and the shared names have been seen by a collection
     _, fields = reports.result_event(report, "passed", {"markers": shared})
     assert not gc.is_tracked(fields["data"])
     assert fields["data"]["markers"] is shared and fields["data"]["location"] is report.location
