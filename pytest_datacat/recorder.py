@@ -189,7 +189,7 @@ class Recorder:
         # from an xdist worker the report carries its description; here, the item gives it
         extra = report.__dict__.get(reports.EXTRA)
         if extra is None:
-            extra = self.items.describe(report, nodeid)
+            extra = self.items.describe(report)
         name, fields = reports.result_event(report, result, extra)
         self.session.log_event(name, **fields)
 

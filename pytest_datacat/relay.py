@@ -45,12 +45,14 @@ class ItemTracker:
         excinfo = call.excinfo
         self.raised = None if excinfo is None else excinfo.typename
 
-    def describe(self, report: pytest.TestReport, nodeid: str) -> reports.Fields | None:
-        """Markers, recorded data and exception type of the item of ``report`` (whose
-        ``nodeid`` the caller has read already: a property); ``None`` when the report is not
-        the one just made (e.g. one another plugin made without this hook)."""
+    def describe(self, report: pytest.TestReport) -> reports.Fields | None:
+        """Markers, recorded data and exception type of the item of ``report``; ``None`` when
+        the report is not the one just made from the item (e.g. one another plugin made
+        without this hook)."""
         item = self.item
-        if item is None or item.nodeid != nodeid:
+        # pytest's report holds its item's own location tuple: one identity test, where
+        # comparing node ids would cost two properties (``nodeid`` is one on both in pytest 9)
+        if item is None or item.location is not report.location:
             return None
         raised = self.raised if report.outcome == "failed" else None
         return reports.describe(item, raised, self.markers)
@@ -66,7 +68,7 @@ class ItemReporter(ItemTracker):
         if report.when != "call" and report.outcome == "passed":
             return  # two of every test's three reports: nothing to add
         try:
-            extra = self.describe(report, report.nodeid)
+            extra = self.describe(report)
             if extra is not None:
                 setattr(report, reports.EXTRA, extra)
         except Exception:

@@ -12,7 +12,7 @@ import pytest
 from client_helpers import details
 
 import datacat
-from pytest_datacat.relay import WorkerSession
+from pytest_datacat.relay import ItemTracker, WorkerSession
 
 
 @pytest.fixture(autouse=True)
@@ -55,3 +55,21 @@ def test_attaching_never_creates_a_session(server_url: str) -> None:
     assert attached.undelivered == 1  # the server refused the event: no such session
     with pytest.raises(datacat.NotFoundError):
         datacat.DatacatClient(server_url).get_session(sid)
+
+
+def test_only_the_report_just_made_from_the_item_is_described(pytester: pytest.Pytester) -> None:
+    """The plain ``pytest_runtest_makereport`` remembers the item and what its phase raised;
+    a report that was not made from that item right after (another plugin's) gets nothing."""
+    [item] = pytester.getitems("def test_x(): pass")
+    tracker = ItemTracker()
+    passed = pytest.CallInfo.from_call(lambda: None, "call")
+    assert tracker.pytest_runtest_makereport(item, passed) is None  # pytest's makes the report
+    made = pytest.TestReport.from_item_and_call(item, passed)
+    assert tracker.describe(made) == {"markers": ()}
+    location = tuple(list(item.location))  # equal, not the same tuple
+    other = pytest.TestReport(item.nodeid, location, {}, "passed", None, "call")
+    assert tracker.describe(other) is None
+    failed = pytest.CallInfo.from_call(lambda: 1 / 0, "call")
+    tracker.pytest_runtest_makereport(item, failed)
+    made = pytest.TestReport.from_item_and_call(item, failed)
+    assert tracker.describe(made) == {"markers": (), "exception_type": "ZeroDivisionError"}
