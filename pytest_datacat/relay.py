@@ -48,14 +48,19 @@ class ItemTracker:
     def describe(self, report: pytest.TestReport) -> reports.Fields | None:
         """Markers, recorded data and exception type of the item of ``report``; ``None`` when
         the report is not the one just made from the item (e.g. one another plugin made
-        without this hook)."""
+        without this hook), or the item cannot be described (the result is recorded all the
+        same)."""
         item = self.item
         # pytest's report holds its item's own location tuple: one identity test, where
         # comparing node ids would cost two properties (``nodeid`` is one on both in pytest 9)
         if item is None or item.location is not report.location:
             return None
         raised = self.raised if report.outcome == "failed" else None
-        return reports.describe(item, raised, self.markers)
+        try:
+            return reports.describe(item, raised, self.markers)
+        except Exception:
+            logger.debug("datacat: cannot describe %s", report.nodeid, exc_info=True)
+            return None
 
 
 class ItemReporter(ItemTracker):
@@ -67,12 +72,9 @@ class ItemReporter(ItemTracker):
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when != "call" and report.outcome == "passed":
             return  # two of every test's three reports: nothing to add
-        try:
-            extra = self.describe(report)
-            if extra is not None:
-                setattr(report, reports.EXTRA, extra)
-        except Exception:
-            logger.debug("datacat: cannot describe %s", report.nodeid, exc_info=True)
+        extra = self.describe(report)
+        if extra is not None:
+            setattr(report, reports.EXTRA, extra)
 
 
 class WorkerSession:

@@ -73,3 +73,23 @@ def test_only_the_report_just_made_from_the_item_is_described(pytester: pytest.P
     tracker.pytest_runtest_makereport(item, failed)
     made = pytest.TestReport.from_item_and_call(item, failed)
     assert tracker.describe(made) == {"markers": (), "exception_type": "ZeroDivisionError"}
+
+
+def test_an_item_that_cannot_be_described_gets_no_description(pytester: pytest.Pytester) -> None:
+    """``None``, as for a report not made from the item: its result is recorded all the same."""
+    source = """
+import pytest
+
+class Unprintable:
+    def __str__(self):
+        raise RuntimeError("no text")
+
+@pytest.mark.datacat(Unprintable())
+def test_x():
+    pass
+"""
+    [item] = pytester.getitems(source)
+    tracker = ItemTracker()
+    call = pytest.CallInfo.from_call(lambda: None, "call")
+    tracker.pytest_runtest_makereport(item, call)
+    assert tracker.describe(pytest.TestReport.from_item_and_call(item, call)) is None
