@@ -181,10 +181,8 @@ class Recorder:
             return
         self.counts[reports.COUNTERS[result]] += 1
         outcomes = self._outcomes
-        if (result != "passed" or nodeid in outcomes) and outcomes.get(nodeid) not in (
-            "failed",
-            "error",
-        ):
+        earlier = outcomes.get(nodeid)  # None: "passed" so far (it needs no entry)
+        if earlier not in ("failed", "error") and (earlier is not None or result != "passed"):
             outcomes[nodeid] = result  # a failure or error stays the test's outcome
         # from an xdist worker the report carries its description; here, the item gives it
         extra = report.__dict__.get(reports.EXTRA)
