@@ -321,9 +321,11 @@ def test_secrets_reach_neither_the_state_nor_the_terminal(
     assert "SECRET" not in str(session["state"]) + result.stdout.str()
 
 
-def test_a_run_batches_lazily_unless_the_environment_says_otherwise() -> None:
-    assert sender_options({}) == SENDER and SENDER["flush_interval"] > 0.5
-    assert sender_options({"DATACAT_FLUSH_INTERVAL": "0.1"}) == {"batch_size": 5000}
+def test_a_run_sends_from_a_child_process_unless_the_environment_says_otherwise() -> None:
+    assert sender_options({}) == SENDER and SENDER["sender"] == "process"
+    assert sender_options({"DATACAT_FLUSH_INTERVAL": "0.5", "DATACAT_SENDER": "thread"}) == {
+        "batch_size": 5000
+    }
 
 
 DESCRIBED = """
