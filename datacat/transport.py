@@ -16,9 +16,7 @@ through ``requests``, imported on first use.
 
 from __future__ import annotations
 
-import email.utils
 import functools
-import http.client
 import json
 import os
 import threading
@@ -36,6 +34,7 @@ from datacat.errors import (
 )
 
 if TYPE_CHECKING:
+    import http.client
     import ssl
 
     import requests
@@ -153,6 +152,8 @@ class HttpTransport:
     ) -> tuple[int, str, http.client.HTTPMessage, bytes]:
         """POST to ``/api/batch`` on this thread's connection; a kept-alive connection the
         server has closed meanwhile is reopened once (resending is safe: ``op_id``s)."""
+        import http.client  # late, like ``_connect``: a process that never sends pays nothing
+
         seconds = self.timeout if timeout is None else timeout
         for attempt in (0, 1):
             conn, fresh = self._connection(seconds)
@@ -263,6 +264,10 @@ def _direct(url: str) -> Direct | None:
 
 def _connect(direct: Direct | None, seconds: float) -> http.client.HTTPConnection:
     """A new connection; TLS with verification for ``https://`` (never plain HTTP)."""
+    # late: http.client imports ssl and email (~8 ms); with ``sender="process"`` the program
+    # itself never sends a batch, and a program that only creates sessions never pays it
+    import http.client
+
     host, port, _, tls = direct or ("", 0, "", False)
     if tls:
         return http.client.HTTPSConnection(host, port, timeout=seconds, context=tls_context())
@@ -326,6 +331,8 @@ def _retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         pass
+    import email.utils  # late: only a 429 with an HTTP date needs it
+
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):

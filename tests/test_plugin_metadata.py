@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,67 @@ def test_git_commit_and_branch(tmp_path: Path) -> None:
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
     assert metadata.git_info(tmp_path) == {"commit": git("rev-parse", "HEAD"), "branch": "feature"}
     assert metadata.default_version(tmp_path) == git("rev-parse", "--short", "HEAD")
+
+
+def _git_in(folder: Path) -> Callable[..., str]:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    return git
+
+
+def _as_git_says(folder: Path) -> dict[str, str] | None:
+    out = _git_in(folder)("rev-parse", "HEAD", "--abbrev-ref", "HEAD").split("\n")
+    if len(out) < 2:
+        return None
+    return {"commit": out[0], **({"branch": out[1]} if out[1] != "HEAD" else {})}
+
+
+def test_git_info_is_read_from_the_files_as_git_would_say_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loose and packed refs, a detached head, a linked worktree, an unborn branch, a
+    subfolder: what the files give equals ``git rev-parse``, and no git process runs."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = _git_in(repo)
+    commit = ("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty")
+    seen: list[tuple[dict[str, str] | None, dict[str, str] | None]] = []
+
+    def check(folder: Path) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(metadata.subprocess, "run", _no_process)
+            found = metadata.git_info(folder)
+        seen.append((found, _as_git_says(folder)))
+
+    git("init", "-q", "-b", "main")
+    check(repo)  # unborn: no commit yet
+    git(*commit, "-m", "one")
+    (repo / "sub").mkdir()
+    check(repo / "sub")  # loose ref, from a subfolder
+    git("pack-refs", "--all")
+    check(repo)  # packed ref
+    git(*commit, "-m", "two")
+    git("worktree", "add", "-q", "-b", "side", str(tmp_path / "side"))
+    check(tmp_path / "side")  # linked worktree
+    git("checkout", "-q", "--detach")
+    check(repo)  # detached
+    assert [found for found, _ in seen] == [expected for _, expected in seen]
+    assert seen[0][0] is None and seen[3][0] is not None and seen[3][0]["branch"] == "side"
+    assert seen[4][0] is not None and "branch" not in seen[4][0]
+
+
+def _no_process(*args: object, **kwargs: object) -> None:
+    raise AssertionError(f"a process was started: {args}")
+
+
+def test_outside_a_checkout_no_git_process_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(metadata.subprocess, "run", _no_process)
+    assert metadata.git_info(tmp_path) is None
+    assert metadata.default_version(tmp_path) == "unknown"
 
 
 def test_secrets_in_the_command_line_are_redacted() -> None:
