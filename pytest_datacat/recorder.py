@@ -156,24 +156,74 @@ class Recorder:
         self._progress(force=True)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Three times per test, so cheap: plain attribute reads, no per-test state update (the
-        # progress is throttled), and the guard inlined rather than ``_guarded``.
+        # Three times per test, so cheap: plain attribute reads, few calls, no per-test state
+        # update (the progress is throttled), and the guard inlined rather than ``_guarded``.
+        # A passing test's setup and teardown add their duration; its call is logged inline.
         try:
-            nodeid = report.nodeid
+            nodeid = report.nodeid  # a property (pytest 9): read once
             durations = self._durations
             duration = durations.get(nodeid)
             if duration is None:  # the test's first report: it is the current one
                 duration = 0.0
                 self.current = nodeid
-            durations[nodeid] = duration + report.duration
             when = report.when
-            if when == "call" or report.outcome != "passed":  # the reports that decide
-                self._result(report, nodeid)
             if when == "teardown":
-                self._test_finished(nodeid)
+                if report.outcome != "passed":
+                    self._result(report, nodeid)
+                durations.pop(nodeid, None)  # none when the teardown is the test's only report
+                outcomes = self._outcomes
+                # the aggregated path: one tuple on this thread; the sender makes the timer
+                self.session.observe(
+                    DURATION,
+                    duration + report.duration,
+                    type="timer",
+                    tags={
+                        "nodeid": nodeid,
+                        "outcome": outcomes.pop(nodeid, "passed") if outcomes else "passed",
+                    },
+                    unit="s",
+                    buckets=None,
+                )
+                if _monotonic() >= self._next_progress:
+                    self._progress(force=True)
+                return
+            durations[nodeid] = duration + report.duration
+            if report.outcome == "passed":
+                if when == "call" and not self._passed(report, nodeid):
+                    self._result(report, nodeid)
+            else:  # the reports that decide
+                self._result(report, nodeid)
         except Exception:
             self.internal_errors += 1
             logger.debug("datacat: internal error in pytest_runtest_logreport", exc_info=True)
+
+    def _passed(self, report: pytest.TestReport, nodeid: str) -> bool:
+        """Log the common case inline: a passing call of a test that has nothing but marker
+        names to describe and no outcome so far; False (nothing logged) for anything else."""
+        attributes = report.__dict__
+        if "wasxfail" in attributes or self._outcomes or reports.EXTRA in attributes:
+            return False
+        names = self.items.plain_markers(report)
+        if names is None:
+            return False
+        self.counts["passed"] += 1
+        # the event ``reports.result_event`` makes, in one literal: explicit keywords, no labels
+        self.session.log_event(
+            "test_passed",
+            {
+                "nodeid": nodeid,
+                "outcome": "passed",
+                "phase": "call",
+                "duration": report.duration,
+                "worker": attributes.get("worker_id") or "main",
+                "markers": names,
+                "location": report.location,
+            },
+            level="info",
+            category="pytest",
+            message=nodeid,
+        )
+        return True
 
     def _result(self, report: pytest.TestReport, nodeid: str) -> None:
         result = reports.outcome(report)
@@ -190,14 +240,6 @@ class Recorder:
             extra = self.items.describe(report)
         name, fields = reports.result_event(report, result, extra)
         self.session.log_event(name, **fields)
-
-    def _test_finished(self, nodeid: str) -> None:
-        duration = self._durations.pop(nodeid)
-        tags = {"nodeid": nodeid, "outcome": self._outcomes.pop(nodeid, "passed")}
-        # the aggregated path: one tuple on this thread; the sender makes the timer metric
-        self.session.observe(DURATION, duration, type="timer", tags=tags, unit="s", buckets=None)
-        if _monotonic() >= self._next_progress:
-            self._progress(force=True)
 
     @_guarded
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from pytest_datacat import reports
+from pytest_datacat.plugin import RECORDED
 
 logger = logging.getLogger("datacat.pytest")
 #: The ``workeroutput`` key of how many items a worker's session did not deliver.
@@ -61,6 +62,21 @@ class ItemTracker:
         except Exception:
             logger.debug("datacat: cannot describe %s", report.nodeid, exc_info=True)
             return None
+
+    def plain_markers(self, report: pytest.TestReport) -> tuple[str, ...] | None:
+        """The names of the item's markers when they are the whole description of a passing
+        ``report`` (the one just made from the item, which has no ``datacat`` marker and no
+        recorded data): the recorder's inline path for a passing test. ``None`` otherwise."""
+        item = self.item
+        if item is None or item.location is not report.location:
+            return None
+        try:
+            names = self.markers(item)
+            if "datacat" in names or RECORDED in item.stash:
+                return None
+        except Exception:
+            return None  # ``describe`` says why, and the result is recorded all the same
+        return names
 
 
 class ItemReporter(ItemTracker):
