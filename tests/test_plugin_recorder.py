@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import pytest
 import requests
+from client_helpers import wait_for
 
 from pytest_datacat.recorder import SENDER, sender_options
 
@@ -387,3 +389,37 @@ def test_each_deciding_report_is_described_without_a_hook_wrapper(
     assert by_phase["test_plain_raise", "call"]["exception_type"] == "ValueError"
     param = by_phase["test_param[1]", "call"]
     assert param["name"] == "test_passed" and param["data"]["markers"] == ["parametrize"]
+
+
+KILLED = """
+import os, signal, time
+
+def test_before():
+    pass
+
+def test_dies():
+    time.sleep(0.5)  # the results so far are handed to the sender's child meanwhile
+    os.kill(os.getpid(), signal.SIGKILL)  # the interpreter dies: no sessionfinish, no atexit
+"""
+
+
+def test_a_killed_run_is_marked_crashed(pytester: pytest.Pytester, server_url: str) -> None:
+    """The run's sender lives in a child process: it sees the run's end of the pipe close with
+    the session open and marks it crashed, with what the run had recorded until then."""
+    product = f"killed-{uuid.uuid4()}"
+    pytester.makepyfile(test_killed=KILLED)
+    result = pytester.runpytest_subprocess(
+        f"--datacat-url={server_url}", f"--datacat-product={product}"
+    )
+    assert result.ret == -signal.SIGKILL
+
+    def crashed() -> dict[str, Any] | None:
+        listed = _get(f"{server_url}/api/data/sessions", product=product)
+        found = _get(f"{server_url}/api/sessions/{listed[0]['id']}") if listed else None
+        return found if found and found["crashed"] else None
+
+    session = wait_for(crashed, 15)
+    assert session["crash_reason"] == "parent_process_terminated"
+    assert [e["data"]["nodeid"] for e in session["events"] if e["name"] == "test_passed"] == [
+        "test_killed.py::test_before"
+    ]
