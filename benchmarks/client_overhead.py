@@ -35,7 +35,7 @@ from server_ingest import server  # the same real server the ingest benchmark st
 
 import datacat
 from datacat.batching import OBSERVE, Batcher
-from datacat.model import DEFAULT_BUCKETS
+from datacat.limits import DEFAULT_BUCKETS
 
 CALL_TARGET_US = 2.0
 TAGS = {"route": "/checkout", "method": "POST"}

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any, ParamSpec, TypeVar
 
-from datacat.model import MAX_NAME
+from datacat.limits import MAX_NAME
 
 logger = logging.getLogger("datacat")
 

@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from datacat import config as config_module
 from datacat.config import Config
-from datacat.model import HUNG_EVENT, RECOVERED_EVENT
+from datacat.limits import HUNG_EVENT, RECOVERED_EVENT
 from datacat.pipe import HELLO_OPTIONS
 from datacat.transport import HttpTransport
 from datacat.worker import Worker, wire

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from datacat import _internal
 from datacat._internal import log_once, logger, swallow
-from datacat.model import HUNG_EVENT, RECOVERED_EVENT
+from datacat.limits import HUNG_EVENT, RECOVERED_EVENT
 
 _MIN_CHECK = 0.02
 _MAX_CHECK = 1.0

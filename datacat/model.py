@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from datacat.errors import ValidationError
+from datacat.limits import MAX_BATCH_OPERATIONS, MAX_DEPTH, MAX_NAME, MAX_TIMESTAMP
 
 JSONDict = dict[str, Any]
 
@@ -25,38 +26,8 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 METRIC_TYPES = ("gauge", "counter", "histogram", "timer")
 OPERATIONS = ("create", "state", "event", "metric", "heartbeat", "end", "crash")
 
-#: Upper bounds in seconds of the default histogram buckets; an overflow bucket follows.
-DEFAULT_BUCKETS: tuple[float, ...] = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1,
-    2.5,
-    5,
-    10,
-    30,
-    60,
-)
-
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
-MAX_NAME = 200
-#: The last second of year 9999: later timestamps cannot be written back as ISO 8601.
-MAX_TIMESTAMP = 253_402_300_799
-MAX_BATCH_OPERATIONS = 10_000
-#: How deeply free-form JSON (``state``, ``data``, ``metadata``) may nest: deeper documents
-#: cannot be read back or merged without running into Python's recursion limit.
-MAX_DEPTH = 64
-
-HUNG_EVENT = "application_appears_hung"
-RECOVERED_EVENT = "application_recovered"
-CRASH_EVENT = "session_crashed_detected"
 
 _EVENT_TEXT = (
     "category",

@@ -30,7 +30,7 @@ from datacat._internal import log_once, logger, snapshot
 from datacat.batching import OBSERVE, Batcher, Item, finite_number, new_id
 from datacat.config import Config, resolve
 from datacat.errors import ConfigurationError, DatacatError, ValidationError
-from datacat.model import DEFAULT_BUCKETS
+from datacat.limits import DEFAULT_BUCKETS
 from datacat.transport import HttpTransport
 from datacat.worker import Worker, get_worker
 

@@ -33,7 +33,7 @@ from datacat._internal import logger, may_start_thread, swallow
 from datacat.batching import _rng as rng  # private: the app's seeded ``random`` stays its own
 from datacat.config import resolve
 from datacat.errors import ConfigurationError
-from datacat.model import DEFAULT_BUCKETS
+from datacat.limits import DEFAULT_BUCKETS
 from datacat.session import NoopSession, Session, create_session
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -30,7 +30,7 @@ from datacat._internal import log_once, logger
 from datacat.batching import OBSERVE, RAW, Batcher, Item, new_id, wire
 from datacat.batching import _rng as rng  # private: the app's seeded ``random`` stays its own
 from datacat.config import Config
-from datacat.model import MAX_BATCH_OPERATIONS
+from datacat.limits import MAX_BATCH_OPERATIONS
 from datacat.spool import Spool, bounded_timeout
 from datacat.transport import BatchResult, HttpTransport, Transport
 

@@ -2,7 +2,8 @@
 
 - only ``datacat/transport.py`` imports requests; only ``datacat/otel.py`` imports opentelemetry;
   only ``datacat/track.py`` and ``datacat/autoinstrument/`` import wrapt;
-- the core (``model``, ``merge``, ``errors``) imports only the standard library and itself;
+- the core (``model``, ``limits``, ``merge``, ``errors``) imports only the standard library and
+  itself;
 - ``datacat_server`` imports from ``datacat`` only the core;
 - nothing outside the tests imports ``pytest_datacat`` or ``datacat_server`` (each may import
   itself), except ``datacat/cli.py``, which names the server's entry point as a lazy string;
@@ -28,7 +29,7 @@ PACKAGES = {
     "pytest_datacat": REPO / "pytest_datacat",
     "datacat_server": REPO / "server" / "datacat_server",
 }
-CORE = {"datacat.model", "datacat.merge", "datacat.errors"}
+CORE = {"datacat.model", "datacat.limits", "datacat.merge", "datacat.errors"}
 # Third-party libraries and the only places allowed to import them.
 OWNERS = {
     "requests": ("datacat/transport.py",),

@@ -12,7 +12,7 @@ import pytest
 
 from datacat import _internal
 from datacat.batching import OBSERVE, RAW, Batcher, event_body, new_id
-from datacat.model import MAX_NAME
+from datacat.limits import MAX_NAME
 
 SID = "00000000-0000-4000-8000-000000000001"
 

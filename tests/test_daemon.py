@@ -21,7 +21,7 @@ from autoinstrument_helpers import PYTHON, client_env, event_named, events, sess
 
 from datacat import daemon
 from datacat.daemon import CRASH_REASON
-from datacat.model import HUNG_EVENT, RECOVERED_EVENT
+from datacat.limits import HUNG_EVENT, RECOVERED_EVENT
 
 APP = """
 import sys, time

@@ -14,7 +14,7 @@ from fork_helpers import lock_free_in_forked_child, run_script
 
 import datacat
 from datacat.heartbeat import thread_stacks
-from datacat.model import HUNG_EVENT, RECOVERED_EVENT
+from datacat.limits import HUNG_EVENT, RECOVERED_EVENT
 from datacat.session import Session
 
 Make = Callable[..., Session]

@@ -23,7 +23,7 @@ from datacat._internal import (
     truncate,
 )
 from datacat.client import DatacatClient
-from datacat.model import MAX_NAME
+from datacat.limits import MAX_NAME
 
 
 class Odd:

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 import datacat
 from datacat._internal import MAX_STRING
 from datacat.errors import ConfigurationError, NotFoundError, TransportError, ValidationError
-from datacat.model import DEFAULT_BUCKETS
+from datacat.limits import DEFAULT_BUCKETS
 from datacat.session import NoopSession, Session
 from datacat.worker import DROPPED_METRIC
 

@@ -21,7 +21,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from datacat.model import DEFAULT_BUCKETS, HUNG_EVENT, RECOVERED_EVENT, JSONDict, iso
+from datacat.limits import DEFAULT_BUCKETS, HUNG_EVENT, RECOVERED_EVENT
+from datacat.model import JSONDict, iso
 from datacat_server import queries
 from datacat_server.queries import (
     STATUSES,

@@ -19,8 +19,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from datacat.errors import ValidationError
+from datacat.limits import MAX_TIMESTAMP
 from datacat.merge import deep_merge
-from datacat.model import MAX_TIMESTAMP, JSONDict, iso
+from datacat.model import JSONDict, iso
 from datacat_server.schema import events, metrics, sessions, state_updates, state_values
 from datacat_server.storage import value_key
 

@@ -32,8 +32,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from datacat.errors import ValidationError
+from datacat.limits import CRASH_EVENT, HUNG_EVENT, RECOVERED_EVENT
 from datacat.merge import deep_merge
-from datacat.model import CRASH_EVENT, HUNG_EVENT, RECOVERED_EVENT, JSONDict, now
+from datacat.model import JSONDict, now
 from datacat_server.schema import (
     events,
     make_engine,
