@@ -3,8 +3,8 @@
 With ``sender="process"`` the batching, the JSON and the HTTP of a session's sender run in a
 child process (``python -m datacat.offload``), on another core and outside the app's GIL. The
 app's :class:`ProcessWorker` is a ``Worker`` whose sender thread does not build batches: every
-``flush_interval`` (or ``batch_size`` items) it hands the queued items, exactly as the session
-verbs queued them, to the child through a pipe, one pickle frame per hand-over. What the
+``HAND_OVER_INTERVAL`` (or ``batch_size`` items) it hands the queued items, exactly as the
+session verbs queued them, to the child through a pipe, one pickle frame per hand-over. What the
 app pays per item is the deque append it always paid and a share of one ``pickle.dumps``; the
 child runs the ordinary ``Worker`` on the items (batching, retries with backoff, the spool).
 
@@ -60,9 +60,10 @@ _HEADER = struct.Struct(">cI")
 CHILD_OPTIONS = tuple(name for name in SENDER_OPTIONS if name not in ("daemon", "sender"))
 #: The reason of the crash the child reports for a session the app left open when it died.
 CRASH_REASON = "parent_process_terminated"
-#: Seconds the app's sender thread waits between two hand-overs, at most (the child batches
-#: by ``flush_interval`` itself; handing over often keeps items short-lived in the app).
-HAND_OVER_INTERVAL = 0.1
+#: Seconds between two hand-overs by the app's sender thread, whatever ``flush_interval`` is
+#: (the child batches and sends by ``flush_interval`` itself): items stay short-lived in the
+#: app, and a short ``flush_interval`` does not wake the app's thread more often.
+HAND_OVER_INTERVAL = 0.05
 #: Items per frame at most: a frame torn by the child's death or the exit costs little.
 FRAME_ITEMS = 1000
 #: Bytes asked for the pipe (Linux ``F_SETPIPE_SZ``): the child starting up does not stall it.
@@ -186,8 +187,7 @@ class ProcessWorker(Worker):
     # -- app side: the sender thread's cycle hands over instead of sending -----------------------
 
     def _wait_time(self) -> float:
-        wait = super()._wait_time()
-        return wait if self._gone else min(wait, HAND_OVER_INTERVAL)
+        return super()._wait_time() if self._gone else HAND_OVER_INTERVAL
 
     def _busy(self) -> bool:
         handed = self._waiting or self._in_child or self._child_pending
