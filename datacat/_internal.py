@@ -30,7 +30,7 @@ MAX_STRING = 16 * 1024
 TRUNCATED = "…[truncated {} chars]"
 #: What a NUL character in a user's string becomes (the server refuses NUL).
 NUL_REPLACEMENT = "\ufffd"
-#: The end of a name cut to ``model.MAX_NAME``.
+#: The end of a name cut to ``limits.MAX_NAME``.
 NAME_CUT = "…"
 _MAX_DEPTH = 32
 _PLAIN = frozenset({int, bool, type(None)})
@@ -226,7 +226,7 @@ def text_field(value: Any, limit: int = MAX_STRING) -> str:
 
 def name_field(value: Any) -> str:
     """An event or metric name as the server takes it: ``text_field``, cut to
-    ``model.MAX_NAME`` characters ending in ``NAME_CUT``."""
+    ``limits.MAX_NAME`` characters ending in ``NAME_CUT``."""
     text = text_field(value)
     if len(text) <= MAX_NAME:
         return text
