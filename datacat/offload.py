@@ -64,6 +64,8 @@ CRASH_REASON = "parent_process_terminated"
 #: (the child batches and sends by ``flush_interval`` itself): items stay short-lived in the
 #: app, and a short ``flush_interval`` does not wake the app's thread more often.
 HAND_OVER_INTERVAL = 0.05
+#: Seconds the exit path may wait for the pipe past its deadline (see ``_spill_all``).
+EXIT_GRACE = 0.2
 #: Items per frame at most: a frame torn by the child's death or the exit costs little.
 FRAME_ITEMS = 1000
 #: Bytes asked for the pipe (Linux ``F_SETPIPE_SZ``): the child starting up does not stall it.
@@ -391,7 +393,9 @@ class ProcessWorker(Worker):
 
     def _spill_all(self) -> None:
         """Exit gave up: what the child has not taken on goes to this process's spool."""
-        if _acquire(self._pipe_lock, self._exit_deadline):
+        # with a grace past the deadline: the sender thread holds the lock for a moment at a
+        # time (it never waits under it), and what is not taken back here would be lost
+        if _acquire(self._pipe_lock, self._exit_deadline, EXIT_GRACE):
             try:
                 self._take_back_frames()
             finally:
@@ -400,7 +404,7 @@ class ProcessWorker(Worker):
 
     def _close_transport(self, deadline: float) -> None:
         """Exit: close the pipe (the child's EOF: it delivers what it has, then exits)."""
-        if _acquire(self._pipe_lock, deadline):
+        if _acquire(self._pipe_lock, deadline, EXIT_GRACE):
             try:
                 if self._outlet is not None:
                     self._write(max(0.0, deadline - time.monotonic()))
@@ -431,9 +435,10 @@ def _left(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
-def _acquire(lock: threading.Lock, deadline: float | None) -> bool:
+def _acquire(lock: threading.Lock, deadline: float | None, grace: float = 0.0) -> bool:
+    """``lock`` within ``deadline`` (``None``: no limit), or ``grace`` seconds if that is later."""
     left = _left(deadline)
-    return lock.acquire(timeout=-1 if left is None else left)
+    return lock.acquire(timeout=-1 if left is None else max(left, grace))
 
 
 def _take(queue: deque[Item], count: int) -> list[Item]:
