@@ -103,7 +103,7 @@ def test_plain_markers_are_the_whole_description_of_a_plain_passing_test(
     source = """
 import pytest
 
-@pytest.mark.usefixtures()
+@pytest.mark.filterwarnings("ignore")
 def test_plain():
     pass
 
@@ -116,8 +116,8 @@ def test_marked():
     call = pytest.CallInfo.from_call(lambda: None, "call")
     tracker.pytest_runtest_makereport(plain, call)
     made = pytest.TestReport.from_item_and_call(plain, call)
-    assert tracker.plain_markers(made) == ("usefixtures",)
-    assert tracker.describe(made) == {"markers": ("usefixtures",)}
+    assert tracker.plain_markers(made) == ("filterwarnings",)
+    assert tracker.describe(made) == {"markers": ("filterwarnings",)}
     path, line, domain = plain.location
     other = pytest.TestReport(plain.nodeid, (path, line, domain), {}, "passed", None, "call")
     assert tracker.plain_markers(other) is None
