@@ -148,3 +148,9 @@ def test_secrets_in_the_command_line_are_redacted() -> None:
         "keyword and key",
         "tests/test_x.py",
     ]
+
+
+def test_the_platform_reads_as_the_standard_library_says_it() -> None:
+    import platform
+
+    assert metadata.platform_name() == platform.platform()
