@@ -129,12 +129,31 @@ def main() -> None:
             proc.wait(timeout=10)
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (``/proc/stat``: user ... steal), or ``[]`` off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(field) for field in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return []
+
+
+def steal_share(before: list[int], after: list[int]) -> str:
+    """The share of CPU time the hypervisor gave to other machines meanwhile (steal): with a
+    large one, the sender's child and the server take their CPU from the tests."""
+    if not before or not after:
+        return "unknown"
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return f"{100 * spent[7] / max(1, sum(spent)):.0f} %"
+
+
 def measure(suite: Path, url: str, tests: int, rounds: int) -> None:
     without: list[tuple[float, float]] = []
     with_plugin: list[tuple[float, float]] = []
     product = ""
     run_suite(suite, "-p", "no:datacat")  # warm-up, not counted: fills the bytecode cache
     run_suite(suite, f"--datacat-url={url}", "--datacat-product=bench-warm-up")
+    counters = cpu_times()
     for index in range(rounds):  # alternate, so a change of load hits both sides alike
         product = f"bench-{uuid.uuid4()}"
         plain = ("-p", "no:datacat")
@@ -144,8 +163,10 @@ def measure(suite: Path, url: str, tests: int, rounds: int) -> None:
         without.append(results[plain])
         with_plugin.append(results[recorded])
         time.sleep(0.5)  # the server has stored the last run before the next one starts
+    steal = steal_share(counters, cpu_times())
     arrived = events_of(url, product)
     print(f"pytest, {tests} trivial tests, {rounds} paired rounds; events delivered: {arrived}")
+    print(f"CPU time stolen by the hypervisor meanwhile (/proc/stat steal): {steal}")
     print("                                   wall time (best, median)   CPU time (best)")
     for label, runs in (("without plugin (-p no:datacat)", without), ("with plugin", with_plugin)):
         walls = [r[0] for r in runs]
