@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from autoinstrument_helpers import PYTHON, client_env, event_named, events, metrics, session
+from autoinstrument_helpers import (
+    PYTHON,
+    client_env,
+    event_named,
+    events,
+    metrics,
+    run_python,
+    session,
+)
 from client_helpers import Peer, session_factory, wait_for
 
 import datacat
@@ -309,12 +317,7 @@ print(s.id, s.end(timeout=10), flush=True)
 
 
 def test_a_forked_app_gets_its_own_child(server_url: str, tmp_path: Path) -> None:
-    script = tmp_path / "fork_app.py"
-    script.write_text(FORK_APP)
-    env = {**os.environ, **client_env(server_url, tmp_path)}
-    done = subprocess.run(
-        [PYTHON, str(script)], capture_output=True, text=True, env=env, timeout=60
-    )
+    done = run_python(FORK_APP, tmp_path, client_env(server_url, tmp_path))
     assert done.returncode == 0, done.stderr
     forked, parent = done.stdout.splitlines()
     assert forked == "forked True True"
@@ -406,7 +409,7 @@ print(s.id, s._worker._process.pid, flush=True)
 os.kill(s._worker._process.pid, signal.SIGSTOP)
 for i in range(400):
     s.log_event("e", {"i": i, "b": str(i) + "x" * 10_000})
-if sys.argv[1:] == ["end"]:
+if END:  # set by the test: the app ends its session itself, else the exit hook does
     s.end(timeout=0.3)
 """
 
@@ -415,12 +418,8 @@ if sys.argv[1:] == ["end"]:
 def test_a_slow_child_at_exit_loses_nothing(server_url: str, tmp_path: Path, how: str) -> None:
     """The child is stopped while the app logs and exits: what it could not take is spooled by
     the app (and delivered by the next process), what it took it delivers when resumed."""
-    script = tmp_path / "app.py"
-    script.write_text(EXIT_APP)
-    env = {**os.environ, **client_env(server_url, tmp_path)}
-    done = subprocess.run(
-        [PYTHON, str(script), how], capture_output=True, text=True, env=env, timeout=60
-    )
+    code = f"END = {how == 'end'}\n{EXIT_APP}"
+    done = run_python(code, tmp_path, client_env(server_url, tmp_path))
     sid, child = done.stdout.split()
     os.kill(int(child), signal.SIGCONT)
     wait_for(lambda: _gone(int(child)), 15)
@@ -458,12 +457,7 @@ print("alive", s.end(timeout=10), flush=True)
 def test_a_dead_child_never_kills_an_app_that_restored_sigpipe(
     server_url: str, tmp_path: Path
 ) -> None:
-    script = tmp_path / "app.py"
-    script.write_text(SIGPIPE_APP)
-    env = {**os.environ, **client_env(server_url, tmp_path)}
-    done = subprocess.run(
-        [PYTHON, str(script)], capture_output=True, text=True, env=env, timeout=60
-    )
+    done = run_python(SIGPIPE_APP, tmp_path, client_env(server_url, tmp_path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "alive True"
 
