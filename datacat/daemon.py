@@ -37,14 +37,14 @@ from typing import IO, Any
 
 from datacat import config as config_module
 from datacat.config import Config
-from datacat.limits import HUNG_EVENT, RECOVERED_EVENT
+from datacat.limits import HUNG_EVENT, PARENT_TERMINATED, RECOVERED_EVENT
 from datacat.pipe import HELLO_OPTIONS
 from datacat.transport import HttpTransport
 from datacat.worker import Worker, wire
 
 JSONDict = dict[str, Any]
 
-CRASH_REASON = "parent_process_terminated"
+CRASH_REASON = PARENT_TERMINATED
 #: Seconds the daemon keeps retrying after the app has gone, while the server is down.
 DEFAULT_LINGER = 300.0
 

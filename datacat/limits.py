@@ -37,3 +37,6 @@ MAX_DEPTH = 64
 HUNG_EVENT = "application_appears_hung"
 RECOVERED_EVENT = "application_recovered"
 CRASH_EVENT = "session_crashed_detected"
+#: The crash reason a watcher process (local daemon, process sender) gives a session whose
+#: program ended without ending it.
+PARENT_TERMINATED = "parent_process_terminated"

@@ -48,6 +48,7 @@ from datacat import config as config_module
 from datacat._internal import jsonable, log_once, logger, name_field
 from datacat.batching import _BODIES, OBSERVE, RAW, Item, wire
 from datacat.config import SENDER_OPTIONS, Config
+from datacat.limits import PARENT_TERMINATED
 from datacat.pipe import Outlet, daemon_environment, wait_readable
 from datacat.transport import HttpTransport, Transport
 from datacat.worker import Worker
@@ -59,7 +60,7 @@ _HEADER = struct.Struct(">cI")
 #: The options the child's sender is made with (the app's own; the child reads no environment).
 CHILD_OPTIONS = tuple(name for name in SENDER_OPTIONS if name not in ("daemon", "sender"))
 #: The reason of the crash the child reports for a session the app left open when it died.
-CRASH_REASON = "parent_process_terminated"
+CRASH_REASON = PARENT_TERMINATED
 #: Seconds between two hand-overs by the app's sender thread, whatever ``flush_interval`` is
 #: (the child batches and sends by ``flush_interval`` itself): items stay short-lived in the
 #: app, and a short ``flush_interval`` does not wake the app's thread more often.
