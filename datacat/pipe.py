@@ -144,7 +144,7 @@ _SIGPIPE = getattr(signal, "SIGPIPE", None) if hasattr(signal, "pthread_sigmask"
 
 class Outlet:
     """The app's non-blocking write end of a pipe: what the pipe could not take yet waits in
-    ``pending``, in order, and goes first. Writing never blocks; ``drain`` waits (``select``) at
+    ``pending``, in order, and goes first. Writing never blocks; ``drain`` waits (``poll``) at
     most as long as it is told. A closed reader (EPIPE) or another error makes it ``broken``."""
 
     def __init__(self, fd: int, reader: str = "local daemon") -> None:
@@ -222,7 +222,7 @@ class PipeTransport:
                 written = self._write(encode({"operations": operations}), wait)
                 if written:
                     return BatchResult(200, applied=len(operations))
-                if not self._broken:
+                if not self._dead():
                     self.dropped_writes += 1
                     return BatchResult(PIPE_FULL, error="daemon pipe full")
         return self._fallback().send_batch(operations, timeout)
@@ -255,9 +255,11 @@ class PipeTransport:
     def _usable(self) -> bool:
         if self._outlet is None and not self._broken:
             self._start()
-        if self._outlet is not None and self._outlet.broken:
-            self._broken = True
-        return self._outlet is not None and not self._broken
+        return self._outlet is not None and not self._dead()
+
+    def _dead(self) -> bool:
+        """Never to be written again: closed, forked, failed to start, or the daemon gone."""
+        return self._broken or (self._outlet is not None and self._outlet.broken)
 
     def _start(self) -> None:
         try:
@@ -280,12 +282,10 @@ class PipeTransport:
         assert outlet is not None
         deadline = time.monotonic() + wait
         if outlet.pending and not outlet.drain(wait):
-            self._broken = outlet.broken
             return False
         outlet.pending = line
         if outlet.drain(max(0.0, deadline - time.monotonic())):
             return True
-        self._broken = outlet.broken
         if len(outlet.pending) == len(line):
             outlet.pending = b""  # none of it went in: the sender retries it whole
         return False
