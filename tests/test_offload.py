@@ -495,16 +495,22 @@ def test_text_fields_arrive_as_the_thread_sender_sends_them(
     assert stored[1][0]["message"] == "/x" and stored[1][1] == {"path": "/y"}
 
 
-def test_a_full_child_queue_is_counted_once_and_reported_for_its_session(
-    server_url: str,
-) -> None:
-    config = resolve(url=server_url, queue_size=2, spool_dir="")
-    worker = datacat.worker.Worker(datacat.transport.HttpTransport(server_url), config)
+class _FullWorker(datacat.worker.Worker):
+    """A sender whose queue stays full (a server that takes nothing): ``put`` refuses and
+    counts, as ``Worker.put`` does then, and a flush cannot make room."""
+
+    def put(self, item: Any) -> bool:
+        self.stats["dropped"] += 1
+        return False
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return False
+
+
+def test_a_full_child_queue_is_counted_once_and_reported_for_its_session() -> None:
+    config = resolve(url="http://127.0.0.1:1", queue_size=2, spool_dir="")
+    worker = _FullWorker(datacat.transport.HttpTransport(config.url), config)
     child = offload.Child(worker, io.BytesIO())
-    with Peer("stall") as peer:
-        worker.transport = datacat.transport.HttpTransport(peer.url, timeout=0.2)
-        worker.config = resolve(url=peer.url, queue_size=2, spool_dir="", timeout=0.2)
-        child.receive([("event", "s1", "e", None, "info", None, None, None, {}, 1.0, None)] * 5)
-        peer.release.set()
-    assert worker.stats["dropped"] == worker._lost.get("s1", 0)
-    worker.close(time.monotonic() + 1)
+    child.receive([("event", "s1", "e", None, "info", None, None, None, {}, 1.0, None)] * 5)
+    assert worker.stats["dropped"] == 5  # each once, not once by put and again by the child
+    assert worker._lost == {"s1": 5}  # and reported as the session's dropped items
