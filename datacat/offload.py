@@ -67,6 +67,9 @@ CRASH_REASON = PARENT_TERMINATED
 HAND_OVER_INTERVAL = 0.05
 #: Seconds the exit path may wait for the pipe past its deadline (see ``_spill_all``).
 EXIT_GRACE = 0.2
+#: Queued items that wake the sender thread for a hand-over before ``HAND_OVER_INTERVAL`` is up
+#: (fewer than ``batch_size``): a burst reaches the child, and the server, at once.
+HAND_OVER_ITEMS = 64
 #: Items per frame at most: a frame torn by the child's death or the exit costs little.
 FRAME_ITEMS = 1000
 #: Bytes asked for the pipe (Linux ``F_SETPIPE_SZ``): the child starting up does not stall it.
@@ -167,6 +170,7 @@ class ProcessWorker(Worker):
 
     def __init__(self, transport: Transport, config: Config) -> None:
         super().__init__(transport, config)
+        self.kick_size = min(self.batch_size, HAND_OVER_ITEMS)
         self._pipe_lock = threading.Lock()
         self._exit_deadline: float | None = None
         self._init_child()
@@ -359,6 +363,7 @@ class ProcessWorker(Worker):
             return
         log_once("offload-lost", "datacat: the sender process has gone; sending directly")
         self._gone = True
+        self.kick_size = self.batch_size  # this process batches again
         self._take_back_frames()
         self.stats["dropped"] += self._in_child + self._child_pending
         self._in_child = self._child_pending = 0
@@ -504,6 +509,9 @@ class Child:
                 worker.flush(worker.config.timeout)
             if not worker.put(item):  # still full: lost, and reported for its session
                 worker.count_dropped(item[1] if isinstance(item[1], str) else "", counted=True)
+        # A frame is a hand-over's worth: sent at once, not at the next ``flush_interval``, so
+        # little waits here when the app asks for a flush (at its exit, say).
+        worker.kick()
 
     def answer(self, request: JSONDict) -> None:
         timeout = request.get("timeout")

@@ -59,6 +59,8 @@ class Worker:
         self.config = config
         self.maxsize = config.queue_size
         self.batch_size = min(config.batch_size, MAX_BATCH_OPERATIONS)
+        #: queued items that wake the sender before its interval is up
+        self.kick_size = self.batch_size
         self.queue: deque[Item] = deque()
         self.spool = Spool.for_url(config) if config.spool_dir else None
         self.sessions = _Sessions()  # open sessions, ended at exit
@@ -99,7 +101,7 @@ class Worker:
             self.stats["dropped"] += 1
             return False
         queue.append(item)
-        if len(queue) >= self.batch_size or self.thread is None:
+        if len(queue) >= self.kick_size or self.thread is None:
             if self._recreate:
                 self._put_recreate()
             self.kick()

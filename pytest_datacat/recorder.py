@@ -7,6 +7,14 @@ reports to the controller's ``pytest_runtest_logreport``), keeps the live progre
 and alone ends the session (the side where tests run is :mod:`pytest_datacat.relay`). Every
 hook is guarded: an internal error is counted and shown in the terminal summary, never
 raised into the run.
+
+The run pays for one thing per report: ``pytest_runtest_logreport`` appends it to a deque. The
+recorder's own thread records the reports kept every ``DRAIN_INTERVAL`` in one loop (events,
+counters, the timer of each test), so pytest's thread makes no call of ours per test beyond
+that one. The item of a report (its markers, its ``record_datacat`` data) is the item at the
+running index of ``session.items`` (tests run in that order: no lookup), else found by node
+id; the type of what a failed report raised comes from ``pytest_exception_interact``, which
+pytest calls only for failures, right after their report.
 """
 
 from __future__ import annotations
@@ -14,7 +22,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -23,8 +33,8 @@ import pytest
 import datacat
 from datacat.config import resolve
 from pytest_datacat import metadata, reports
-from pytest_datacat.plugin import SESSION, Settings
-from pytest_datacat.relay import UNDELIVERED, ItemTracker
+from pytest_datacat.plugin import RECORDED, SESSION, Settings
+from pytest_datacat.relay import UNDELIVERED
 
 logger = logging.getLogger("datacat.pytest")
 
@@ -40,6 +50,9 @@ PROGRESS_INTERVAL = 0.5
 #: (240-290 ms of CPU per 2,000-test run at 0.02 s, 180-210 ms at 0.1 s, 160-190 ms at 0.5 s),
 #: which a machine with no idle core takes from the tests.
 SENDER: dict[str, Any] = {"sender": "process", "flush_interval": 0.1, "batch_size": 5000}
+#: Seconds between two rounds of the recorder's thread, which records the reports kept meanwhile
+#: in one go: a call of ours per report (three per test) cost the run more than the loop does.
+DRAIN_INTERVAL = 0.05
 #: The timer metric of each test's duration (setup + call + teardown).
 DURATION = "pytest.test.duration"
 #: What the client's exit hook may still wait once the run's own flush deadline has passed:
@@ -60,9 +73,6 @@ def register(config: pytest.Config, settings: Settings) -> None:
         return
     config.stash[SESSION] = recorder.session
     config.pluginmanager.register(recorder, "datacat-recorder")
-    # Where tests run here (no xdist): the recorder describes each deciding report from its item.
-    # Under xdist this process runs no test and the workers' reports carry their description.
-    config.pluginmanager.register(recorder.items, "datacat-items")
 
 
 def _create_session(config: pytest.Config, settings: Settings) -> datacat.Session:
@@ -108,20 +118,33 @@ class Recorder:
         self.config = config
         self.settings = settings
         self.counts = dict.fromkeys(["collected", *reports.COUNTERS.values()], 0)
-        self.current: str | None = None
+        self._last: pytest.TestReport | None = None  # the latest report recorded
+        self._ended = False
         self.internal_errors = 0
         self.workers_undelivered = 0  # what xdist workers' own writes could not deliver
         self.delivered: bool | None = None
-        self.items = ItemTracker()
-        # nodeid -> summed duration of the test's reports so far, and (only where it is not
-        # "passed") its outcome: strings and floats only, so neither dict is ever tracked by
-        # the garbage collector (a list per test was, and lived as long as the test)
-        self._durations: dict[str, float] = {}
-        self._outcomes: dict[str, str] = {}
+        self.markers = reports.MarkerNames()
+        # the reports not recorded yet, and (by id) each failed one with what it raised
+        self._reports: deque[pytest.TestReport] = deque()
+        self._raised: dict[int, tuple[pytest.TestReport, str]] = {}
+        self._lock = threading.Lock()  # one drain at a time
+        self._stop = threading.Event()
+        # the run's items (``session.items``), the index of the one running, and by node id
+        # (made only when a test does not run in that order)
+        self._items: list[pytest.Item] = []
+        self._index = 0
+        self._by_nodeid: dict[str, pytest.Item] | None = None
+        # test (its location, or node id from an xdist worker) -> summed duration of its reports
+        # so far, and (only where it is not "passed") its outcome: no container per test, so
+        # neither dict is ever tracked by the garbage collector
+        self._durations: dict[Any, float] = {}
+        self._outcomes: dict[Any, str] = {}
         self._next_progress = 0.0
         self._started = time.monotonic()
         self.session = _create_session(config, settings)
         self.session.start_heartbeat()  # a killed run turns "suspended" instead of staying active
+        drainer = threading.Thread(target=self._drain_loop, name="datacat-pytest", daemon=True)
+        drainer.start()
 
     @property
     def dashboard_url(self) -> str:
@@ -156,61 +179,112 @@ class Recorder:
 
     @_guarded
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._items = session.items
         self.counts["collected"] = len(session.items)
         self._progress(force=True)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Three times per test, so cheap: plain attribute reads, few calls, no per-test state
-        # update (the progress is throttled), and the guard inlined rather than ``_guarded``.
-        # A passing test's setup and teardown add their duration; its call is logged inline.
-        try:
-            nodeid = report.nodeid  # a property (pytest 9): read once
-            durations = self._durations
-            duration = durations.get(nodeid)
-            if duration is None:  # the test's first report: it is the current one
-                duration = 0.0
-                self.current = nodeid
-            when = report.when
-            if when == "teardown":
-                if report.outcome != "passed":
-                    self._result(report, nodeid)
-                durations.pop(nodeid, None)  # none when the teardown is the test's only report
-                outcomes = self._outcomes
-                # the aggregated path: one tuple on this thread; the sender makes the timer
-                self.session.observe(
-                    DURATION,
-                    duration + report.duration,
-                    type="timer",
-                    tags={
-                        "nodeid": nodeid,
-                        "outcome": outcomes.pop(nodeid, "passed") if outcomes else "passed",
-                    },
-                    unit="s",
-                    buckets=None,
-                )
-                if _monotonic() >= self._next_progress:
-                    self._progress(force=True)
-                return
-            durations[nodeid] = duration + report.duration
-            if report.outcome == "passed":
-                if when == "call" and not self._passed(report, nodeid):
-                    self._result(report, nodeid)
-            else:  # the reports that decide
-                self._result(report, nodeid)
-        except Exception:
-            self.internal_errors += 1
-            logger.debug("datacat: internal error in pytest_runtest_logreport", exc_info=True)
+        # Three times per test, so it only keeps the report: the recorder's thread records the
+        # reports kept every ``DRAIN_INTERVAL``, in one loop (``_drain``), which costs the run
+        # a fraction of what a call of ours per report did.
+        self._reports.append(report)
 
-    def _passed(self, report: pytest.TestReport, nodeid: str) -> bool:
+    def pytest_exception_interact(
+        self, node: Any, call: pytest.CallInfo[Any], report: pytest.TestReport
+    ) -> None:
+        # Only for a report that failed with an exception (not a skip, not an expected
+        # failure), right after its ``pytest_runtest_logreport``: the exception's type. The
+        # report is kept with it, so no other report can take its id meanwhile.
+        try:
+            if call.excinfo is not None and isinstance(report, pytest.TestReport):
+                self._raised[id(report)] = (report, call.excinfo.typename)
+        except Exception:
+            self._internal_error("pytest_exception_interact")
+
+    def _drain_loop(self) -> None:
+        """The recorder's thread: the reports kept, every ``DRAIN_INTERVAL``, until the end."""
+        while not self._stop.wait(DRAIN_INTERVAL):
+            self._drain()
+
+    def _drain(self, last: bool = False) -> None:
+        """Record the reports kept so far, in order, then the live progress when it is due. A
+        failed report that is the newest waits for its exception (``pytest_exception_interact``
+        comes right after it), unless ``last``."""
+        with self._lock:
+            reports, raised = self._reports, self._raised
+            while reports:
+                report = reports[0]
+                if len(reports) == 1 and not last and self._awaits_exception(report):
+                    break
+                reports.popleft()
+                try:
+                    entry = raised.pop(id(report), None) if raised else None
+                    self._record(report, None if entry is None else entry[1])
+                except Exception:
+                    self._internal_error("recording a report")
+                self._last = report
+            if _monotonic() >= self._next_progress:
+                self._progress(force=True)
+
+    def _awaits_exception(self, report: pytest.TestReport) -> bool:
+        attributes = report.__dict__
+        return (
+            report.outcome == "failed"
+            and id(report) not in self._raised
+            and "worker_id" not in attributes  # an xdist worker's: its description has it
+        )
+
+    def _internal_error(self, where: str) -> None:
+        self.internal_errors += 1
+        logger.debug("datacat: internal error in %s", where, exc_info=True)
+
+    def _record(self, report: pytest.TestReport, raised: str | None) -> None:
+        """One report: its duration adds to its test's, a deciding one (any not passed, and a
+        passing call) is an event, and the teardown's closes the test with its timer."""
+        attributes = report.__dict__
+        relayed = "worker_id" in attributes  # from an xdist worker: reports of several tests
+        # interleave, and the worker's description rides on the report (``reports.EXTRA``)
+        key = report.nodeid if relayed else report.location  # the location: no property call
+        when = report.when
+        durations = self._durations
+        duration = durations.pop(key, 0.0) + report.duration
+        if when != "teardown":
+            durations[key] = duration
+        if when == "call" and report.outcome == "passed" and not relayed:
+            if not self._passed(report, key, attributes):
+                self._result(report, key, raised)
+        elif report.outcome != "passed" or when == "call":
+            self._result(report, key, raised)
+        if when == "teardown":
+            nodeid = report.nodeid
+            outcomes = self._outcomes
+            # the aggregated path: one tuple here; the sender makes the timer
+            self.session.observe(
+                DURATION,
+                duration,
+                type="timer",
+                tags={
+                    "nodeid": nodeid,
+                    "outcome": outcomes.pop(key, "passed") if outcomes else "passed",
+                },
+                unit="s",
+                buckets=None,
+            )
+            self._next_item(report)
+
+    def _passed(self, report: pytest.TestReport, key: Any, attributes: dict[str, Any]) -> bool:
         """Log the common case inline: a passing call of a test that has nothing but marker
         names to describe and no outcome so far; False (nothing logged) for anything else."""
-        attributes = report.__dict__
-        if "wasxfail" in attributes or self._outcomes or reports.EXTRA in attributes:
+        if "wasxfail" in attributes or (self._outcomes and key in self._outcomes):
             return False
-        names = self.items.plain_markers(report)
-        if names is None:
+        item = self._item(report)
+        if item is None:
+            return False
+        names = self.markers(item)
+        if "datacat" in names or RECORDED in item.stash:
             return False
         self.counts["passed"] += 1
+        nodeid = report.nodeid
         # the event ``reports.result_event`` makes, in one literal: explicit keywords, no labels
         self.session.log_event(
             "test_passed",
@@ -219,7 +293,7 @@ class Recorder:
                 "outcome": "passed",
                 "phase": "call",
                 "duration": report.duration,
-                "worker": attributes.get("worker_id") or "main",
+                "worker": "main",
                 "markers": names,
                 "location": report.location,
             },
@@ -229,21 +303,54 @@ class Recorder:
         )
         return True
 
-    def _result(self, report: pytest.TestReport, nodeid: str) -> None:
+    def _result(self, report: pytest.TestReport, key: Any, raised: str | None) -> None:
         result = reports.outcome(report)
         if result is None:
             return
         self.counts[reports.COUNTERS[result]] += 1
         outcomes = self._outcomes
-        earlier = outcomes.get(nodeid)  # None: "passed" so far (it needs no entry)
+        earlier = outcomes.get(key)  # None: "passed" so far (it needs no entry)
         if earlier not in ("failed", "error") and (earlier is not None or result != "passed"):
-            outcomes[nodeid] = result  # a failure or error stays the test's outcome
+            outcomes[key] = result  # a failure or error stays the test's outcome
         # from an xdist worker the report carries its description; here, the item gives it
         extra = report.__dict__.get(reports.EXTRA)
         if extra is None:
-            extra = self.items.describe(report)
+            extra = self._describe(report, raised)
         name, fields = reports.result_event(report, result, extra)
         self.session.log_event(name, **fields)
+
+    def _describe(self, report: pytest.TestReport, raised: str | None) -> reports.Fields | None:
+        item = self._item(report)
+        if item is None:
+            return {"exception_type": raised} if raised else None
+        try:
+            failed = raised if report.outcome == "failed" else None
+            return reports.describe(item, failed, self.markers)
+        except Exception:
+            logger.debug("datacat: cannot describe %s", report.nodeid, exc_info=True)
+            return None
+
+    # -- which item a report is of --------------------------------------------------------------
+
+    def _item(self, report: pytest.TestReport) -> pytest.Item | None:
+        """The item ``report`` was made from. Tests run in the order of ``session.items``, so
+        it is the item at the index (whose location is the report's very tuple): no lookup;
+        otherwise (a test run again, a plugin's own order) found by node id."""
+        items = self._items
+        index = self._index
+        if index < len(items):
+            item = items[index]
+            if item.location is report.location:
+                return item
+        if self._by_nodeid is None:
+            self._by_nodeid = {item.nodeid: item for item in items}
+        return self._by_nodeid.get(report.nodeid)
+
+    def _next_item(self, report: pytest.TestReport) -> None:
+        """After a test's teardown: the next test is the next item."""
+        items = self._items
+        if self._index < len(items) and items[self._index].location is report.location:
+            self._index += 1
 
     @_guarded
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
@@ -261,6 +368,7 @@ class Recorder:
 
     @_guarded
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        self._drain(last=True)
         self.session.log_event(
             "run_interrupted",
             level="warning",
@@ -269,6 +377,12 @@ class Recorder:
             data={"current": self.current, **self.counts},
             exception_type=excinfo.typename,
         )
+
+    @property
+    def current(self) -> str | None:
+        """The node id of the test of the latest report (the one running, or just finished)."""
+        last = self._reports[-1] if self._reports else self._last
+        return None if last is None or self._ended else last.nodeid
 
     def _progress(self, force: bool = False) -> None:
         """Send the live progress, at most every ``PROGRESS_INTERVAL`` seconds unless forced."""
@@ -288,7 +402,9 @@ class Recorder:
         if self.delivered is not None:
             return
         self.delivered = False
-        self.current = None
+        self._stop.set()
+        self._drain(last=True)
+        self._ended = True  # no current test any more
         self._progress(force=True)
         seconds = time.monotonic() - self._started
         self.session.update_state(_final_state(exitstatus, seconds))

@@ -1,13 +1,16 @@
-"""Where tests run: what only the item knows, and on an xdist worker a handle on the run's session.
+"""On an xdist worker: what only the item knows, and a handle on the run's session.
 
-:class:`ItemTracker` remembers the item of the report being made (and the type of what it
-raised) with a plain ``pytest_runtest_makereport`` implementation that returns nothing, so the
-recorder can describe a deciding report (markers, ``record_datacat`` data, exception type; see
-:func:`pytest_datacat.reports.describe`) without a hook wrapper: pluggy runs a wrapper as a
-generator, several µs per call and three calls per test, where a plain call costs well under
-one. On an xdist worker :class:`ItemReporter` attaches that description to the report (the
-JSON-safe attribute ``datacat_extra``) before xdist relays it to the controller, which records
-it. A worker must not own the run's session (only the controller creates and ends it): its
+A worker's reports go to the controller, which records them; what only the item knows
+(markers, ``record_datacat`` data, the exception's type; see
+:func:`pytest_datacat.reports.describe`) must travel with them. :class:`ItemTracker` remembers
+the item of the report being made (and the type of what it raised) with a plain
+``pytest_runtest_makereport`` implementation that returns nothing (no hook wrapper: pluggy runs
+a wrapper as a generator, several µs per call and three calls per test), and
+:class:`ItemReporter` attaches the description to the report (the JSON-safe attribute
+``datacat_extra``) before xdist relays it. (Without xdist the recorder finds the item itself,
+at no cost per test; see :mod:`pytest_datacat.recorder`.)
+
+A worker must not own the run's session (only the controller creates and ends it): its
 ``datacat_session`` is ``datacat.attach_session`` of the controller's session id, made on the
 fixture's first use, which writes directly to the server and never creates or ends the session.
 A worker whose tests never ask for the fixture imports nothing of DataCat, opens no connection
@@ -22,7 +25,6 @@ from typing import Any
 import pytest
 
 from pytest_datacat import reports
-from pytest_datacat.plugin import RECORDED
 
 logger = logging.getLogger("datacat.pytest")
 #: The ``workeroutput`` key of how many items a worker's session did not deliver.
@@ -62,21 +64,6 @@ class ItemTracker:
         except Exception:
             logger.debug("datacat: cannot describe %s", report.nodeid, exc_info=True)
             return None
-
-    def plain_markers(self, report: pytest.TestReport) -> tuple[str, ...] | None:
-        """The names of the item's markers when they are the whole description of a passing
-        ``report`` (the one just made from the item, which has no ``datacat`` marker and no
-        recorded data): the recorder's inline path for a passing test. ``None`` otherwise."""
-        item = self.item
-        if item is None or item.location is not report.location:
-            return None
-        try:
-            names = self.markers(item)
-            if "datacat" in names or RECORDED in item.stash:
-                return None
-        except Exception:
-            return None  # ``describe`` says why, and the result is recorded all the same
-        return names
 
 
 class ItemReporter(ItemTracker):

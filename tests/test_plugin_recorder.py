@@ -356,9 +356,11 @@ def test_plain_raise():
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_param(n, pytestconfig):
-    hooks = pytestconfig.pluginmanager.hook.pytest_runtest_makereport.get_hookimpls()
+    hook = pytestconfig.pluginmanager.hook
+    names = ("pytest_runtest_makereport", "pytest_runtest_logreport")
+    hooks = [impl for name in names for impl in getattr(hook, name).get_hookimpls()]
     ours = [impl for impl in hooks if impl.plugin_name.startswith("datacat")]
-    # the plugin's own is a plain call, no generator-based wrapper (single process and worker)
+    # the plugin's own are plain calls, no generator-based wrapper (single process and worker)
     assert ours and not any(impl.wrapper or impl.hookwrapper for impl in ours)
 """
 
@@ -423,3 +425,47 @@ def test_a_killed_run_is_marked_crashed(pytester: pytest.Pytester, server_url: s
     assert [e["data"]["nodeid"] for e in session["events"] if e["name"] == "test_passed"] == [
         "test_killed.py::test_before"
     ]
+
+
+REORDERED = """
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    # runs the items backwards, and the first one again: not the order of session.items
+    items = [*reversed(session.items), session.items[0]]
+    for index, item in enumerate(items):
+        following = items[index + 1] if index + 1 < len(items) else None
+        item.config.hook.pytest_runtest_protocol(item=item, nextitem=following)
+    return True
+"""
+
+
+def test_tests_run_out_of_collection_order_are_described_all_the_same(
+    pytester: pytest.Pytester, server_url: str
+) -> None:
+    """The recorder finds a report's item by its index in ``session.items`` while tests run in
+    that order, and by node id when they do not (a plugin's own order, a test run again)."""
+    product = f"reordered-{uuid.uuid4()}"
+    pytester.makeconftest(REORDERED)
+    pytester.makepyfile(
+        test_order="""
+import pytest
+
+@pytest.mark.first
+def test_a():
+    pass
+
+@pytest.mark.second
+def test_b():
+    pass
+"""
+    )
+    result = pytester.runpytest_subprocess(
+        f"--datacat-url={server_url}", f"--datacat-product={product}", "-p", "no:warnings"
+    )
+    assert result.ret == 0
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    ran = [(e["data"]["nodeid"].split("::")[-1], e["data"]["markers"]) for e in events]
+    assert ran == [("test_b", ["second"]), ("test_a", ["first"]), ("test_a", ["first"])]

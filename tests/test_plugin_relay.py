@@ -93,33 +93,3 @@ def test_x():
     call = pytest.CallInfo.from_call(lambda: None, "call")
     tracker.pytest_runtest_makereport(item, call)
     assert tracker.describe(pytest.TestReport.from_item_and_call(item, call)) is None
-
-
-def test_plain_markers_are_the_whole_description_of_a_plain_passing_test(
-    pytester: pytest.Pytester,
-) -> None:
-    """The recorder's inline path: the marker names, only for the report just made from an item
-    that has nothing else to describe (else ``None``: the recorder describes it in full)."""
-    source = """
-import pytest
-
-@pytest.mark.filterwarnings("ignore")
-def test_plain():
-    pass
-
-@pytest.mark.datacat("label")
-def test_marked():
-    pass
-"""
-    plain, marked = pytester.getitems(source)
-    tracker = ItemTracker()
-    call = pytest.CallInfo.from_call(lambda: None, "call")
-    tracker.pytest_runtest_makereport(plain, call)
-    made = pytest.TestReport.from_item_and_call(plain, call)
-    assert tracker.plain_markers(made) == ("filterwarnings",)
-    assert tracker.describe(made) == {"markers": ("filterwarnings",)}
-    path, line, domain = plain.location
-    other = pytest.TestReport(plain.nodeid, (path, line, domain), {}, "passed", None, "call")
-    assert tracker.plain_markers(other) is None
-    tracker.pytest_runtest_makereport(marked, call)
-    assert tracker.plain_markers(pytest.TestReport.from_item_and_call(marked, call)) is None
