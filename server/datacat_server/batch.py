@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from datacat.errors import ValidationError
-from datacat.model import JSONDict, Operation, now, parse_operation_data
+from datacat.model import JSONDict, Operation, now, parse_event_text, parse_operation_data
 from datacat_server import storage
 from datacat_server.schema import applied_ops, events, metrics, sessions
 
@@ -110,8 +110,12 @@ def _validate(
     if isinstance(item, ValidationError):
         failed.append(_failure(index, None, 400, item.message, item.details))
         return None
+    text = None
     try:
-        data = parse_operation_data(item)
+        if item.op == "event":  # its data's JSON text comes with it, for the row
+            data, text = parse_event_text(item.data)
+        else:
+            data = parse_operation_data(item)
     except ValidationError as exc:
         failed.append(_failure(index, item.op_id, 400, exc.message, exc.details))
         return None
@@ -120,13 +124,13 @@ def _validate(
             _failure(index, item.op_id, 400, "invalid field", "data.id is not session_id")
         )
         return None
-    return _Valid(index, item, data, _row(item, data))
+    return _Valid(index, item, data, _row(item, data, text))
 
 
-def _row(op: Operation, data: Any) -> JSONDict | None:
+def _row(op: Operation, data: Any, data_text: str | None) -> JSONDict | None:
     """The row of a plain event or metric, built outside the write lock."""
     if op.op == "event" and not storage.is_special(data):
-        return storage.event_row(op.session_id, data, op.op_id)
+        return storage.event_row(op.session_id, data, op.op_id, data_text)
     if op.op == "metric":
         return storage.metric_row(op.session_id, data, op.op_id)
     return None

@@ -24,7 +24,6 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -35,6 +34,7 @@ from datacat.errors import ValidationError
 from datacat.limits import CRASH_EVENT, HUNG_EVENT, RECOVERED_EVENT
 from datacat.merge import deep_merge
 from datacat.model import JSONDict, now
+from datacat.model import dumps as dumps  # the stored JSON form (re-exported: storage.dumps)
 from datacat_server.schema import (
     events,
     make_engine,
@@ -53,25 +53,6 @@ _TRANSIENT = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_f
 
 class NotFound(Exception):
     """The session does not exist."""
-
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-# JSONEncoder.encode builds a new C encoder on every call, which cost half of encoding a small
-# row; this one is built once. No circular-reference check: values come from decoded JSON.
-_C_ENCODER = (
-    c_make_encoder(
-        None, _ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, False
-    )
-    if c_make_encoder is not None
-    else None
-)
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON as stored in the database (non-finite numbers raise ``ValueError``)."""
-    if _C_ENCODER is None:
-        return _ENCODER.encode(value)
-    return "".join(_C_ENCODER(value, 0))
 
 
 class Storage:
@@ -273,9 +254,12 @@ def _insert_ignore(conn: Connection, table: sa.Table) -> Any:
     return dialect.insert(table).on_conflict_do_nothing()
 
 
-def event_row(session_id: str, event: JSONDict, op_id: str | None = None) -> JSONDict:
-    """The ``events`` row of a parsed event (``op_id``: of the batch operation that sent it)."""
-    row = _row(session_id, event, op_id)
+def event_row(
+    session_id: str, event: JSONDict, op_id: str | None = None, data_text: str | None = None
+) -> JSONDict:
+    """The ``events`` row of a parsed event (``op_id``: of the batch operation that sent it;
+    ``data_text``: ``dumps(event["data"])`` when the caller has it, see ``parse_event_text``)."""
+    row = _row(session_id, event, op_id, data_text)
     row["name"], row["level"] = event["name"], event["level"]
     return row
 
@@ -287,10 +271,20 @@ def metric_row(session_id: str, metric: JSONDict, op_id: str | None = None) -> J
     return row
 
 
-def _row(session_id: str, item: JSONDict, op_id: str | None) -> JSONDict:
+def _row(
+    session_id: str, item: JSONDict, op_id: str | None, data_text: str | None = None
+) -> JSONDict:
     """The common columns; the whole item (minus unset fields) is the JSON body."""
-    body = {k: v for k, v in item.items() if v is not None and k != "timestamp"}
-    return {"session_id": session_id, "ts": item["timestamp"], "op_id": op_id, "body": dumps(body)}
+    body = {k: v for k, v in item.items() if v is not None}
+    body.pop("timestamp", None)  # (cheaper than a second test of every key in the loop)
+    if data_text is not None and next(reversed(body)) == "data":
+        # The data's text spliced in as the last member, as the encoder would have written it:
+        # the data, the bulk of an event, is encoded once (by its check) instead of twice.
+        del body["data"]
+        text = f'{dumps(body)[:-1]},"data":{data_text}}}' if body else f'{{"data":{data_text}}}'
+    else:
+        text = dumps(body)
+    return {"session_id": session_id, "ts": item["timestamp"], "op_id": op_id, "body": text}
 
 
 def is_special(event: JSONDict) -> bool:
