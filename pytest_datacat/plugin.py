@@ -21,6 +21,8 @@ RECORDED = pytest.StashKey[dict[str, Any]]()
 SESSION = pytest.StashKey[Any]()
 #: Key under ``config.stash`` of an xdist worker: attaches to the run's session on first use.
 WORKER = pytest.StashKey[Any]()
+#: The ``workeroutput`` key of how many items a worker's session did not deliver.
+UNDELIVERED = "datacat_undelivered"
 
 _TRUE = ("1", "true", "yes", "on")
 

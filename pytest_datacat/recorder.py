@@ -33,8 +33,7 @@ import pytest
 import datacat
 from datacat.config import resolve
 from pytest_datacat import metadata, reports
-from pytest_datacat.plugin import RECORDED, SESSION, Settings
-from pytest_datacat.relay import UNDELIVERED
+from pytest_datacat.plugin import RECORDED, SESSION, UNDELIVERED, Settings
 
 logger = logging.getLogger("datacat.pytest")
 
@@ -244,8 +243,11 @@ class Recorder:
         attributes = report.__dict__
         relayed = "worker_id" in attributes  # from an xdist worker: reports of several tests
         # interleave, and the worker's description rides on the report (``reports.EXTRA``)
-        key = report.nodeid if relayed else report.location  # the location: no property call
         when = report.when
+        if when == "setup" and not relayed and report.outcome == "passed":
+            self._durations[report.location] = report.duration  # a test's first report
+            return
+        key = report.nodeid if relayed else report.location  # the location: no property call
         durations = self._durations
         duration = durations.pop(key, 0.0) + report.duration
         if when != "teardown":

@@ -25,10 +25,9 @@ from typing import Any
 import pytest
 
 from pytest_datacat import reports
+from pytest_datacat.plugin import UNDELIVERED
 
 logger = logging.getLogger("datacat.pytest")
-#: The ``workeroutput`` key of how many items a worker's session did not deliver.
-UNDELIVERED = "datacat_undelivered"
 
 
 class ItemTracker:
