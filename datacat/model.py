@@ -309,6 +309,13 @@ def parse_operation_data(op: Operation) -> Any:
 
 
 def _operation_or_error(item: Any) -> Operation | ValidationError:
+    if type(item) is dict:  # the usual case, checked inline (one call per batched operation)
+        op: Any = item.get("op")
+        op_id: Any = item.get("op_id")
+        session_id: Any = item.get("session_id")
+        usual = op in OPERATIONS and type(op_id) is type(session_id) is str
+        if usual and _CANONICAL_UUID.fullmatch(op_id) and _CANONICAL_UUID.fullmatch(session_id):
+            return _operation(op_id, op, session_id, item.get("data"))
     try:
         item = _object(item, "operation")
         op = item.get("op")
