@@ -203,7 +203,10 @@ class Recorder:
     def _drain_loop(self) -> None:
         """The recorder's thread: the reports kept, every ``DRAIN_INTERVAL``, until the end."""
         while not self._stop.wait(DRAIN_INTERVAL):
-            self._drain()
+            try:
+                self._drain()
+            except Exception:  # never an unhandled exception in a thread of the run
+                self._internal_error("the recorder's thread")
 
     def _drain(self, last: bool = False) -> None:
         """Record the reports kept so far, in order, then the live progress when it is due. A
