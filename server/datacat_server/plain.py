@@ -5,9 +5,10 @@
 on ``storage.event_row`` / ``metric_row`` (which filter that dict and encode it). For the shape
 clients send almost always (text ASCII, timestamps and values floats, flat ASCII tags, data any
 JSON object), ``event_row`` and ``metric_row`` here build the same row straight from the wire
-body, about twice as fast.
+body: a quarter (event) and an eighth (metric) fewer instructions than the general path, whose
+rest is mostly the JSON encoding itself (callgrind, the pytest plugin's events and timers).
 
-They only ever accept: anything unusual (a missing timestamp, an integer value, non-ASCII text,
+They only ever accept: anything unusual (an integer timestamp or value, non-ASCII text,
 an optional field they do not know, a value the model would refuse) answers None, and the caller
 takes the general path, which has the final word on every error. So for any body they accept,
 the general path accepts it too and makes the same row; ``tests/test_server_plain.py`` checks
@@ -20,7 +21,7 @@ import sys
 from typing import Any
 
 from datacat.limits import HUNG_EVENT, MAX_DEPTH, MAX_NAME, MAX_TIMESTAMP, RECOVERED_EVENT
-from datacat.model import LEVELS, METRIC_TYPES, JSONDict, dumps
+from datacat.model import LEVELS, METRIC_TYPES, JSONDict, dumps, now
 
 _EVENT_KEYS = frozenset(("name", "level", "timestamp", "category", "message", "data"))
 _METRIC_KEYS = frozenset(
@@ -33,10 +34,12 @@ _MAX_FLOAT = sys.float_info.max
 def event_row(session_id: str, op_id: str, body: Any) -> JSONDict | None:
     """``storage.event_row`` of ``parse_event(body)``, or None: take the general path."""
     stored = _event(body)
-    text = None if stored is None else _checked(stored)
-    if stored is None or text is None:
+    if stored is None:
         return None
-    return {"session_id": session_id, "ts": body["timestamp"], "op_id": op_id, "body": text,
+    ts, text = _timestamp(body.get("timestamp")), _checked(stored)
+    if ts is None or text is None:
+        return None
+    return {"session_id": session_id, "ts": ts, "op_id": op_id, "body": text,
             "name": stored["name"], "level": stored["level"]}  # fmt: skip
 
 
@@ -45,9 +48,7 @@ def _event(body: Any) -> JSONDict | None:
     if type(body) is not dict or not _EVENT_KEYS.issuperset(body):
         return None
     name, level = body.get("name"), body.get("level", "info")
-    if not (_name(name) and level in LEVELS and _timestamp(body.get("timestamp"))):
-        return None
-    if name in _SPECIAL:
+    if not (_name(name) and level in LEVELS) or name in _SPECIAL:
         return None
     stored: JSONDict = {"name": name, "level": level}
     for key in ("category", "message"):
@@ -80,9 +81,10 @@ def _checked(stored: JSONDict) -> str | None:
 def metric_row(session_id: str, op_id: str, body: Any) -> JSONDict | None:
     """``storage.metric_row`` of ``parse_metric(body)``, or None: take the general path."""
     stored = _metric(body)
-    if stored is None:
+    ts = None if stored is None else _timestamp(body.get("timestamp"))
+    if stored is None or ts is None:
         return None
-    return {"session_id": session_id, "ts": body["timestamp"], "op_id": op_id,
+    return {"session_id": session_id, "ts": ts, "op_id": op_id,
             "body": dumps(stored), "name": stored["name"], "type": stored["type"],
             "value": stored["value"]}  # fmt: skip
 
@@ -95,7 +97,7 @@ def _metric(body: Any) -> JSONDict | None:
     if not (_name(name) and _finite(value) and kind in METRIC_TYPES):
         return None
     unit, count, low, high = body.get("unit"), body.get("count"), body.get("min"), body.get("max")
-    if not (_timestamp(body.get("timestamp")) and (unit is None or _text(unit))):
+    if not (unit is None or _text(unit)):
         return None
     if not (count is None or type(count) is int) or not (_optional(low) and _optional(high)):
         return None
@@ -124,8 +126,11 @@ def _text(value: Any) -> bool:
     return type(value) is str and value.isascii() and "\x00" not in value
 
 
-def _timestamp(value: Any) -> bool:
-    return type(value) is float and 0 <= value <= MAX_TIMESTAMP
+def _timestamp(value: Any) -> float | None:
+    """The model's timestamp (now when absent; None: not a float in range, the general path)."""
+    if value is None:
+        return now()
+    return value if type(value) is float and 0 <= value <= MAX_TIMESTAMP else None
 
 
 def _finite(value: Any) -> bool:
