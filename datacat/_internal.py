@@ -6,24 +6,41 @@ surrogates replaced: the server refuses them, PostgreSQL cannot store NUL, UTF-8
 surrogate), the repair of event text fields
 (``text_field``, ``name_field``) the server would refuse, the process-wide
 "interpreter is shutting down" flag that forbids starting threads, and the fork repair of imports
-DataCat's own threads had in progress (``free_orphaned_imports``).
+DataCat's own threads had in progress (``free_orphaned_imports``). ``logging`` is imported on the
+first log call (``logger``): the process sender's child, which seldom logs, starts faster.
 """
 
 from __future__ import annotations
 
-import datetime
 import functools
-import logging
 import math
 import os
 import sys
 import threading
 from collections.abc import Callable, Collection
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from datacat.limits import MAX_NAME
 
-logger = logging.getLogger("datacat")
+if TYPE_CHECKING:
+    import logging
+
+#: ``logging``'s levels (the module itself is imported on first use: ``logger``)
+WARNING, ERROR = 30, 40
+
+
+class _Logger:
+    """``logging.getLogger("datacat")``, looked up when a log call is made. Each attribute is
+    the real logger's (``logger.debug`` its bound method, so the caller's frame is the one
+    logged); nothing imports ``logging`` until something is logged."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("datacat"), name)
+
+
+logger = cast("logging.Logger", _Logger())
 
 #: Strings longer than this are cut and marked, so one huge value cannot bloat a batch.
 MAX_STRING = 16 * 1024
@@ -46,7 +63,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def log_once(key: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
+def log_once(key: str, message: str, *args: Any, level: int = WARNING) -> None:
     """Log ``message`` the first time ``key`` is seen in this process; later calls are silent."""
     with _seen_lock:
         if key in _seen:
@@ -68,7 +85,7 @@ def swallow(default: Any = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
                     f"internal:{func.__qualname__}",
                     "datacat: internal error in %s",
                     func.__qualname__,
-                    level=logging.ERROR,
+                    level=ERROR,
                 )
                 logger.debug("datacat internal error", exc_info=True)
                 return default
@@ -185,7 +202,9 @@ def _unusual(value: Any, depth: int) -> Any:
         return {_key(k): jsonable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [jsonable(v, depth + 1) for v in value]
-    if isinstance(value, datetime.date | datetime.time):
+    # a date or time exists only once ``datetime`` is imported: none is imported for this
+    dates = sys.modules.get("datetime")
+    if dates is not None and isinstance(value, dates.date | dates.time):
         return value.isoformat()
     return truncate(clean_text(_safe_repr(value)))
 

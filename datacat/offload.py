@@ -32,26 +32,28 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import pickle
 import struct
-import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from datacat import config as config_module
 from datacat._internal import jsonable, log_once, logger, name_field
 from datacat.batching import _BODIES, OBSERVE, RAW, Item, wire
 from datacat.config import SENDER_OPTIONS, Config
 from datacat.limits import PARENT_TERMINATED
-from datacat.pipe import Outlet, daemon_environment, wait_readable
 from datacat.transport import HttpTransport, Transport
 from datacat.worker import Worker
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from datacat.pipe import Outlet
 
 JSONDict = dict[str, Any]
 
@@ -285,7 +287,7 @@ class ProcessWorker(Worker):
             left = _left(deadline)
             if left is not None and left <= 0:
                 return None
-            if wait_readable(self._answers, left) and not self._read_answers():
+            if _wait_readable(self._answers, left) and not self._read_answers():
                 self._lost_child()  # a closed end reads as ready, and empty
                 return None
         return None
@@ -328,6 +330,11 @@ class ProcessWorker(Worker):
     def _start_child(self) -> bool:
         if self._closed or self._gone:  # never a second child, nor one after exit
             return False
+        # late: the child, which imports this module too, needs neither
+        import subprocess
+
+        from datacat.pipe import Outlet, daemon_environment
+
         _reap()
         try:
             process = subprocess.Popen(
@@ -458,6 +465,12 @@ def _take(queue: deque[Item], count: int) -> list[Item]:
     return items
 
 
+def _wait_readable(fd: int, timeout: float | None) -> bool:
+    from datacat.pipe import wait_readable  # late: the child never waits for answers
+
+    return wait_readable(fd, timeout)
+
+
 def _reap() -> None:
     """Forget child processes that have ended (``poll`` reaps them: no zombies)."""
     _children[:] = [process for process in _children if process.poll() is None]
@@ -548,7 +561,6 @@ def read_frames(stream: IO[bytes]) -> Iterable[tuple[bytes, bytes]]:
 
 def main() -> int:
     """``python -m datacat.offload``: serve the app on stdin, then deliver the rest, exit."""
-    logging.getLogger("datacat").addHandler(logging.NullHandler())
     stream = os.fdopen(0, "rb", closefd=False)
     answers = os.fdopen(1, "wb", closefd=False)
     kind, payload = next(iter(read_frames(stream)), (b"", b""))

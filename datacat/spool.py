@@ -10,25 +10,25 @@ their ``op_id``s, so a file sent twice (a crash between send and delete) is skip
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import hashlib
 import itertools
 import json
-import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datacat._internal import log_once, logger
 from datacat.config import Config
 from datacat.transport import Transport
+
+if TYPE_CHECKING:
+    import argparse
 
 JSONDict = dict[str, Any]
 SUFFIX = ".batch.json"
@@ -200,6 +200,8 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         if self.url is not None and not (self.directory / "url").exists():
             (self.directory / "url").write_text(self.url)
+        import tempfile  # late: ~20 ms to import, and most processes never spool
+
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -255,5 +257,5 @@ def upload_command(args: argparse.Namespace) -> int:
             f"operations refused, {remaining} left"
         )
     if left:
-        logger.log(logging.WARNING, "datacat upload: %d batches left (server unreachable?)", left)
+        logger.warning("datacat upload: %d batches left (server unreachable?)", left)
     return 0 if left == 0 else 1

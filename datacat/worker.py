@@ -15,8 +15,6 @@ local daemon reuses ``Worker`` to forward what it receives (``put_operations``).
 from __future__ import annotations
 
 import atexit
-import inspect
-import logging
 import os
 import threading
 import time
@@ -26,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from datacat import _internal, batching, otel
-from datacat._internal import log_once, logger
+from datacat._internal import ERROR, log_once, logger
 from datacat.batching import OBSERVE, RAW, Batcher, Item, new_id, wire
 from datacat.batching import _rng as rng  # private: the app's seeded ``random`` stays its own
 from datacat.config import Config
@@ -193,7 +191,7 @@ class Worker:
         session's end, and it would report a crash), then closes."""
         close: Callable[..., None] = self.transport.close  # the pipe takes a timeout
         try:
-            if "timeout" in inspect.signature(close).parameters:
+            if _takes_timeout(close):
                 close(timeout=max(0.0, deadline - time.monotonic()))
             else:
                 close()
@@ -223,7 +221,7 @@ class Worker:
                 if self._idle_long_enough() and self._retire():
                     return
             except Exception:  # the sender must never die: a dead one loses everything after
-                log_once("run", "datacat: internal error in the sender", level=logging.ERROR)
+                log_once("run", "datacat: internal error in the sender", level=ERROR)
                 logger.debug("datacat: sender loop failed", exc_info=True)
                 time.sleep(min(1.0, self.config.max_backoff))
 
@@ -259,7 +257,7 @@ class Worker:
             with otel.suppressed():  # DataCat's sends are not OpenTelemetry's to trace
                 ok = self._cycle_once(force)
         except Exception:  # a bug or a foreign transport: count it as a failed attempt
-            log_once("cycle", "datacat: internal error in the sender", level=logging.ERROR)
+            log_once("cycle", "datacat: internal error in the sender", level=ERROR)
             logger.debug("datacat: sender cycle failed", exc_info=True)
             self._failed(None)  # backs off, so a persistent error cannot spin
             ok = False
@@ -458,6 +456,17 @@ class _Sessions(dict[str, Any]):
         report (forgotten from here on)."""
         ended, self.ended = self.ended, []
         return [*self.values(), *ended, *self.attached]
+
+
+def _takes_timeout(func: Callable[..., Any]) -> bool:
+    """``func`` has a ``timeout`` parameter. A plain function or method is asked its code
+    object: ``inspect`` (~10 ms to import) only for other callables, which few transports have."""
+    code = getattr(func, "__code__", None)
+    if code is not None and not hasattr(func, "__wrapped__"):
+        return "timeout" in code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]
+    import inspect
+
+    return "timeout" in inspect.signature(func).parameters
 
 
 def _is_drop_report(op: JSONDict) -> bool:

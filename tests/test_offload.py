@@ -271,7 +271,7 @@ def test_a_child_that_cannot_start_leaves_the_app_sending_by_itself(
     def refuse(*args: Any, **kwargs: Any) -> Any:
         raise OSError("no processes left")
 
-    monkeypatch.setattr(offload.subprocess, "Popen", refuse)
+    monkeypatch.setattr(subprocess, "Popen", refuse)
     s = make(server_url, product="offload-nochild")
     for i in range(20):
         s.log_event("e", {"i": i})
