@@ -7,6 +7,9 @@ several client processes, each on one keep-alive HTTP connection. Prints, in one
 - single-event requests/s into a session already holding 10,000 events, and its ratio to the
   baseline (target >= 0.9: a write must not cost more as the session grows),
 - batched events/s through ``POST /api/batch`` (target >= 50,000 on SQLite),
+- what one pytest-shaped batch costs (the pytest plugin's: ``test_passed`` events and timer
+  metrics, half each), as a fixed cost per request plus a cost per operation, from one client
+  that sends one batch at a time (as the plugin's sender does),
 
 next to the targets (>= 1,500 single-event req/s). ``--server waitress`` serves the same app with
 waitress instead of gunicorn, for the comparison the README reports.
@@ -22,6 +25,7 @@ import os
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,13 +35,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from datacat.batching import new_id
+from datacat.batching import event_body, metric_body, new_id
 
 SINGLE_TARGET = 1_500
 BATCH_TARGET = 50_000
 RATIO_TARGET = 0.9
 PREFILL = 10_000
 BATCH_SIZE = 500  # the client sends at most 500 operations per batch
+PYTEST_BATCH = 200  # a recorded pytest run's sender posts ~150-250 operations at a time
 SERVER_PID = [0]
 
 WAITRESS = """
@@ -134,6 +139,35 @@ def batch_body(session_id: str, n: int) -> bytes:
     return json.dumps({"operations": ops}).encode()
 
 
+def pytest_batch_body(session_id: str, n: int) -> bytes:
+    """``n`` operations as a recorded pytest run sends them: per test, its ``test_passed``
+    event and its duration timer (bodies made by the client's own builders)."""
+    ops, stamp = [], time.time()
+    for i in range(n // 2):
+        module = f"tests/test_module_{i % 7}.py"
+        nodeid = f"{module}::test_case_{i}"
+        data = {
+            "nodeid": nodeid,
+            "outcome": "passed",
+            "phase": "call",
+            "duration": 0.000123 + i * 1e-7,
+            "worker": "main",
+            "markers": ["parametrize"],
+            "location": [module, i * 3, f"test_case_{i}"],
+        }
+        event = event_body("test_passed", data, "info", "pytest", None, nodeid, {}, stamp, None)
+        tags = {"nodeid": nodeid, "outcome": "passed"}
+        seconds = 0.0003 + i * 1e-7
+        timer = metric_body("pytest.test.duration", seconds, "timer", "s", tags, stamp, 1)
+        timer.update(min=seconds, max=seconds)
+        ops += [wire("event", session_id, event), wire("metric", session_id, timer)]
+    return json.dumps({"operations": ops}).encode()
+
+
+def wire(op: str, session_id: str, data: Any) -> dict[str, Any]:
+    return {"op_id": new_id(), "op": op, "session_id": session_id, "data": data}
+
+
 class KeepAlive:
     """A lean HTTP/1.1 keep-alive client: pre-built request bytes, minimal response parsing.
 
@@ -226,6 +260,28 @@ def batch_rate(
     return events / elapsed, cpu / events * 1e6, load / events * 1e6
 
 
+def pytest_batch_cost(port: int, session_id: str, rounds: int) -> tuple[float, float, float]:
+    """A pytest-shaped batch's fixed cost (ms per request), cost per operation (us, wall) and
+    server CPU per operation (us): 2-operation and ``PYTEST_BATCH``-operation batches sent in
+    turn from one connection, the difference of their median latencies per extra operation."""
+    client = KeepAlive(port)
+    sizes = (2, PYTEST_BATCH)
+    bodies = {n: [pytest_batch_body(session_id, n) for _ in range(rounds)] for n in sizes}
+    latencies: dict[int, list[float]] = {n: [] for n in sizes}
+    cpu: dict[int, float] = dict.fromkeys(sizes, 0.0)
+    for i in range(rounds):
+        for n in sizes:
+            request_bytes = client.post("/api/batch", bodies[n][i])
+            before, started = cpu_seconds(SERVER_PID[0]), time.perf_counter()
+            client.send(request_bytes)
+            latencies[n].append(time.perf_counter() - started)
+            cpu[n] += cpu_seconds(SERVER_PID[0]) - before
+    small, large = (statistics.median(latencies[n]) for n in sizes)
+    per_op = (large - small) / (PYTEST_BATCH - 2)
+    cpu_per_op = (cpu[PYTEST_BATCH] - cpu[2]) / rounds / (PYTEST_BATCH - 2)
+    return (small - 2 * per_op) * 1e3, per_op * 1e6, cpu_per_op * 1e6
+
+
 def client_cpu_seconds() -> float:
     """CPU of this process and of its finished (joined) children: the load generator."""
     own, children = (
@@ -255,21 +311,32 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[float, ...]]:
     with tempfile.TemporaryDirectory() as tmp:
         db = args.db or f"sqlite:///{tmp}/bench.db"
         with server(args.server, db, args.workers, args.threads) as port:
+            if args.pytest_only:
+                return {"pytest": pytest_batch_cost(port, create_session(port), args.pytest_rounds)}
             sessions = {"empty": create_session(port), "full": create_session(port)}
             prefill(port, sessions["full"])
             figures = single_rates(port, sessions, args.clients, args.seconds)
             figures["batched"] = batch_rate(port, create_session(port), args.clients, args.batches)
+            figures["pytest"] = pytest_batch_cost(port, create_session(port), args.pytest_rounds)
     return figures
 
 
 def report(args: argparse.Namespace, measured: dict[str, tuple[float, ...]]) -> None:
-    (empty, empty_cpu), (full, full_cpu) = measured["empty"], measured["full"]
-    batched, batched_cpu, load_cpu = measured["batched"]
     print(
         f"server: {args.server} (workers={args.workers}, threads={args.threads}), "
         f"clients={args.clients}, db={args.db or 'sqlite (temporary file)'}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
+    fixed, per_op, cpu_per_op = measured["pytest"]
+    pytest_line = (
+        f"pytest-shaped batch ({PYTEST_BATCH} ops, one client): {fixed:5.2f} ms/request + "
+        f"{per_op:4.1f} us/op wall, {cpu_per_op:4.1f} us/op server CPU"
+    )
+    if args.pytest_only:
+        print(pytest_line)
+        return
+    (empty, empty_cpu), (full, full_cpu) = measured["empty"], measured["full"]
+    batched, batched_cpu, load_cpu = measured["batched"]
     print(
         f"single-event POST, empty session       : {empty:9,.0f} req/s    "
         f"{empty_cpu:5.0f} us server CPU/req   (target >= {SINGLE_TARGET:,} req/s)"
@@ -284,6 +351,7 @@ def report(args: argparse.Namespace, measured: dict[str, tuple[float, ...]]) -> 
         f"{batched_cpu:5.1f} us server CPU/event (target >= {BATCH_TARGET:,} events/s); "
         f"load generator {load_cpu:.1f} us CPU/event"
     )
+    print(f"{pytest_line} (single-event POST: {empty_cpu:.0f} us server CPU/request)")
 
 
 def main() -> None:
@@ -295,6 +363,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--batches", type=int, default=10, help="batches per client")
+    parser.add_argument(
+        "--pytest-rounds", type=int, default=100, help="pytest-shaped batches of each size"
+    )
+    parser.add_argument(
+        "--pytest-only", action="store_true", help="measure only the pytest-shaped batches"
+    )
     args = parser.parse_args()
     report(args, measure(args))
 
