@@ -10,10 +10,12 @@ id generator. Pure: no I/O, no threads.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
+import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from datacat._internal import (
@@ -272,38 +274,44 @@ _MAX_DEPTH = 32
 
 
 def _plain_tree(value: Any, depth: int = 0) -> bool:
-    """``value`` (a dict or list) is strict JSON as it is, so ``jsonable`` need not rebuild
-    it: str keys; str (not too long, no NUL), int, bool, None, finite float leaves (what
-    ``_internal.jsonable`` leaves alone; keep the two in step). One call per
-    container, the leaves checked inline: ~3x cheaper than rebuilding, and most bodies pass."""
-    if type(value) is dict:
-        if not all(type(key) is str and _clean(key) for key in value):
-            return False
+    """``value`` (a dict, list or tuple) is strict JSON as it is, so ``jsonable`` need not
+    rebuild it: str keys; str (not too long, no NUL, no lone surrogate), int, bool, None,
+    finite float leaves (what ``_internal.jsonable`` leaves alone; keep the two in step). A
+    tuple passes as it is: JSON writes it as the array ``jsonable``'s list would be (the pytest
+    plugin's events hold tuples: rebuilding them cost more than the rest of the event). One
+    call per container, the tests inline: ~3x cheaper than rebuilding, and most bodies pass."""
+    kind = type(value)
+    if kind is dict:
+        for key in value:
+            if (
+                type(key) is not str
+                or "\x00" in key
+                or not (key.isascii() or not has_surrogate(key))
+            ):
+                return False
         items: Any = value.values()
-    elif type(value) is list:
+    elif kind is list or kind is tuple:
         items = value
     else:
         return False
     for item in items:
         kind = type(item)
         if kind is str:
-            if len(item) > MAX_STRING or not _clean(item):  # the server refuses these
-                return False
+            if (
+                len(item) > MAX_STRING
+                or "\x00" in item
+                or not (item.isascii() or not has_surrogate(item))
+            ):
+                return False  # the server refuses these
         elif kind is float:
             if not math.isfinite(item):
                 return False
-        elif kind is dict or kind is list:
+        elif kind is dict or kind is list or kind is tuple:
             if depth >= _MAX_DEPTH or not _plain_tree(item, depth + 1):
                 return False
         elif kind not in _LEAVES:
             return False
     return True
-
-
-def _clean(text: str) -> bool:
-    """No NUL and no lone surrogate (the server refuses both). ASCII, the common case, is
-    checked in C; the surrogate test only runs for other text."""
-    return "\x00" not in text and (text.isascii() or not has_surrogate(text))
 
 
 def event_body(
@@ -378,24 +386,34 @@ _BODIES: dict[str, Callable[..., JSONDict]] = {"event": event_body, "metric": me
 # A private generator: an application's ``random.seed(...)`` must not repeat our ids; it is
 # reseeded in forked children (``reseed``).
 _rng = random.Random()
-_RAND_B = (1 << 62) - 1
+#: The ids of the current millisecond: (that millisecond, the text of the id up to its last
+#: group, the counter that makes the last group). Replaced whole, never changed in place, so
+#: threads share it without a lock (``next`` on a counter is atomic).
+_ids: tuple[int, str, Iterator[int]] = (-1, "", iter(()))
+_COUNTER_START = 1 << 47  # the counter starts below this: 2**47 ids before its 48 bits run out
 
 
 def new_id() -> str:
-    """A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds, then 74 random
-    bits. Ids made later sort later, so the server's unique index of op ids grows at its end
-    instead of dirtying pages all over it (with random ids, SQLite's commit of a batch grew with
-    the table). Built by hand: ~4x faster than ``str(uuid.uuid4())``, at one id per operation."""
-    rand = _rng.getrandbits(74)
-    value = (
-        (time.time_ns() // 1_000_000) << 80
-        | 7 << 76
-        | (rand >> 62) << 64
-        | 2 << 62
-        | (rand & _RAND_B)
-    )
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A time-ordered UUID (version 7, RFC 9562): 48 bits of Unix milliseconds, then 74 bits
+    from a private random generator. Ids made later sort later, so the server's unique index of
+    op ids grows at its end instead of dirtying pages all over it (with random ids, SQLite's
+    commit of a batch grew with the table). Within a millisecond the last 48 bits count up from
+    a random start (RFC 9562's "monotonic random", method 2): an id costs a clock read and one
+    format, ~2.5x less than drawing 74 random bits each time."""
+    ms = time.time_ns() // 1_000_000
+    ids = _ids
+    if ids[0] != ms:
+        ids = _new_millisecond(ms)
+    return f"{ids[1]}{next(ids[2]):012x}"
+
+
+def _new_millisecond(ms: int) -> tuple[int, str, Iterator[int]]:
+    global _ids
+    rand = _rng.getrandbits(26)  # 12 bits after the version, 14 after the variant
+    stamp = f"{ms & 0xFFFF_FFFF_FFFF:012x}"
+    head = f"{stamp[:8]}-{stamp[8:]}-7{rand >> 14:03x}-{0x8000 | (rand & 0x3FFF):04x}-"
+    _ids = (ms, head, itertools.count(_rng.randrange(_COUNTER_START)))
+    return _ids
 
 
 def wire(op: str, sid: str, data: Any) -> JSONDict:
@@ -403,5 +421,11 @@ def wire(op: str, sid: str, data: Any) -> JSONDict:
 
 
 def reseed() -> None:
-    """In a forked child: from ``os.urandom``, so the child never repeats the parent's ids."""
+    """In a forked child: from ``os.urandom``, so the child never repeats the parent's ids (nor
+    goes on with its counter)."""
+    global _ids
     _rng.seed()
+    _ids = (-1, "", iter(()))
+
+
+os.register_at_fork(after_in_child=reseed)  # also without a worker (a session's own id)
