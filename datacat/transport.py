@@ -5,13 +5,15 @@ Owns ``BatchResult``, the ``Transport`` protocol the sender talks to (``send_bat
 ``requests``; its errors are translated here, once, into ``datacat.errors``. ``send_batch`` never
 raises: a failure is a ``BatchResult`` saying whether a retry may help.
 
-``send_batch`` (the sender's hot path) talks to an ``http://`` or ``https://`` server over the
-standard library's ``http.client``, one keep-alive connection per thread: ``requests`` costs
-~0.1 s of CPU to import and ~3x the CPU per request, which an instrumented program (a test run)
-pays. ``https://`` always means TLS (``HTTPSConnection``) with the certificate and host name
-verified against the system's CAs (or ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``/``SSL_CERT_FILE``,
-as with ``requests``). A proxy from the environment and the single API calls of ``request`` go
-through ``requests``, imported on first use.
+``send_batch`` (the sender's hot path) talks to an ``http://`` or ``https://`` server over a
+plain socket, one keep-alive HTTP/1.1 connection per thread (``_Connection``: a POST with a
+length, and an answer with a length, chunked, or up to the close). ``requests`` costs ~0.1 s of
+CPU to import and ~3x the CPU per request, and even ``http.client`` ~20 ms to import (``email``,
+``ssl``), which an instrumented program, or the process sender's child at each start, pays.
+``https://`` always means TLS with the certificate and host name verified against the system's
+CAs (or ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``/``SSL_CERT_FILE``, as with ``requests``). A
+proxy from the environment and the single API calls of ``request`` go through ``requests``,
+imported on first use.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import socket
 import threading
 import time
 import urllib.parse
@@ -34,7 +37,7 @@ from datacat.errors import (
 )
 
 if TYPE_CHECKING:
-    import http.client
+    import io
     import ssl
 
     import requests
@@ -145,43 +148,44 @@ class HttpTransport:
             error = str(body["error"])
         else:
             error = reason or f"HTTP {status}"
-        return _batch_result(status, body, error, headers.get("Retry-After"))
+        return _batch_result(status, body, error, headers.get("retry-after"))
 
     def _post_plain(
         self, data: bytes, timeout: float | None
-    ) -> tuple[int, str, http.client.HTTPMessage, bytes]:
+    ) -> tuple[int, str, dict[str, str], bytes]:
         """POST to ``/api/batch`` on this thread's connection; a kept-alive connection the
         server has closed meanwhile is reopened once (resending is safe: ``op_id``s)."""
-        import http.client  # late, like ``_connect``: a process that never sends pays nothing
-
         seconds = self.timeout if timeout is None else timeout
         for attempt in (0, 1):
-            conn, fresh = self._connection(seconds)
+            conn, fresh = getattr(self._local, "conn", None), True
             try:
-                if conn.sock is not None:
-                    conn.sock.settimeout(seconds)
-                conn.request("POST", self._batch_path, data, self._headers)
-                response = conn.getresponse()
-                return response.status, response.reason, response.msg, response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                conn.close()
-                self._local.conn = None
+                conn, fresh = self._connection(seconds)
+                answer = conn.post(self._batch_path, self._headers, data, seconds)
+                if not answer[4]:  # the server closes it: the next POST opens another
+                    self._drop_connection(conn)
+                return answer[:4]
+            except (OSError, HttpProtocolError) as exc:
+                if conn is not None:
+                    self._drop_connection(conn)
                 if fresh or attempt or isinstance(exc, TimeoutError):
                     reason = "timed out" if isinstance(exc, TimeoutError) else type(exc).__name__
                     raise TransportError(f"POST {self.url}/api/batch: {reason}") from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _connection(self, seconds: float) -> tuple[http.client.HTTPConnection, bool]:
+    def _connection(self, seconds: float) -> tuple[_Connection, bool]:
         """This thread's connection (new in a forked child) and whether it was just made."""
         local = self._local
-        conn: http.client.HTTPConnection | None = getattr(local, "conn", None)
-        fresh = conn is None or local.conn_pid != os.getpid()
-        if fresh:
-            conn = local.conn = _connect(self._plain, seconds)
-            local.conn_pid = os.getpid()
-        assert conn is not None
-        conn.timeout = seconds  # for its next connect; a connected socket is set by the caller
-        return conn, fresh
+        conn: _Connection | None = getattr(local, "conn", None)
+        if conn is not None and local.conn_pid == os.getpid():
+            return conn, False
+        assert self._plain is not None
+        conn = local.conn = _Connection(self._plain, seconds)
+        local.conn_pid = os.getpid()
+        return conn, True
+
+    def _drop_connection(self, conn: _Connection) -> None:
+        conn.close()
+        self._local.conn = None
 
     def request(
         self,
@@ -262,16 +266,139 @@ def _direct(url: str) -> Direct | None:
         return None
 
 
-def _connect(direct: Direct | None, seconds: float) -> http.client.HTTPConnection:
-    """A new connection; TLS with verification for ``https://`` (never plain HTTP)."""
-    # late: http.client imports ssl and email (~8 ms); with ``sender="process"`` the program
-    # itself never sends a batch, and a program that only creates sessions never pays it
-    import http.client
+class HttpProtocolError(Exception):
+    """An answer that is not HTTP/1.x as we read it (or none at all: the server closed)."""
 
-    host, port, _, tls = direct or ("", 0, "", False)
-    if tls:
-        return http.client.HTTPSConnection(host, port, timeout=seconds, context=tls_context())
-    return http.client.HTTPConnection(host, port, timeout=seconds)
+
+class RemoteDisconnected(HttpProtocolError):
+    """The server closed the connection without answering (an idle keep-alive one, say)."""
+
+
+#: Lines longer than this, or more header lines, are not an answer (``http.client``'s bounds).
+_MAX_LINE = 65536
+_MAX_HEADERS = 100
+
+
+class _Connection:
+    """One HTTP/1.1 connection to ``/api/batch`` (TLS for ``https://``). What the socket
+    receives is read through one buffer for the connection's whole life."""
+
+    def __init__(self, direct: Direct, seconds: float) -> None:
+        host, port, _, tls = direct
+        sock = socket.create_connection((host, port), timeout=seconds)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as ``http.client``
+            if tls:
+                sock = tls_context().wrap_socket(sock, server_hostname=host)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+        self.reader: io.BufferedReader = sock.makefile("rb")
+        name = f"[{host}]" if ":" in host else host  # an IPv6 address
+        default = 443 if tls else 80
+        self.host = name if port == default else f"{name}:{port}"
+
+    def post(
+        self, path: str, headers: dict[str, str], data: bytes, seconds: float
+    ) -> tuple[int, str, dict[str, str], bytes, bool]:
+        """Status, reason, headers (lower-case names), body of the answer, and whether the
+        connection stays open."""
+        lines = [f"POST {path} HTTP/1.1", f"Host: {self.host}", "Accept-Encoding: identity"]
+        lines += [f"{name}: {_header_value(value)}" for name, value in headers.items()]
+        lines.append(f"Content-Length: {len(data)}\r\n\r\n")
+        self.sock.settimeout(seconds)
+        self.sock.sendall("\r\n".join(lines).encode("latin-1") + data)
+        return _read_answer(self.reader)
+
+    def close(self) -> None:
+        self.reader.close()
+        self.sock.close()
+
+
+def _header_value(value: str) -> str:
+    if "\r" in value or "\n" in value:  # ``http.client`` refuses these too
+        raise ValueError(f"invalid header value {value!r}")
+    return value
+
+
+def _read_answer(reader: io.BufferedReader) -> tuple[int, str, dict[str, str], bytes, bool]:
+    while True:
+        line = _line(reader)
+        if not line:
+            raise RemoteDisconnected("no answer")
+        version, _, rest = line.decode("latin-1").rstrip("\r\n").partition(" ")
+        code, _, reason = rest.partition(" ")
+        if not version.startswith("HTTP/1.") or not (len(code) == 3 and code.isdigit()):
+            raise HttpProtocolError(f"not an HTTP status line: {line[:100]!r}")
+        status, headers = int(code), _read_headers(reader)
+        if status >= 200:
+            break  # 1xx: an interim answer, the real one follows
+    if status in (204, 304):
+        body = b""
+    elif "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _read_chunked(reader)
+    elif "content-length" in headers:
+        body = _read_exactly(reader, _length(headers["content-length"]))
+    else:
+        return status, reason, headers, reader.read(), False  # up to the close
+    connection = headers.get("connection", "").lower()
+    if version == "HTTP/1.0":
+        return status, reason, headers, body, "keep-alive" in connection
+    return status, reason, headers, body, "close" not in connection
+
+
+def _line(reader: io.BufferedReader) -> bytes:
+    line = reader.readline(_MAX_LINE + 1)
+    if len(line) > _MAX_LINE:
+        raise HttpProtocolError("line too long")
+    return line
+
+
+def _read_headers(reader: io.BufferedReader) -> dict[str, str]:
+    """The header lines up to the empty one; the first of a repeated name counts."""
+    headers: dict[str, str] = {}
+    for _ in range(_MAX_HEADERS + 1):
+        line = _line(reader)
+        if line in (b"\r\n", b"\n"):
+            return headers
+        if not line:
+            raise RemoteDisconnected("closed in the headers")
+        name, _, value = line.decode("latin-1").partition(":")
+        headers.setdefault(name.strip().lower(), value.strip())
+    raise HttpProtocolError("too many headers")
+
+
+def _length(text: str) -> int:
+    try:
+        length = int(text, 10)
+    except ValueError:
+        raise HttpProtocolError(f"bad length {text[:20]!r}") from None
+    if length < 0:
+        raise HttpProtocolError(f"bad length {text[:20]!r}")
+    return length
+
+
+def _read_exactly(reader: io.BufferedReader, size: int) -> bytes:
+    data = reader.read(size)
+    if len(data) < size:
+        raise HttpProtocolError(f"answer cut short ({len(data)} of {size} bytes)")
+    return data
+
+
+def _read_chunked(reader: io.BufferedReader) -> bytes:
+    parts: list[bytes] = []
+    while True:
+        size_text = _line(reader).split(b";")[0].strip().decode("latin-1")
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise HttpProtocolError(f"bad chunk size {size_text[:20]!r}") from None
+        if size == 0:
+            _read_headers(reader)  # the trailer, up to its empty line
+            return b"".join(parts)
+        parts.append(_read_exactly(reader, size))
+        _line(reader)  # the CRLF after the chunk
 
 
 @functools.cache
@@ -283,10 +410,15 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context(cafile=bundle or None)
 
 
+#: Compact, and no check for cycles (~20% of the encoding's time): the batcher's bodies cannot
+#: hold one (``jsonable`` cuts nesting), and one that did would end in ``RecursionError``.
+_ENCODER = json.JSONEncoder(allow_nan=False, check_circular=False, separators=(",", ":"))
+
+
 def _dumps(body: Any) -> str:
     try:
-        return json.dumps(body, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        return _ENCODER.encode(body)
+    except (TypeError, ValueError, RecursionError) as exc:
         raise ValidationError("invalid body", f"not JSON: {exc}") from None
 
 

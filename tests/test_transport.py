@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import http.client
+import socket
 import ssl
 import subprocess
 import threading
@@ -160,6 +160,8 @@ def tls_front(server_url: str, folder: Path) -> Iterator[tuple[str, str]]:
     """A TLS server in front of the real server (forwards each POST); its URL and CA file."""
 
     class Forward(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: the client's connection stays to be seen
+
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             answer = requests.post(server_url + self.path, data=body, headers=dict(self.headers))
@@ -195,6 +197,94 @@ def test_https_urls_go_over_verified_tls_never_plain_http(
         transport_module.tls_context.cache_clear()
         trusted = HttpTransport(url, timeout=5)
         assert trusted.send_batch([create_op(str(uuid.uuid4()))]).applied == 1
-        assert type(trusted._local.conn) is http.client.HTTPSConnection
+        assert isinstance(trusted._local.conn.sock, ssl.SSLSocket)
         trusted.close()
     transport_module.tls_context.cache_clear()
+
+
+class ScriptedServer:
+    """A raw TCP server that answers each POST with the next scripted bytes (closing the
+    connection after an answer marked so), and keeps the requests it read."""
+
+    def __init__(self, answers: list[tuple[bytes, bool]]) -> None:
+        self.answers = answers
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            conn, _ = self.listener.accept()
+            self.connections += 1
+            with conn, conn.makefile("rb") as reader:
+                while self.answers and self._answer(conn, reader):
+                    pass
+
+    def _answer(self, conn: socket.socket, reader: Any) -> bool:
+        head = b"".join(iter(lambda: reader.readline(), b"\r\n"))
+        if not head:
+            return False
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        self.requests.append(head + b"\r\n" + reader.read(length))
+        answer, close = self.answers.pop(0)
+        conn.sendall(answer)
+        return not close
+
+
+JSON_ONE = b'{"applied": 1, "duplicates": 0, "failed": []}'
+LENGTH = b"Content-Length: %d\r\n" % len(JSON_ONE)
+
+
+@pytest.mark.parametrize(
+    ("answer", "close", "applied"),
+    [
+        (b"HTTP/1.1 200 OK\r\n" + LENGTH + b"\r\n" + JSON_ONE, False, 1),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"%x\r\n%s\r\n" % (10, JSON_ONE[:10])
+            + b"%x;ext=1\r\n%s\r\n" % (len(JSON_ONE) - 10, JSON_ONE[10:])
+            + b"0\r\nX-Trailer: t\r\n\r\n",
+            False,
+            1,
+        ),
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n" + LENGTH + b"\r\n"
+            + JSON_ONE,
+            False,
+            1,
+        ),
+        (b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + JSON_ONE, True, 1),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n" + LENGTH + b"\r\n" + JSON_ONE, True, 1),
+    ],
+    ids=["length", "chunked", "interim-100", "http-1.0-to-the-close", "connection-close"],
+)
+def test_answers_are_read_by_length_chunks_or_to_the_close(
+    answer: bytes, close: bool, applied: int
+) -> None:
+    """Whatever form the answer takes, it is read whole; a connection the server keeps is used
+    for the next batch, one it closes is opened again."""
+    server = ScriptedServer([(answer, close), (answer, close)])
+    transport = HttpTransport(server.url, api_key="k")
+    assert transport.send_batch([{"op": 1}]).applied == applied
+    assert transport.send_batch([{"op": 2}]).applied == applied
+    assert server.connections == (2 if close else 1)
+    first = server.requests[0]
+    assert first.startswith(b"POST /api/batch HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"\r\nX-API-Key: k\r\n" in first and first.endswith(b'{"operations":[{"op":1}]}')
+    transport.close()
+
+
+def test_an_answer_that_is_not_http_is_no_answer() -> None:
+    server = ScriptedServer([(b"SSH-2.0-OpenSSH_9.2\r\n\r\n", True)])
+    result = HttpTransport(server.url).send_batch([])
+    assert (result.status, result.retryable) == (0, True)
+    assert "HttpProtocolError" in result.error
+
+
+def test_an_error_answer_keeps_its_retry_after() -> None:
+    body = b'{"error": "busy"}'
+    head = b"HTTP/1.1 503 Busy\r\nretry-AFTER: 7\r\nContent-Length: %d\r\n\r\n" % len(body)
+    result = HttpTransport(ScriptedServer([(head + body, False)]).url).send_batch([])
+    assert (result.status, result.retry_after, result.error) == (503, 7.0, "busy")
