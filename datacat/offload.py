@@ -40,12 +40,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, cast
 
-from datacat import config as config_module
 from datacat._internal import jsonable, log_once, logger, name_field
 from datacat.batching import _BODIES, OBSERVE, RAW, Item, wire
-from datacat.config import SENDER_OPTIONS, Config
 from datacat.limits import PARENT_TERMINATED
 from datacat.transport import HttpTransport, Transport
 from datacat.worker import Worker
@@ -53,14 +51,28 @@ from datacat.worker import Worker
 if TYPE_CHECKING:
     import subprocess
 
+    from datacat.config import Config
     from datacat.pipe import Outlet
 
 JSONDict = dict[str, Any]
 
 HELLO, ITEMS, FLUSH = b"H", b"I", b"F"
 _HEADER = struct.Struct(">cI")
-#: The options the child's sender is made with (the app's own; the child reads no environment).
-CHILD_OPTIONS = tuple(name for name in SENDER_OPTIONS if name not in ("daemon", "sender"))
+#: The options the child's sender is made with (the app's own; the child reads no environment):
+#: ``config.SENDER_OPTIONS`` but ``daemon`` and ``sender`` (a test keeps the two in step). Named
+#: here because the child does not import ``datacat.config`` (``dataclasses``: ~10 ms a start).
+CHILD_OPTIONS = (
+    "url",
+    "api_key",
+    "spool_dir",
+    "spool_max_bytes",
+    "timeout",
+    "batch_size",
+    "flush_interval",
+    "queue_size",
+    "exit_timeout",
+    "max_backoff",
+)
 #: The reason of the crash the child reports for a session the app left open when it died.
 CRASH_REASON = PARENT_TERMINATED
 #: Seconds between two hand-overs by the app's sender thread, whatever ``flush_interval`` is
@@ -559,14 +571,33 @@ def read_frames(stream: IO[bytes]) -> Iterable[tuple[bytes, bytes]]:
         yield kind, payload
 
 
+class _Options:
+    """The child's sender options as the app's hello gave them: the app's ``Config`` resolved
+    and checked them (read as the child's ``Config``, which has more options than a sender
+    reads)."""
+
+    def __init__(self, hello: JSONDict) -> None:
+        for name in CHILD_OPTIONS:
+            setattr(self, name, hello[name])
+
+
+def child_config(hello: JSONDict) -> Config:
+    """The child's options: the app's, or, for a hello without them all (not the app's, or no
+    hello at all), what ``config.resolve`` makes of those it has, with no environment."""
+    if all(name in hello for name in CHILD_OPTIONS):
+        return cast("Config", _Options(hello))
+    from datacat import config as config_module
+
+    return config_module.resolve(env={}, **{name: hello.get(name) for name in CHILD_OPTIONS})
+
+
 def main() -> int:
     """``python -m datacat.offload``: serve the app on stdin, then deliver the rest, exit."""
     stream = os.fdopen(0, "rb", closefd=False)
     answers = os.fdopen(1, "wb", closefd=False)
     kind, payload = next(iter(read_frames(stream)), (b"", b""))
     hello = json.loads(payload) if kind == HELLO else {}
-    options = {name: hello.get(name) for name in CHILD_OPTIONS}
-    config = config_module.resolve(env={}, **options)
+    config = child_config(hello)
     worker = Worker(HttpTransport(config.url, config.api_key, config.timeout), config)
     child = Child(worker, answers, hello.get("pid"))
     try:

@@ -19,30 +19,34 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from datacat._internal import log_once, logger
-from datacat.config import Config
+from datacat._internal import Record, log_once, logger
 from datacat.transport import Transport
 
 if TYPE_CHECKING:
     import argparse
+
+    from datacat.config import Config
 
 JSONDict = dict[str, Any]
 SUFFIX = ".batch.json"
 STALE_TEMPORARY = 600.0  # seconds
 
 
-@dataclass
-class ReplayResult:
+class ReplayResult(Record):
     """What one replay did: files sent, operations the server refused, whether all went."""
 
-    sent: int = 0
-    rejected: int = 0
-    complete: bool = True
-    busy: bool = False  # another process holds the replay lock
+    __slots__ = ("sent", "rejected", "complete", "busy")  # noqa: RUF023 (repr shows this order)
+
+    def __init__(
+        self, sent: int = 0, rejected: int = 0, complete: bool = True, busy: bool = False
+    ) -> None:
+        self.sent = sent
+        self.rejected = rejected
+        self.complete = complete
+        self.busy = busy  # another process holds the replay lock
 
 
 class Spool:

@@ -25,9 +25,9 @@ import socket
 import threading
 import time
 import urllib.parse
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from datacat._internal import Record
 from datacat.errors import (
     AuthenticationError,
     NotFoundError,
@@ -48,16 +48,26 @@ JSONDict = dict[str, Any]
 RETRYABLE = frozenset({408, 429})
 
 
-@dataclass
-class BatchResult:
+class BatchResult(Record):
     """The outcome of one ``send_batch``; ``status`` 0 means no HTTP answer at all."""
 
-    status: int
-    applied: int = 0
-    duplicates: int = 0
-    failed: list[JSONDict] = field(default_factory=list)
-    retry_after: float | None = None
-    error: str = ""
+    __slots__ = ("status", "applied", "duplicates", "failed", "retry_after", "error")  # noqa: RUF023
+
+    def __init__(
+        self,
+        status: int,
+        applied: int = 0,
+        duplicates: int = 0,
+        failed: list[JSONDict] | None = None,
+        retry_after: float | None = None,
+        error: str = "",
+    ) -> None:
+        self.status = status
+        self.applied = applied
+        self.duplicates = duplicates
+        self.failed: list[JSONDict] = [] if failed is None else failed
+        self.retry_after = retry_after
+        self.error = error
 
     @property
     def delivered(self) -> bool:

@@ -21,16 +21,18 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from datacat import _internal, batching, otel
 from datacat._internal import ERROR, log_once, logger
 from datacat.batching import OBSERVE, RAW, Batcher, Item, new_id, wire
 from datacat.batching import _rng as rng  # private: the app's seeded ``random`` stays its own
-from datacat.config import Config
 from datacat.limits import MAX_BATCH_OPERATIONS
 from datacat.spool import Spool, bounded_timeout
 from datacat.transport import BatchResult, HttpTransport, Transport
+
+if TYPE_CHECKING:
+    from datacat.config import Config
 
 JSONDict = dict[str, Any]
 _current = threading.current_thread

@@ -250,8 +250,7 @@ LENGTH = b"Content-Length: %d\r\n" % len(JSON_ONE)
             1,
         ),
         (
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n" + LENGTH + b"\r\n"
-            + JSON_ONE,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n" + LENGTH + b"\r\n" + JSON_ONE,
             False,
             1,
         ),
