@@ -167,7 +167,8 @@ class HttpTransport:
         server has closed meanwhile is reopened once (resending is safe: ``op_id``s)."""
         seconds = self.timeout if timeout is None else timeout
         for attempt in (0, 1):
-            conn, fresh = getattr(self._local, "conn", None), True
+            conn: _Connection | None = None
+            fresh = True  # a connection that cannot be opened is not retried
             try:
                 conn, fresh = self._connection(seconds)
                 answer = conn.post(self._batch_path, self._headers, data, seconds)
