@@ -261,6 +261,8 @@ def has_surrogate(text: str) -> bool:
 def text_field(value: Any, limit: int = MAX_STRING) -> str:
     """A text field of an event (``message``, ``category``, ...) as the server takes it: a
     string (``str()`` of anything else), without NUL or lone surrogates, cut to ``limit``."""
+    if type(value) is str and value.isascii() and len(value) <= limit and "\x00" not in value:
+        return value  # nearly always (several per event): no further call
     text = value if type(value) is str else _safe_str(value)
     return truncate(clean_text(text), limit)
 
@@ -268,6 +270,8 @@ def text_field(value: Any, limit: int = MAX_STRING) -> str:
 def name_field(value: Any) -> str:
     """An event or metric name as the server takes it: ``text_field``, cut to
     ``limits.MAX_NAME`` characters ending in ``NAME_CUT``."""
+    if type(value) is str and value.isascii() and len(value) <= MAX_NAME and "\x00" not in value:
+        return value  # nearly always: no further call
     text = text_field(value)
     if len(text) <= MAX_NAME:
         return text
