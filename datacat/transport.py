@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import socket
 import threading
 import time
 import urllib.parse
@@ -38,6 +37,7 @@ from datacat.errors import (
 
 if TYPE_CHECKING:
     import io
+    import socket
     import ssl
 
     import requests
@@ -295,8 +295,10 @@ class _Connection:
     receives is read through one buffer for the connection's whole life."""
 
     def __init__(self, direct: Direct, seconds: float) -> None:
+        import socket  # late: a program whose sender is a child process never sends
+
         host, port, _, tls = direct
-        sock = socket.create_connection((host, port), timeout=seconds)
+        sock: socket.socket = socket.create_connection((host, port), timeout=seconds)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as ``http.client``
             if tls:
