@@ -14,12 +14,15 @@ counting proxy (a real HTTP hop that counts every request it forwards) and print
 - the number of HTTP requests the server received for 10,000 log calls (target <= 100);
 - the whole CPU a program spends on 20,000 events until all are delivered, with the sender
   thread in the program (``sender="thread"``) and in a child process (``sender="process"``),
-  each in a fresh interpreter, and their ratio.
+  each in a fresh interpreter, and their ratio;
+- what that child process costs: its start-up (``python -m datacat.offload`` given the app's
+  options, with nothing to send: CPU and wall time) and its CPU per event + observation.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import statistics
 import subprocess
@@ -179,7 +182,7 @@ def count_requests(proxy: CountingProxy, spool: str) -> None:
 #: A program that logs ``EVENTS`` events with the sender given, then prints the CPU its own
 #: process spent from the first call until ``end()`` returned with everything delivered.
 PROGRAM = """
-import sys, time, datacat
+import os, sys, time, datacat
 s = datacat.create_session(sys.argv[1], product="bench", sender=sys.argv[2], spool_dir=sys.argv[3])
 s.flush(30)
 started = time.process_time()
@@ -187,26 +190,61 @@ for i in range(int(sys.argv[4])):
     s.log_event("bench", {"i": i, "tags": ["a", "b"]})
     s.observe("bench.work", 0.001, tags={"route": "/checkout"})
 assert s.end(timeout=60)
-print(time.process_time() - started)
+spent = time.process_time() - started
+child = getattr(s._worker, "_process", None)  # sender="process": the child, still running
+stat = open(f"/proc/{child.pid}/stat").read().rpartition(")")[2].split() if child else []
+print(spent, sum(map(int, stat[11:13])) / os.sysconf("SC_CLK_TCK"))  # its user + system time
 """
 EVENTS = 20_000
 
 
 def sender_cpu(url: str, spool: str) -> None:
-    """The program's whole CPU per event (its caller and its sender), thread vs process."""
-    costs = {}
+    """The program's whole CPU per event (its caller and its sender), thread vs process, and
+    the child's own CPU per event (past its start-up, ``child_start``)."""
+    costs, child = {}, []
     for sender in ("thread", "process"):
         runs = []
         for _ in range(3):
             command = [sys.executable, "-c", PROGRAM, url, sender, spool, str(EVENTS)]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
-            runs.append(float(done.stdout) / EVENTS * 1e6)
+            own, child_cpu = map(float, done.stdout.split())
+            runs.append(own / EVENTS * 1e6)
+            if sender == "process":
+                child.append(child_cpu)
         costs[sender] = min(runs)
     print(
         f"the program's CPU per event + observation until delivered (best of 3): "
         f"sender='thread' {costs['thread']:.1f} us, sender='process' {costs['process']:.1f} us "
         f"({costs['process'] / costs['thread']:.2f}x)"
     )
+    start_cpu, start_wall = child_start(url, spool)
+    print(
+        f"the sender process: start-up {start_cpu * 1e3:.0f} ms CPU, {start_wall * 1e3:.0f} ms "
+        f"wall (median of 9); its CPU per event + observation past that "
+        f"{(min(child) - start_cpu) / EVENTS * 1e6:.1f} us (best of 3)"
+    )
+
+
+def child_start(url: str, spool: str) -> tuple[float, float]:
+    """CPU and wall seconds of ``python -m datacat.offload`` that is given the app's options
+    and then nothing (medians): what each run of a ``sender="process"`` program pays first."""
+    from datacat import offload
+    from datacat.config import resolve
+
+    hello = offload.hello_options(resolve(url=url, spool_dir=spool, sender="process"))
+    frame = offload.frame(offload.HELLO, json.dumps(hello).encode())
+    cpu, wall = [], []
+    for _ in range(9):
+        started = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-m", "datacat.offload"], stdin=subprocess.PIPE)
+        assert child.stdin is not None
+        child.stdin.write(frame)
+        child.stdin.close()  # EOF: nothing to send, it exits
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        wall.append(time.perf_counter() - started)
+        cpu.append(usage.ru_utime + usage.ru_stime)
+    return statistics.median(cpu), statistics.median(wall)
 
 
 def main() -> int:
