@@ -572,9 +572,8 @@ def read_frames(stream: IO[bytes]) -> Iterable[tuple[bytes, bytes]]:
 
 
 class _Options:
-    """The child's sender options as the app's hello gave them: the app's ``Config`` resolved
-    and checked them (read as the child's ``Config``, which has more options than a sender
-    reads)."""
+    """The child's ``Config``: the sender options of the app's, as its hello gave them (resolved
+    and checked in the app). A stand-in, since the child's ``Worker`` reads no other option."""
 
     def __init__(self, hello: JSONDict) -> None:
         for name in CHILD_OPTIONS:
