@@ -33,7 +33,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import pickle
 import struct
 import sys
 import threading
@@ -41,6 +40,11 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from typing import IO, TYPE_CHECKING, Any, cast
+
+try:  # the C pickler itself: ``pickle``'s own module (its Python pickler) is 1-2 ms to import
+    import _pickle as pickle
+except ImportError:  # pragma: no cover - an interpreter without the C accelerator
+    import pickle  # type: ignore[no-redef]
 
 from datacat._internal import jsonable, log_once, logger, name_field
 from datacat.batching import _BODIES, OBSERVE, RAW, Item, wire
@@ -86,6 +90,8 @@ EXIT_GRACE = 0.2
 HAND_OVER_ITEMS = 64
 #: Items per frame at most: a frame torn by the child's death or the exit costs little.
 FRAME_ITEMS = 1000
+#: The pickle protocol of the frames (5, the newest of every Python this runs on).
+PICKLE_PROTOCOL = 5
 #: Bytes asked for the pipe (Linux ``F_SETPIPE_SZ``): the child starting up does not stall it.
 PIPE_BYTES = 1 << 20
 
@@ -131,7 +137,7 @@ def encode_items(items: list[Item]) -> bytes:
 
 def _dumps(value: Any) -> tuple[bytes, bool]:
     buffer = io.BytesIO()
-    encoder = _Encoder(buffer, protocol=pickle.HIGHEST_PROTOCOL)
+    encoder = _Encoder(buffer, protocol=PICKLE_PROTOCOL)
     encoder.dump(value)
     return buffer.getvalue(), encoder.odd
 
