@@ -140,7 +140,7 @@ def test_precedence_end_to_end(
 
 def test_a_recorded_run_imports_neither_requests_nor_wrapt() -> None:
     """What keeps the plugin's start cheap: ``datacat`` imports names on first use, batches go
-    over ``http.client``; the public names still resolve as before."""
+    over a socket of its own (not ``requests``); the public names still resolve as before."""
     code = """
 import sys
 import pytest_datacat.recorder
