@@ -3,10 +3,11 @@
 With ``sender="process"`` the batching, the JSON and the HTTP of a session's sender run in a
 child process (``python -m datacat.offload``), on another core and outside the app's GIL. The
 app's :class:`ProcessWorker` is a ``Worker`` whose sender thread does not build batches: every
-``HAND_OVER_INTERVAL`` (or ``batch_size`` items) it hands the queued items, exactly as the
-session verbs queued them, to the child through a pipe, one pickle frame per hand-over. What the
-app pays per item is the deque append it always paid and a share of one ``pickle.dumps``; the
-child runs the ordinary ``Worker`` on the items (batching, retries with backoff, the spool).
+``HAND_OVER_INTERVAL`` (or as soon as ``HAND_OVER_ITEMS`` wait) it hands the queued items,
+exactly as the session verbs queued them, to the child through a pipe, one pickle frame per
+hand-over. What the app pays per item is the deque append it always paid and a share of one
+``pickle.dumps``; the child runs the ordinary ``Worker`` on the items (batching, retries with
+backoff, the spool), and sends each frame at once.
 
 - ``flush(timeout)`` is a round trip: the app writes a flush request and waits (at most
   ``timeout``) for the child's answer, which carries the child's counters (``undelivered``).
