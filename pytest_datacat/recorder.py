@@ -24,6 +24,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -142,6 +143,8 @@ class Recorder:
         self._started = time.monotonic()
         self.session = _create_session(config, settings)
         self.session.start_heartbeat()  # a killed run turns "suspended" instead of staying active
+        self._forked = False
+        _forget_in_forked_child(self)
         drainer = threading.Thread(target=self._drain_loop, name="datacat-pytest", daemon=True)
         drainer.start()
 
@@ -208,11 +211,21 @@ class Recorder:
             except Exception:  # never an unhandled exception in a thread of the run
                 self._internal_error("the recorder's thread")
 
+    def in_forked_child(self) -> None:
+        """In a process forked from the run's (a test's ``os.fork()`` whose child goes on with
+        pytest): record nothing. The reports kept are the parent's, and the run is the
+        parent's to record and end."""
+        self._forked = True
+        self._reports = deque(maxlen=0)  # appends are dropped
+        self._raised = {}
+        self._lock = threading.Lock()  # the parent's may have been held by its thread
+
     def _drain(self, last: bool = False) -> None:
-        """Record the reports kept so far, in order, then the live progress when it is due.
-        The newest two wait for the reports that follow (unless ``last``): a test's three
-        reports are then recorded together, and a failed report's exception
-        (``pytest_exception_interact`` comes right after its report) is known."""
+        """Record the reports kept so far, in order, then the live progress when it is due. A
+        failed report that is the newest waits for its exception
+        (``pytest_exception_interact`` comes right after its report), unless ``last``."""
+        if self._forked:
+            return
         with self._lock:
             reports, raised = self._reports, self._raised
             popleft = reports.popleft
@@ -220,14 +233,14 @@ class Recorder:
                 count = len(reports)
                 if count >= 3:
                     try:
-                        plain = not raised and self._plain_test(reports[0], reports[1], reports[2])
+                        plain = self._plain_test(reports[0], reports[1], reports[2])
                     except Exception:
                         plain = False  # recorded report by report, which says what is wrong
                     if plain:
                         popleft(), popleft()
                         self._last = popleft()
                         continue
-                elif not last:
+                elif count == 1 and not last and self._awaits_exception(reports[0]):
                     break
                 report = popleft()
                 try:
@@ -239,6 +252,13 @@ class Recorder:
             if _monotonic() >= self._next_progress:
                 self._progress(force=True)
 
+    def _awaits_exception(self, report: pytest.TestReport) -> bool:
+        return (
+            report.outcome == "failed"
+            and id(report) not in self._raised
+            and "worker_id" not in report.__dict__  # an xdist worker's: its description has it
+        )
+
     def _plain_test(
         self, setup: pytest.TestReport, call: pytest.TestReport, teardown: pytest.TestReport
     ) -> bool:
@@ -246,6 +266,7 @@ class Recorder:
         here (not relayed from an xdist worker: the same location tuple), with nothing but
         marker names to describe. False (nothing recorded) for anything else."""
         location = call.location
+        durations, outcomes = self._durations, self._outcomes
         if not (
             setup.location is location
             and teardown.location is location
@@ -256,6 +277,9 @@ class Recorder:
             and call.outcome == "passed"
             and teardown.outcome == "passed"
             and "wasxfail" not in call.__dict__
+            # nothing left by an earlier attempt at the same test (a rerun)
+            and (not durations or location not in durations)
+            and (not outcomes or location not in outcomes)
         ):
             return False
         item = self._item(call)
@@ -307,7 +331,9 @@ class Recorder:
         # interleave, and the worker's description rides on the report (``reports.EXTRA``)
         when = report.when
         if when == "setup" and not relayed and report.outcome == "passed":
-            self._durations[report.location] = report.duration  # a test's first report
+            durations = self._durations  # a test's first report (or a rerun's: it adds up)
+            location = report.location
+            durations[location] = durations.get(location, 0.0) + report.duration
             return
         key = report.nodeid if relayed else report.location  # the location: no property call
         durations = self._durations
@@ -432,6 +458,8 @@ class Recorder:
 
     @_guarded
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        if self._forked:
+            return
         self._drain(last=True)
         self.session.log_event(
             "run_interrupted",
@@ -445,7 +473,10 @@ class Recorder:
     @property
     def current(self) -> str | None:
         """The node id of the test of the latest report (the one running, or just finished)."""
-        last = self._reports[-1] if self._reports else self._last
+        try:  # the recorder's thread may take the last report meanwhile
+            last: pytest.TestReport | None = self._reports[-1]
+        except IndexError:
+            last = self._last
         return None if last is None or self._ended else last.nodeid
 
     def _progress(self, force: bool = False) -> None:
@@ -463,7 +494,7 @@ class Recorder:
 
     def finish(self, exitstatus: int | None) -> None:
         """Final state and totals, end the session, deliver within the flush deadline (once)."""
-        if self.delivered is not None:
+        if self.delivered is not None or self._forked:
             return
         self.delivered = False
         self._stop.set()
@@ -495,6 +526,21 @@ class Recorder:
             )
         if self.internal_errors:
             write(f"datacat: {self.internal_errors} internal errors (see log level DEBUG)")
+
+
+def _forget_in_forked_child(recorder: Recorder) -> None:
+    """``recorder.in_forked_child`` in any process forked from this one (held weakly: a
+    recorder that is gone is not kept alive by the fork hook)."""
+    if not hasattr(os, "register_at_fork"):
+        return
+    method = weakref.WeakMethod(recorder.in_forked_child)
+
+    def forget() -> None:
+        bound = method()
+        if bound is not None:
+            bound()
+
+    os.register_at_fork(after_in_child=forget)
 
 
 def _final_state(exitstatus: int | None, seconds: float) -> dict[str, Any]:

@@ -469,3 +469,80 @@ def test_b():
     events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
     ran = [(e["data"]["nodeid"].split("::")[-1], e["data"]["markers"]) for e in events]
     assert ran == [("test_b", ["second"]), ("test_a", ["first"]), ("test_a", ["first"])]
+
+
+HELD = """
+import json, os, time, urllib.request
+import pytest
+
+@pytest.fixture
+def broken():
+    yield
+    raise KeyError("teardown")
+
+def test_1(broken):
+    pass
+
+def test_2_long(datacat_session):
+    url = os.environ["DATACAT_CHECK_URL"] + f"/api/sessions/{datacat_session.id}/events"
+    names = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        names = [event["name"] for event in json.load(urllib.request.urlopen(url))]
+        if "test_error" in names:
+            return
+        time.sleep(0.05)
+    raise AssertionError(names)
+"""
+
+
+def test_results_reach_the_server_while_the_next_test_runs(
+    pytester: pytest.Pytester, server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The recorder's thread records what earlier tests reported while a long test runs (the
+    last report, a teardown error, included): the long test itself reads them back."""
+    monkeypatch.setenv("DATACAT_CHECK_URL", server_url)
+    pytester.makepyfile(test_held=HELD)
+    result = pytester.runpytest_subprocess(
+        f"--datacat-url={server_url}", f"--datacat-product=held-{uuid.uuid4()}"
+    )
+    result.assert_outcomes(passed=2, errors=1)
+
+
+FORKED = """
+import os, time
+
+import pytest
+
+@pytest.mark.parametrize("n", range(300))
+def test_many(n):
+    pass
+
+def test_fork():
+    pid = os.fork()
+    if pid == 0:
+        raise RuntimeError("the forked child goes on with the run")
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the forked child did not finish")
+"""
+
+
+def test_a_forked_child_that_goes_on_with_the_run_records_nothing(
+    pytester: pytest.Pytester, server_url: str
+) -> None:
+    """A test's ``os.fork()`` whose child goes on with pytest: the child inherits the reports
+    the recorder had not recorded yet, and must neither record them again nor end the run."""
+    product = f"forked-{uuid.uuid4()}"
+    pytester.makepyfile(test_forked=FORKED)
+    result = pytester.runpytest_subprocess(
+        f"--datacat-url={server_url}", f"--datacat-product={product}"
+    )
+    result.assert_outcomes(passed=301)
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events", limit="1000")
+    names = Counter(event["name"] for event in events)
+    assert names == {"test_passed": 301}, names
