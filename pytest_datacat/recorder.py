@@ -282,33 +282,11 @@ class Recorder:
             and (not outcomes or location not in outcomes)
         ):
             return False
-        item = self._item(call)
-        if item is None:
+        nodeid = self._log_plain_pass(call)
+        if nodeid is None:
             return False
-        names = self.markers(item)
-        if "datacat" in names or RECORDED in item.stash:
-            return False
-        self.counts["passed"] += 1
-        nodeid = call.nodeid
-        session = self.session
-        # the event ``reports.result_event`` makes, in one literal: explicit keywords, no labels
-        session.log_event(
-            "test_passed",
-            {
-                "nodeid": nodeid,
-                "outcome": "passed",
-                "phase": "call",
-                "duration": call.duration,
-                "worker": "main",
-                "markers": names,
-                "location": location,
-            },
-            level="info",
-            category="pytest",
-            message=nodeid,
-        )
         # the aggregated path: one tuple here; the sender makes the timer
-        session.observe(
+        self.session.observe(
             DURATION,
             setup.duration + call.duration + teardown.duration,
             type="timer",
@@ -367,14 +345,19 @@ class Recorder:
         names to describe and no outcome so far; False (nothing logged) for anything else."""
         if "wasxfail" in attributes or (self._outcomes and key in self._outcomes):
             return False
-        item = self._item(report)
+        return self._log_plain_pass(report) is not None
+
+    def _log_plain_pass(self, call: pytest.TestReport) -> str | None:
+        """The event of a passing ``call`` whose test has nothing but marker names to describe;
+        its node id, or ``None`` (nothing logged) when there is more to describe."""
+        item = self._item(call)
         if item is None:
-            return False
+            return None
         names = self.markers(item)
         if "datacat" in names or RECORDED in item.stash:
-            return False
+            return None
         self.counts["passed"] += 1
-        nodeid = report.nodeid
+        nodeid = call.nodeid
         # the event ``reports.result_event`` makes, in one literal: explicit keywords, no labels
         self.session.log_event(
             "test_passed",
@@ -382,16 +365,16 @@ class Recorder:
                 "nodeid": nodeid,
                 "outcome": "passed",
                 "phase": "call",
-                "duration": report.duration,
+                "duration": call.duration,
                 "worker": "main",
                 "markers": names,
-                "location": report.location,
+                "location": call.location,
             },
             level="info",
             category="pytest",
             message=nodeid,
         )
-        return True
+        return nodeid
 
     def _result(self, report: pytest.TestReport, key: Any, raised: str | None) -> None:
         result = reports.outcome(report)
