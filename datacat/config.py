@@ -86,6 +86,9 @@ SENDER_OPTIONS = (
     "exit_timeout",
     "max_backoff",
 )
+#: The options the process sender's child is made with: the sender's, but how and through what
+#: this process sends (``daemon``, ``sender``), which the child does not choose.
+CHILD_OPTIONS = tuple(name for name in SENDER_OPTIONS if name not in ("daemon", "sender"))
 
 #: Where a session's items are turned into batches and sent (``Config.sender``).
 SENDERS = ("thread", "process")

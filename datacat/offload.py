@@ -63,21 +63,6 @@ JSONDict = dict[str, Any]
 
 HELLO, ITEMS, FLUSH = b"H", b"I", b"F"
 _HEADER = struct.Struct(">cI")
-#: The options the child's sender is made with (the app's own; the child reads no environment):
-#: ``config.SENDER_OPTIONS`` but ``daemon`` and ``sender`` (a test keeps the two in step). Named
-#: here because the child does not import ``datacat.config`` (``dataclasses``: ~10 ms a start).
-CHILD_OPTIONS = (
-    "url",
-    "api_key",
-    "spool_dir",
-    "spool_max_bytes",
-    "timeout",
-    "batch_size",
-    "flush_interval",
-    "queue_size",
-    "exit_timeout",
-    "max_backoff",
-)
 #: The reason of the crash the child reports for a session the app left open when it died.
 CRASH_REASON = PARENT_TERMINATED
 #: Seconds between two hand-overs by the app's sender thread, whatever ``flush_interval`` is
@@ -505,7 +490,11 @@ def _grow_pipe(fd: int) -> None:
 
 
 def hello_options(config: Config) -> JSONDict:
-    return {**{name: getattr(config, name) for name in CHILD_OPTIONS}, "pid": os.getpid()}
+    """The hello: the app's pid, and the options the child's sender is made with
+    (``config.CHILD_OPTIONS``, resolved and checked here: the child reads no environment)."""
+    from datacat.config import CHILD_OPTIONS  # imported by the app already
+
+    return {"options": {name: getattr(config, name) for name in CHILD_OPTIONS}, "pid": os.getpid()}
 
 
 # -- the child ------------------------------------------------------------------------------------
@@ -580,21 +569,25 @@ def read_frames(stream: IO[bytes]) -> Iterable[tuple[bytes, bytes]]:
 
 class _Options:
     """The child's ``Config``: the sender options of the app's, as its hello gave them (resolved
-    and checked in the app). A stand-in, since the child's ``Worker`` reads no other option."""
+    and checked in the app). A stand-in, since the child's ``Worker`` reads no other option, and
+    the child does not import ``datacat.config`` (``dataclasses``: ~10 ms a start)."""
 
-    def __init__(self, hello: JSONDict) -> None:
-        for name in CHILD_OPTIONS:
-            setattr(self, name, hello[name])
+    def __init__(self, options: JSONDict) -> None:
+        for name, value in options.items():
+            setattr(self, name, value)
 
 
 def child_config(hello: JSONDict) -> Config:
-    """The child's options: the app's, or, for a hello without them all (not the app's, or no
-    hello at all), what ``config.resolve`` makes of those it has, with no environment."""
-    if all(name in hello for name in CHILD_OPTIONS):
-        return cast("Config", _Options(hello))
+    """The child's options: the app's (``hello["options"]``), or, for a hello without them (not
+    the app's, or no hello at all), what ``config.resolve`` makes of the options it names, with
+    no environment."""
+    options = hello.get("options")
+    if isinstance(options, dict):
+        return cast("Config", _Options(options))
     from datacat import config as config_module
 
-    return config_module.resolve(env={}, **{name: hello.get(name) for name in CHILD_OPTIONS})
+    given = {name: hello.get(name) for name in config_module.CHILD_OPTIONS}
+    return config_module.resolve(env={}, **given)
 
 
 def main() -> int:
