@@ -549,3 +549,48 @@ def test_a_forked_child_that_goes_on_with_the_run_records_nothing(
     events = _get(f"{server_url}/api/sessions/{listed['id']}/events", limit="1000")
     names = Counter(event["name"] for event in events)
     assert names == {"test_passed": 301}, names
+
+
+BROKEN_RECORDER = """
+import pytest_datacat.recorder as recorder
+
+recorder.DRAIN_INTERVAL = 60.0  # every report is recorded at the run's end
+recorded = recorder.Recorder._record
+
+
+def _record(self, report, raised):
+    if report.when == "teardown" and report.nodeid.endswith("test_unlucky"):
+        raise RuntimeError("a bug of the recorder's")
+    return recorded(self, report, raised)
+
+
+def _plain_test(self, *reports):
+    raise RuntimeError("a bug of the one-go path")
+
+
+recorder.Recorder._record = _record
+recorder.Recorder._plain_test = _plain_test
+"""
+
+
+def test_a_bug_in_recording_a_report_is_counted_and_never_reaches_the_run(
+    pytester: pytest.Pytester, server_url: str
+) -> None:
+    """A bug while recording one report (here at the run's end, where the rest of the
+    recording still has to happen) is counted in the summary; the other results, the final
+    state and the session's end are recorded all the same, and the run's outcomes, exit code
+    and warnings (an unhandled exception in a thread would be one) stay as they were."""
+    product = f"broken-{uuid.uuid4()}"
+    pytester.makeconftest(BROKEN_RECORDER)
+    pytester.makepyfile(test_broken="def test_lucky(): pass\ndef test_unlucky(): pass\n")
+    result = pytester.runpytest_subprocess(
+        f"--datacat-url={server_url}", f"--datacat-product={product}", "-W", "error"
+    )
+    assert result.ret == 0
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["datacat: 1 internal errors (see log level DEBUG)"])
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    session = _get(f"{server_url}/api/sessions/{listed['id']}")
+    assert session["ended_at"] and session["state"]["status"] == "finished"
+    called = [e["data"]["nodeid"].split("::")[-1] for e in session["events"]]
+    assert called == ["test_lucky", "test_unlucky"]
