@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from datacat import rows as rows_module
 from datacat._internal import (
     MAX_STRING,
     has_surrogate,
@@ -36,6 +37,7 @@ Item = tuple[Any, ...]
 
 OBSERVE = "observe"  # raw observation, aggregated by the sender
 RAW = "raw"  # a ready wire operation (the daemon forwards these)
+ROWS = "rows"  # (ROWS, session id, template, rows): ``Session.log_rows`` (``datacat.rows``)
 
 
 class Batcher:
@@ -69,6 +71,9 @@ class Batcher:
         if op == OBSERVE:
             self._observe(batch.aggregates, sid, item[2:])
             return
+        if op == ROWS:
+            self._rows(batch, sid, item[2], item[3])
+            return
         payload = item[2] if len(item) == 3 else _BODIES[op](*item[2:])
         if op in ("create", "end", "crash"):
             if op != "create":
@@ -81,6 +86,15 @@ class Batcher:
         if wire_op is not None:
             batch.ops.append(wire_op)
             batch.last[sid] = wire_op
+
+    def _rows(self, batch: _Batch, sid: str, spec: JSONDict, rows: list[Any]) -> None:
+        def broken(row: Any) -> None:
+            self._broken((ROWS, sid), "row of events", rows_module.events_in([row], spec))
+
+        ops = rows_module.operations(sid, spec, rows, wire, _plain_tree, self._finite, broken)
+        if ops:
+            batch.ops.extend(ops)
+            batch.last[sid] = ops[-1]
 
     def _broken(self, item: Any, what: str = "item", count: int = 1) -> None:
         """An item (or aggregated metric) whose body cannot be built: logged once, dropped."""

@@ -30,6 +30,8 @@ MAX_NAME = 200
 #: The last second of year 9999: later timestamps cannot be written back as ISO 8601.
 MAX_TIMESTAMP = 253_402_300_799
 MAX_BATCH_OPERATIONS = 10_000
+#: The levels of an event.
+LEVELS = ("debug", "info", "warning", "error", "critical")
 #: How deeply free-form JSON (``state``, ``data``, ``metadata``) may nest: deeper documents
 #: cannot be read back or merged without running into Python's recursion limit.
 MAX_DEPTH = 64

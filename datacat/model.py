@@ -25,12 +25,12 @@ from datacat.errors import ValidationError
 from datacat.limits import CRASH_EVENT as CRASH_EVENT  # re-exported (``X as X``): the
 from datacat.limits import DEFAULT_BUCKETS as DEFAULT_BUCKETS  # model's contract, as before
 from datacat.limits import HUNG_EVENT as HUNG_EVENT
+from datacat.limits import LEVELS as LEVELS
 from datacat.limits import MAX_BATCH_OPERATIONS, MAX_DEPTH, MAX_NAME, MAX_TIMESTAMP
 from datacat.limits import RECOVERED_EVENT as RECOVERED_EVENT
 
 JSONDict = dict[str, Any]
 
-LEVELS = ("debug", "info", "warning", "error", "critical")
 METRIC_TYPES = ("gauge", "counter", "histogram", "timer")
 OPERATIONS = ("create", "state", "event", "metric", "heartbeat", "end", "crash")
 

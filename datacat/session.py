@@ -25,9 +25,10 @@ from typing import Any, TypeVar
 
 from datacat import heartbeat as heartbeat_module
 from datacat import otel
+from datacat import rows as rows_module
 from datacat._asyncgen import wrap_async_generator_function
 from datacat._internal import log_once, logger, snapshot
-from datacat.batching import OBSERVE, Batcher, Item, finite_number, new_id
+from datacat.batching import OBSERVE, ROWS, Batcher, Item, finite_number, new_id
 from datacat.config import Config, resolve
 from datacat.errors import ConfigurationError, DatacatError, ValidationError
 from datacat.limits import DEFAULT_BUCKETS
@@ -409,6 +410,14 @@ class Session:
         (name, type, tags) with count, sum, min, max and bucket counts."""
         if not self._put((OBSERVE, self.id, name, value, type, tags, unit, buckets)):
             self.dropped += 1
+
+    def log_rows(self, template: JSONDict, rows: list[tuple[Any, ...]]) -> None:
+        """Many events of one shape in one queue item: each row ``(timestamp, *values)`` is
+        the event (and its timer) ``template`` describes (``datacat.rows.template``), as
+        ``log_event`` and ``observe`` would have made them. ``rows`` is kept as it is: the
+        caller hands it over and makes a new list for the next rows."""
+        if rows and not self._put((ROWS, self.id, template, rows)):
+            self.dropped += rows_module.events_in(rows, template)
 
     # -- heartbeats and hangs -------------------------------------------------------------------
 

@@ -27,6 +27,12 @@ def test_basic(server_url: str) -> None:
     assert "'status': 'done'" in out and "2 events, 4 metrics" in out
 
 
+def test_event_rows(server_url: str) -> None:
+    out = run(str(EXAMPLES / "event_rows.py"), "--url", server_url)
+    assert ": 200 events, 200 metrics" in out  # a timer per row, never folded
+    assert "first: job-0 {'job': 'job-0', 'worker': 'w0', 'attempts': 1, 'outcome': 'ok'}" in out
+
+
 def test_heartbeat_reports_one_hang_and_its_recovery(server_url: str) -> None:
     out = run(str(EXAMPLES / "heartbeat.py"), "--url", server_url)
     assert "['application_appears_hung', 'application_recovered']" in out

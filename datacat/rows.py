@@ -1,0 +1,154 @@
+"""Event rows: many events of one shape, each with its own timer, queued as one item.
+
+A caller that logs thousands of alike events (the pytest plugin: one per passing test, each
+with the test's duration timer) pays per event for ``log_event``'s and ``observe``'s
+arguments, two queue items, and their pickle on the way to the sender's child. With a
+template made once (:func:`template`), each event is a row, a tuple of its own values, and
+``Session.log_rows`` queues a list of rows as one item. The sender (``Batcher``) expands it
+(:func:`operations`) into the very operations ``log_event`` and ``observe`` would have made:
+the same bodies, text fields and checks (``tests/test_rows.py``). One difference: each row's
+timer is a metric of its own (count 1), never folded with another row's of the same tags, as
+``observe`` would fold them: rows are for events that each have their own (a test's node id).
+
+A template is a plain dict (the sender's child receives it pickled, built-in types only):
+
+- ``name``, ``level``, ``category``: the events' (checked once, here);
+- ``columns``: the names of a row's own values in each event's ``data``; ``data``: the fields
+  every event's ``data`` shares, after them; ``message``: the column whose value is each
+  event's message, or None;
+- ``timer``: None, or ``{"name", "unit", "tags", "tag_columns"}``: each row's last value is
+  then a timer of that name, tagged with ``tags`` and with the named columns' values, as
+  ``observe(name, value, type="timer", tags=..., unit=unit, buckets=None)`` makes it alone.
+
+A row is ``(timestamp, *values)``: one value per column, then the timer's value if any.
+Pure: no I/O, no threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from datacat._internal import jsonable, name_field, text_field
+from datacat.limits import LEVELS
+
+JSONDict = dict[str, Any]
+Row = tuple[Any, ...]
+
+
+def template(
+    name: str,
+    *,
+    columns: Sequence[str],
+    level: str = "info",
+    category: str | None = None,
+    data: Mapping[str, Any] | None = None,
+    message: str | None = None,
+    timer: str | None = None,
+    timer_unit: str | None = "s",
+    timer_tags: Mapping[str, Any] | None = None,
+    timer_tag_columns: Sequence[str] = (),
+) -> JSONDict:
+    """The template of ``Session.log_rows``; ``message`` and ``timer_tag_columns`` name columns.
+    Raises ``ValueError`` for a template no row could fill (a caller's bug, found at once)."""
+    columns = tuple(str(column) for column in columns)
+    named = [c for c in (message, *timer_tag_columns) if c is not None and c not in columns]
+    named += [c for c in columns if c in (data or {})]  # a row's value or the shared one?
+    if named or level not in LEVELS or len(set(columns)) != len(columns):
+        raise ValueError(f"datacat: a bad event rows template ({name!r}: {named or level})")
+    spec: JSONDict = {
+        "name": name_field(name),
+        "level": level,
+        "category": None if category is None else text_field(category),
+        "data": jsonable(dict(data or {})),
+        "columns": columns,
+        "message": None if message is None else columns.index(message),
+        "timer": None,
+    }
+    if timer is not None:
+        tags = {str(k): str(v) for k, v in (timer_tags or {}).items()}
+        spec["timer"] = {
+            "name": name_field(timer),
+            "unit": timer_unit,
+            "tags": tags,
+            "tag_columns": tuple((str(c), 1 + columns.index(c)) for c in timer_tag_columns),
+        }
+    return spec
+
+
+def operations(
+    sid: str,
+    spec: JSONDict,
+    rows: Sequence[Row],
+    wire: Callable[[str, str, Any], JSONDict],
+    plain: Callable[[Any], bool],
+    finite: Callable[[JSONDict, str], bool],
+    broken: Callable[[Any], None],
+) -> list[JSONDict]:
+    """The event (and timer) operations of ``rows``, made as the sender makes those of
+    ``log_event`` and ``observe``: ``wire`` makes an operation, ``plain(body)`` tells a body
+    that needs no ``jsonable``, ``finite(metric, sid)`` keeps (or drops and counts) a timer,
+    ``broken(row)`` hears of a row that fits no event (it is left out; the others are not)."""
+    ops: list[JSONDict] = []
+    for row in rows:
+        try:
+            ops.extend(_row(sid, spec, row, wire, plain, finite))
+        except Exception:
+            broken(row)
+    return ops
+
+
+def _row(
+    sid: str,
+    spec: JSONDict,
+    row: Row,
+    wire: Callable[[str, str, Any], JSONDict],
+    plain: Callable[[Any], bool],
+    finite: Callable[[JSONDict, str], bool],
+) -> list[JSONDict]:
+    columns, message, timer = spec["columns"], spec["message"], spec["timer"]
+    width = 1 + len(columns)
+    if len(row) != width + (timer is not None):
+        raise ValueError(f"a row of {len(row)} values for {width} columns")
+    values = row[1:width]
+    data = dict(zip(columns, values, strict=True))
+    data.update(spec["data"])
+    body: JSONDict = {"name": spec["name"], "level": spec["level"], "timestamp": row[0]}
+    body["data"] = data
+    if spec["category"] is not None:
+        body["category"] = spec["category"]
+    if message is not None and values[message] is not None:
+        body["message"] = text_field(values[message])
+    event = wire("event", sid, body if plain(body) else jsonable(body))
+    if timer is None:
+        return [event]
+    metric = _timer(timer, row, width)
+    return [event, wire("metric", sid, metric)] if finite(metric, sid) else [event]
+
+
+def _timer(timer: JSONDict, row: Row, width: int) -> JSONDict:
+    """The body ``_Aggregates`` makes of one observation (tags sorted, as text)."""
+    value = row[width]
+    tags = dict(timer["tags"])
+    for tag, index in timer["tag_columns"]:
+        tags[tag] = str(row[index])
+    body: JSONDict = {
+        "name": timer["name"],
+        "type": "timer",
+        "value": value,
+        "count": 1,
+        "timestamp": time.time(),
+        "min": value,
+        "max": value,
+    }
+    if timer["unit"]:
+        body["unit"] = timer["unit"]
+    if tags:
+        body["tags"] = {k: tags[k] for k in sorted(tags)}
+    return body
+
+
+def events_in(rows: Sequence[Row], spec: JSONDict) -> int:
+    """How many queue items ``rows`` stand for (what a refused ``log_rows`` counts as lost)."""
+    return len(rows) * (1 if spec.get("timer") is None else 2)

@@ -1,0 +1,149 @@
+"""``datacat.rows`` and ``Session.log_rows``: event rows make exactly the operations that
+``log_event`` and ``observe`` make, and reach a real server through either sender."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from client_helpers import session_factory, wait_for
+
+import datacat
+from datacat import rows
+from datacat.batching import OBSERVE, ROWS, Batcher
+
+SID = "00000000-0000-4000-8000-000000000001"
+TEMPLATE = rows.template(
+    "test_passed",
+    columns=("nodeid", "duration", "markers", "location"),
+    category="pytest",
+    data={"outcome": "passed", "worker": "main"},
+    message="nodeid",
+    timer="pytest.test.duration",
+    timer_tags={"outcome": "passed"},
+    timer_tag_columns=("nodeid",),
+)
+ODD_VALUES: list[tuple[Any, ...]] = [
+    ("t.py::test_plain", 0.25, (), ("t.py", 3, "test_plain"), 0.5),
+    ("t.py::test_ünïcode[é]", 1e-7, ("slow", "smoke"), ("t.py", 9, "x"), 3e-7),
+    ("t.py::lone\udcffsurrogate", 0.0, ("a",), ("t.py", 1, "y"), 0.0),
+    ("t.py::nul\x00byte", 2, [object()], None, 2),
+    ("t.py::" + "long" * 20_000, float("inf"), (), ("t.py", 1, "z"), 1.0),
+    ("t.py::nan_timer", 0.1, (), ("t.py", 2, "w"), float("nan")),
+    (None, 0.1, (), ("t.py", 2, "w"), 0.1),
+    (42, 0.1, {"not": "a tuple"}, ("t.py", 2, "w"), 10**400),
+]
+
+
+def _as_verbs(values: tuple[Any, ...], ts: float) -> list[tuple[Any, ...]]:
+    """The items ``log_event`` and ``observe`` queue for the same event and timer."""
+    nodeid, duration, markers, location, total = values
+    data = {"nodeid": nodeid, "duration": duration, "markers": markers, "location": location}
+    data.update(outcome="passed", worker="main")
+    event = ("event", SID, "test_passed", data, "info", "pytest", None, nodeid, {}, ts, None)
+    tags = {"nodeid": nodeid, "outcome": "passed"}
+    return [event, (OBSERVE, SID, "pytest.test.duration", total, "timer", tags, "s", None)]
+
+
+def _without_ids(ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The operations without what differs by design: op ids, and when a timer was made."""
+    plain = []
+    for op in ops:
+        assert op.pop("op_id")
+        if op["op"] == "metric":
+            op["data"].pop("timestamp")
+        plain.append(op)
+    return plain
+
+
+def _operations(items: list[tuple[Any, ...]]) -> tuple[list[dict[str, Any]], list[int]]:
+    drops: list[int] = []
+    ops = Batcher(on_drop=lambda sid, n: drops.append(n)).operations(items)
+    return _without_ids(ops), drops
+
+
+def _kinds(ops: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [op for op in ops if op["op"] == kind]
+
+
+def test_rows_make_the_operations_log_event_and_observe_make() -> None:
+    """Also for the odd values the verbs repair (text, NUL, lone surrogates, long strings,
+    non-JSON objects) or drop and count (a timer that is not a finite number)."""
+    stamped = [(1000.0 + n, values) for n, values in enumerate(ODD_VALUES)]
+    verbs = [item for ts, values in stamped for item in _as_verbs(values, ts)]
+    from_verbs, verb_drops = _operations(verbs)
+    from_rows, row_drops = _operations([(ROWS, SID, TEMPLATE, [(ts, *v) for ts, v in stamped])])
+    assert _kinds(from_rows, "event") == _kinds(from_verbs, "event")
+    assert len(_kinds(from_rows, "event")) == len(ODD_VALUES)
+    # the verbs' timers come after the batch's events (aggregated), the rows' after each event
+    assert _kinds(from_rows, "metric") == _kinds(from_verbs, "metric")
+    assert len(_kinds(from_rows, "metric")) == len(ODD_VALUES) - 2  # NaN and 10**400: dropped
+    assert row_drops == verb_drops == [1, 1]
+    timestamps = [op["data"]["timestamp"] for op in _kinds(from_rows, "event")]
+    assert timestamps == [ts for ts, _ in stamped]
+
+
+def test_a_row_that_fits_no_event_is_dropped_alone_and_counted() -> None:
+    good = (1.0, "t.py::test_ok", 0.1, (), ("t.py", 1, "test_ok"), 0.2)
+    too_short = (2.0, "t.py::test_short", 0.1)
+    ops, drops = _operations([(ROWS, SID, TEMPLATE, [good, too_short, good])])
+    assert [op["op"] for op in ops] == ["event", "metric", "event", "metric"]
+    assert drops == [2]  # the event and the timer the row stood for
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"columns": ("a",), "message": "b"},  # not a column
+        {"columns": ("a",), "timer": "t", "timer_tag_columns": ("b",)},
+        {"columns": ("a", "a")},
+        {"columns": ("a",), "data": {"a": 1}},  # the row's value or the shared one?
+        {"columns": ("a",), "level": "loud"},
+    ],
+)
+def test_a_template_no_row_could_fill_is_refused_at_once(arguments: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="template"):
+        rows.template("e", **arguments)
+
+
+@pytest.fixture
+def make_session(tmp_path: Path) -> Iterator[Callable[..., datacat.Session]]:
+    yield from session_factory(tmp_path)
+
+
+@pytest.mark.parametrize("sender", ["thread", "process"])
+def test_rows_reach_the_server_as_events_and_timers(
+    make_session: Callable[..., datacat.Session], server_url: str, sender: str
+) -> None:
+    session = make_session(server_url, sender=sender)
+    values = ODD_VALUES[:3]
+    session.log_rows(TEMPLATE, [(1_700_000_000.0 + n, *v) for n, v in enumerate(values)])
+    assert session.end(timeout=10)
+    events = wait_for(lambda: _read(server_url, session.id, "events"))
+    messages = [e["message"] for e in events]
+    assert messages == ["t.py::test_plain", "t.py::test_ünïcode[é]", "t.py::lone\ufffdsurrogate"]
+    assert events[1]["data"]["markers"] == ["slow", "smoke"]
+    timers = _read(server_url, session.id, "metrics", name="pytest.test.duration")
+    by_test = {m["tags"]["nodeid"]: m for m in timers}
+    assert math.isclose(by_test["t.py::test_plain"]["value"], 0.5)
+    assert by_test["t.py::test_plain"]["tags"]["outcome"] == "passed"
+    assert session.dropped == 0
+
+
+def _read(url: str, session_id: str, kind: str, **params: str) -> Any:
+    answer = requests.get(f"{url}/api/sessions/{session_id}/{kind}", params=params, timeout=10)
+    answer.raise_for_status()
+    return answer.json()
+
+
+def test_a_refused_hand_over_counts_every_event_and_timer_of_its_rows(
+    make_session: Callable[..., datacat.Session], server_url: str
+) -> None:
+    session = make_session(server_url)
+    session._put = lambda item: False  # the queue is full
+    session.log_rows(TEMPLATE, [(1.0, *ODD_VALUES[0]), (2.0, *ODD_VALUES[1])])
+    assert session.dropped == 4
