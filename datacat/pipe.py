@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import math
 import os
 import select
@@ -31,6 +30,7 @@ import time
 import weakref
 from typing import Any
 
+from datacat._internal import lazy_logger
 from datacat.config import Config
 from datacat.transport import BatchResult, HttpTransport
 
@@ -57,7 +57,7 @@ PIPE_FULL = 0
 #: Seconds the sender thread (never the app's) waits for a daemon that is just behind.
 PARTIAL_WAIT = 0.05
 
-log = logging.getLogger("datacat.pipe")
+log = lazy_logger("datacat.pipe")
 
 _transports: weakref.WeakSet[PipeTransport] = weakref.WeakSet()
 

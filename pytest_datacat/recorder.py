@@ -20,7 +20,6 @@ pytest calls only for failures, right after their report.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import threading
 import time
@@ -32,11 +31,12 @@ import pytest
 
 import datacat
 from datacat import rows
+from datacat._internal import lazy_logger
 from datacat.config import resolve
 from pytest_datacat import metadata, reports
 from pytest_datacat.plugin import RECORDED, SESSION, UNDELIVERED, Settings
 
-logger = logging.getLogger("datacat.pytest")
+logger = lazy_logger("datacat.pytest")
 
 #: Seconds between two live progress updates of the state (the last one is always sent).
 PROGRESS_INTERVAL = 0.5

@@ -19,15 +19,15 @@ and starts no thread.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
 
+from datacat._internal import lazy_logger
 from pytest_datacat import reports
 from pytest_datacat.plugin import UNDELIVERED
 
-logger = logging.getLogger("datacat.pytest")
+logger = lazy_logger("datacat.pytest")
 
 
 class ItemTracker:
