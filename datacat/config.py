@@ -1,16 +1,14 @@
 """Client configuration, resolved once: arguments > ``DATACAT_*`` environment > defaults.
 
-Owns the ``Config`` dataclass (every option of ``create_session``), the parsing of environment
+Owns ``Config`` (every option of ``create_session``), the parsing of environment
 values, and the default per-user spool directory. Pure apart from reading the environment.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,34 +33,93 @@ def _default_product() -> str:
     return (path.parent.name if path.stem == "__main__" else path.stem) or "python"
 
 
-@dataclass(frozen=True)
-class Config:
-    """Every client option. ``spool_dir=""`` disables the disk spool (memory only)."""
-
-    url: str = DEFAULT_URL
-    product: str = field(default_factory=_default_product)
-    version: str = "unknown"
-    api_key: str | None = None
-    disabled: bool = False
-    timeout: float = 5.0
-    batch_size: int = 500
-    flush_interval: float = 0.5
-    queue_size: int = 100_000
-    spool_dir: str = field(default_factory=default_spool_dir)
-    spool_max_bytes: int = 64 * 1024 * 1024
-    exit_timeout: float = 2.0
-    blocking: bool = False
-    heartbeat_interval: float = 10.0
-    hang_timeout: float = 60.0
-    max_backoff: float = 30.0
-    daemon: bool = False
+#: Every client option: name -> (its type, as ``_convert`` reads it; its default, or a function
+#: that makes it). ``spool_dir=""`` disables the disk spool (memory only).
+_OPTIONS: dict[str, tuple[str, Any]] = {
+    "url": ("str", DEFAULT_URL),
+    "product": ("str", _default_product),
+    "version": ("str", "unknown"),
+    "api_key": ("str | None", None),
+    "disabled": ("bool", False),
+    "timeout": ("float", 5.0),
+    "batch_size": ("int", 500),
+    "flush_interval": ("float", 0.5),
+    "queue_size": ("int", 100_000),
+    "spool_dir": ("str", default_spool_dir),
+    "spool_max_bytes": ("int", 64 * 1024 * 1024),
+    "exit_timeout": ("float", 2.0),
+    "blocking": ("bool", False),
+    "heartbeat_interval": ("float", 10.0),
+    "hang_timeout": ("float", 60.0),
+    "max_backoff": ("float", 30.0),
+    "daemon": ("bool", False),
     # "thread": a sender thread in this process; "process": a child process sends
     # (``datacat.offload``), this process only hands it the items
-    sender: str = "thread"
-    otel_spans: bool = False  # ``@track`` opens OpenTelemetry spans (``datacat.otel``)
-    state: Mapping[str, Any] | None = None
-    machine_id: str | None = None
-    hostname: str | None = None
+    "sender": ("str", "thread"),
+    "otel_spans": ("bool", False),  # ``@track`` opens OpenTelemetry spans (``datacat.otel``)
+    "state": ("Mapping[str, Any] | None", None),
+    "machine_id": ("str | None", None),
+    "hostname": ("str | None", None),
+}
+
+
+class Config:
+    """Every client option (``_OPTIONS``), immutable: ``replace`` makes a changed copy.
+
+    A plain class, not a frozen ``@dataclass``: making that class cost every process that
+    imports DataCat ~2.5 ms, and importing ``dataclasses`` (and ``inspect`` with it) another
+    ~10 ms in the process sender's child, which has nothing else that needs it."""
+
+    __slots__ = tuple(_OPTIONS)
+    url: str
+    product: str
+    version: str
+    api_key: str | None
+    disabled: bool
+    timeout: float
+    batch_size: int
+    flush_interval: float
+    queue_size: int
+    spool_dir: str
+    spool_max_bytes: int
+    exit_timeout: float
+    blocking: bool
+    heartbeat_interval: float
+    hang_timeout: float
+    max_backoff: float
+    daemon: bool
+    sender: str
+    otel_spans: bool
+    state: Mapping[str, Any] | None
+    machine_id: str | None
+    hostname: str | None
+
+    def __init__(self, **values: Any) -> None:
+        unknown = set(values) - set(_OPTIONS)
+        if unknown:
+            raise TypeError(f"Config() got unknown option(s): {', '.join(sorted(unknown))}")
+        for name, (_, default) in _OPTIONS.items():
+            if name not in values:  # a function makes the default (``product``, ``spool_dir``)
+                values[name] = default() if callable(default) else default
+            object.__setattr__(self, name, values[name])
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"Config is immutable: use config.replace (setting {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Config is immutable (deleting {name!r})")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in _OPTIONS)
+
+    def __eq__(self, other: object) -> bool:
+        return self._values() == other._values() if isinstance(other, Config) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"Config({', '.join(f'{name}={getattr(self, name)!r}' for name in _OPTIONS)})"
 
     def destination(self) -> tuple[Any, ...]:
         """What decides which sender a session shares: where batches go (``daemon``: through
@@ -103,7 +160,7 @@ _POSITIVE = (
     "hang_timeout",
     "max_backoff",
 )
-_NAMES = {f.name: f for f in fields(Config)}
+_NAMES = _OPTIONS
 _ENV_SKIP = {"state"}  # a document, not an environment value
 
 
@@ -128,13 +185,17 @@ def resolve(env: Mapping[str, str] | None = None, **kwargs: Any) -> Config:
 
 def replace(config: Config, **changes: Any) -> Config:
     """``config`` with some options changed and checked."""
-    new = dataclasses.replace(config, **{k: _convert(k, v) for k, v in changes.items()})
+    unknown = set(changes) - set(_OPTIONS)
+    if unknown:
+        raise ConfigurationError(f"unknown option(s): {', '.join(sorted(unknown))}")
+    values = {name: getattr(config, name) for name in _OPTIONS}
+    new = Config(**{**values, **{k: _convert(k, v) for k, v in changes.items()}})
     _check(new)
     return new
 
 
 def _convert(name: str, value: Any) -> Any:
-    kind = _NAMES[name].type
+    kind = _NAMES[name][0]
     try:
         if "bool" in str(kind):
             return _bool(value)
