@@ -416,8 +416,13 @@ class Session:
         the event (and its timer) ``template`` describes (``datacat.rows.template``), as
         ``log_event`` and ``observe`` would have made them. ``rows`` is kept as it is: the
         caller hands it over and makes a new list for the next rows."""
-        if rows and not self._put((ROWS, self.id, template, rows)):
-            self.dropped += rows_module.events_in(rows, template)
+        if not rows:
+            return
+        events = rows_module.events_in(rows, template)
+        if not self._put((ROWS, self.id, template, rows)):
+            self.dropped += events
+        elif self._worker is not None and events >= self._worker.kick_size:
+            self._worker.kick()  # one item, but as many events as that many items would be
 
     # -- heartbeats and hangs -------------------------------------------------------------------
 

@@ -134,6 +134,24 @@ def test_rows_reach_the_server_as_events_and_timers(
     assert session.dropped == 0
 
 
+def test_rows_of_many_events_wake_the_sender_at_once(
+    make_session: Callable[..., datacat.Session], server_url: str
+) -> None:
+    """One item, but as many events as a batch (40 rows, 80 events, batches of 50): sent now,
+    not at the next interval."""
+    session = make_session(server_url, flush_interval=60.0, batch_size=50)
+    assert session.flush(timeout=10)  # the sender is now waiting for its next interval
+    many = [
+        (1_700_000_000.0 + n, f"t.py::test_{n}", 0.1, (), ("t.py", n, "x"), 0.2) for n in range(40)
+    ]
+    session.log_rows(TEMPLATE, many)
+
+    def events() -> int:
+        return len(_read(server_url, session.id, "events", limit="100"))
+
+    assert wait_for(lambda: events() == 40, timeout=10), "not all sent within 10 s"
+
+
 def _read(url: str, session_id: str, kind: str, **params: str) -> Any:
     answer = requests.get(f"{url}/api/sessions/{session_id}/{kind}", params=params, timeout=10)
     answer.raise_for_status()
