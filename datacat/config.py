@@ -104,13 +104,17 @@ class Config:
             object.__setattr__(self, name, values[name])
 
     def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"Config is immutable: use config.replace (setting {name!r})")
+        raise AttributeError(f"Config is immutable: datacat.config.replace makes a changed copy "
+                             f"(setting {name!r})")  # fmt: skip
 
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Config is immutable (deleting {name!r})")
 
     def _values(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in _OPTIONS)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy, deepcopy and pickle, as a dataclass's
+        return _config, (dict(zip(_OPTIONS, self._values(), strict=True)),)
 
     def __eq__(self, other: object) -> bool:
         return self._values() == other._values() if isinstance(other, Config) else NotImplemented
@@ -126,6 +130,10 @@ class Config:
         the local daemon's pipe) and how they are batched, retried and spooled. Sessions with
         the same values share one sender thread."""
         return tuple(getattr(self, name) for name in SENDER_OPTIONS)
+
+
+def _config(values: dict[str, Any]) -> Config:
+    return Config(**values)
 
 
 #: The options a sender (``datacat.worker.Worker``) is made with.

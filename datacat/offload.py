@@ -47,8 +47,9 @@ try:  # the C pickler itself: ``pickle``'s own module (its Python pickler) is 1-
 except ImportError:  # pragma: no cover - an interpreter without the C accelerator
     import pickle  # type: ignore[no-redef]
 
+from datacat import rows
 from datacat._internal import jsonable, log_once, logger, name_field
-from datacat.batching import _BODIES, OBSERVE, RAW, Item, wire
+from datacat.batching import _BODIES, OBSERVE, RAW, ROWS, Item, wire
 from datacat.limits import PARENT_TERMINATED
 from datacat.transport import HttpTransport, Transport
 from datacat.worker import Worker
@@ -118,7 +119,23 @@ def encode_items(items: list[Item]) -> bytes:
             return data
     except _ENCODING_ERRORS:
         pass
-    return _dumps([_encodable(item) for item in items])[0]
+    return _dumps([each for item in items for each in _encodables(item)])[0]
+
+
+def _encodables(item: Item) -> list[Item]:
+    """``_encodable(item)``; rows (``log_rows``) holding objects of the app's own types as the
+    verbs' items, whose text the sender makes of them here (``rows.verb_items``)."""
+    if item[0] != ROWS or len(item) != 4:
+        return [_encodable(item)]
+    try:
+        if not _dumps(item)[1]:
+            return [item]
+    except _ENCODING_ERRORS:
+        pass
+    items, unfit = rows.verb_items(item[1], item[2], item[3])
+    if unfit:
+        items.append((ROWS, item[1], item[2], unfit))
+    return [_encodable(each) for each in items]
 
 
 def _dumps(value: Any) -> tuple[bytes, bool]:
@@ -570,7 +587,7 @@ def read_frames(stream: IO[bytes]) -> Iterable[tuple[bytes, bytes]]:
 class _Options:
     """The child's ``Config``: the sender options of the app's, as its hello gave them (resolved
     and checked in the app). A stand-in, since the child's ``Worker`` reads no other option, and
-    the child does not import ``datacat.config`` (``dataclasses``: ~10 ms a start)."""
+    the child need not import ``datacat.config``."""
 
     def __init__(self, options: JSONDict) -> None:
         for name, value in options.items():

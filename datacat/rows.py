@@ -6,9 +6,11 @@ arguments, two queue items, and their pickle on the way to the sender's child. W
 template made once (:func:`template`), each event is a row, a tuple of its own values, and
 ``Session.log_rows`` queues a list of rows as one item. The sender (``Batcher``) expands it
 (:func:`operations`) into the very operations ``log_event`` and ``observe`` would have made:
-the same bodies, text fields and checks (``tests/test_rows.py``). One difference: each row's
+the same bodies, text fields and checks (``tests/test_rows.py``). The differences: each row's
 timer is a metric of its own (count 1), never folded with another row's of the same tags, as
-``observe`` would fold them: rows are for events that each have their own (a test's node id).
+``observe`` would fold them (rows are for events that each have their own: a test's node id);
+an event gets no OpenTelemetry trace and span ids; and a row that fits no event (or whose tag
+cannot be made text) is left out whole, event and timer, and counted.
 
 A template is a plain dict (the sender's child receives it pickled, built-in types only):
 
@@ -147,6 +149,43 @@ def _timer(timer: JSONDict, row: Row, width: int) -> JSONDict:
     if tags:
         body["tags"] = {k: tags[k] for k in sorted(tags)}
     return body
+
+
+def verb_items(
+    sid: str, spec: JSONDict, rows: Sequence[Row]
+) -> tuple[list[tuple[Any, ...]], list[Row]]:
+    """The queue items ``log_event`` and ``log_timer`` would have made of ``rows`` (the timer a
+    flat metric with its count, min and max, as ``_timer`` makes it), and apart the rows that fit
+    no event. For a hand-over that holds objects of the app's own types: there the sender's
+    child must get them as the verbs' items, whose message and tags are made text in this
+    process, as the sender in this process would (``offload.encode_items``)."""
+    columns, message, timer = spec["columns"], spec["message"], spec["timer"]
+    width = 1 + len(columns)
+    items: list[tuple[Any, ...]] = []
+    unfit: list[Row] = []
+    for row in rows:
+        try:
+            if len(row) != width + (timer is not None):
+                raise ValueError(row)
+            values = row[1:width]
+            data = dict(zip(columns, values, strict=True))
+            data.update(spec["data"])
+            text = None if message is None else values[message]
+            name, level, category = spec["name"], spec["level"], spec["category"]
+            event: tuple[Any, ...] = (
+                "event", sid, name, data, level, category, None, text, {}, row[0], None
+            )  # fmt: skip
+            if timer is None:
+                items.append(event)
+                continue
+            metric = _timer(timer, row, width)
+            value = metric["value"]
+            flat = ("metric", sid, metric["name"], value, "timer", metric.get("unit"),
+                    metric.get("tags"), metric["timestamp"], 1, value, value)  # fmt: skip
+            items += (event, flat)
+        except Exception:
+            unfit.append(row)  # the child drops and counts it, as it does any row that fits not
+    return items, unfit
 
 
 def events_in(rows: Sequence[Row], spec: JSONDict) -> int:

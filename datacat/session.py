@@ -411,6 +411,7 @@ class Session:
         if not self._put((OBSERVE, self.id, name, value, type, tags, unit, buckets)):
             self.dropped += 1
 
+    @_never_raises()
     def log_rows(self, template: JSONDict, rows: list[tuple[Any, ...]]) -> None:
         """Many events of one shape in one queue item: each row ``(timestamp, *values)`` is
         the event (and its timer) ``template`` describes (``datacat.rows.template``), as
@@ -419,10 +420,13 @@ class Session:
         if not rows:
             return
         events = rows_module.events_in(rows, template)
+        worker = self._worker
         if not self._put((ROWS, self.id, template, rows)):
             self.dropped += events
-        elif self._worker is not None and events >= self._worker.kick_size:
-            self._worker.kick()  # one item, but as many events as that many items would be
+            if worker is not None:  # it counted the item once; the verbs' items, each
+                worker.stats["dropped"] += events - 1
+        elif worker is not None and events >= worker.kick_size:
+            worker.kick()  # one item, but as many events as that many items would be
 
     # -- heartbeats and hangs -------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +71,17 @@ def test_unusable_values_raise_configuration_error(options: dict, env: dict) -> 
 def test_spool_dir_follows_xdg_cache_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert default_spool_dir() == str(tmp_path / "datacat" / "spool")
+
+
+def test_a_config_is_immutable_and_copies_and_pickles_as_it_is() -> None:
+    config = Config(url="http://a.test", state={"a": 1}, timeout=3.0)
+    for copied in (copy.copy(config), copy.deepcopy(config), pickle.loads(pickle.dumps(config))):
+        assert copied == config and copied is not config
+    assert hash(Config(url="http://a.test")) == hash(Config(url="http://a.test"))
+    with pytest.raises(AttributeError, match="immutable"):
+        config.url = "http://b.test"  # type: ignore[misc]
+    with pytest.raises(TypeError, match="unknown option"):
+        Config(colour="red")
 
 
 def test_replace_checks_the_new_values() -> None:

@@ -119,18 +119,23 @@ def make_session(tmp_path: Path) -> Iterator[Callable[..., datacat.Session]]:
 def test_rows_reach_the_server_as_events_and_timers(
     make_session: Callable[..., datacat.Session], server_url: str, sender: str
 ) -> None:
+    """Also with an object of the app's own type as the message and a tag (a ``Path``): its text,
+    as the verbs make it, whichever process turns the rows into operations."""
     session = make_session(server_url, sender=sender)
-    values = ODD_VALUES[:3]
+    values = [*ODD_VALUES[:3], (Path("/tmp/t.py"), 0.1, (), None, 0.3)]
     session.log_rows(TEMPLATE, [(1_700_000_000.0 + n, *v) for n, v in enumerate(values)])
     assert session.end(timeout=10)
     events = wait_for(lambda: _read(server_url, session.id, "events"))
     messages = [e["message"] for e in events]
-    assert messages == ["t.py::test_plain", "t.py::test_ünïcode[é]", "t.py::lone\ufffdsurrogate"]
+    odd = ["t.py::test_plain", "t.py::test_ünïcode[é]", "t.py::lone\ufffdsurrogate"]
+    assert messages == [*odd, "/tmp/t.py"]
     assert events[1]["data"]["markers"] == ["slow", "smoke"]
+    assert events[3]["data"]["nodeid"] == repr(Path("/tmp/t.py"))  # data: as ``jsonable`` has it
     timers = _read(server_url, session.id, "metrics", name="pytest.test.duration")
     by_test = {m["tags"]["nodeid"]: m for m in timers}
     assert math.isclose(by_test["t.py::test_plain"]["value"], 0.5)
     assert by_test["t.py::test_plain"]["tags"]["outcome"] == "passed"
+    assert math.isclose(by_test["/tmp/t.py"]["value"], 0.3)
     assert session.dropped == 0
 
 
@@ -162,6 +167,18 @@ def test_a_refused_hand_over_counts_every_event_and_timer_of_its_rows(
     make_session: Callable[..., datacat.Session], server_url: str
 ) -> None:
     session = make_session(server_url)
-    session._put = lambda item: False  # the queue is full
+    worker = session._worker
+    assert worker is not None
+    before = worker.stats["dropped"]
+    worker.maxsize = 0  # the queue is full
     session.log_rows(TEMPLATE, [(1.0, *ODD_VALUES[0]), (2.0, *ODD_VALUES[1])])
-    assert session.dropped == 4
+    assert session.dropped == 4  # as two log_event and two observe calls would count
+    assert worker.stats["dropped"] - before == 4
+
+
+def test_log_rows_never_raises_into_the_program(
+    make_session: Callable[..., datacat.Session], server_url: str
+) -> None:
+    session = make_session(server_url)
+    session.log_rows(None, [(1.0, "x")])  # type: ignore[arg-type]
+    session.log_rows(TEMPLATE, (row for row in [(1.0, *ODD_VALUES[0])]))  # type: ignore[arg-type]
