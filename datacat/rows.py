@@ -109,24 +109,31 @@ def _row(
     plain: Callable[[Any], bool],
     finite: Callable[[JSONDict, str], bool],
 ) -> list[JSONDict]:
-    columns, message, timer = spec["columns"], spec["message"], spec["timer"]
-    width = 1 + len(columns)
-    if len(row) != width + (timer is not None):
-        raise ValueError(f"a row of {len(row)} values for {width} columns")
-    values = row[1:width]
-    data = dict(zip(columns, values, strict=True))
-    data.update(spec["data"])
+    data, message, width = _fields(spec, row)
     body: JSONDict = {"name": spec["name"], "level": spec["level"], "timestamp": row[0]}
     body["data"] = data
     if spec["category"] is not None:
         body["category"] = spec["category"]
-    if message is not None and values[message] is not None:
-        body["message"] = text_field(values[message])
+    if message is not None:
+        body["message"] = text_field(message)
     event = wire("event", sid, body if plain(body) else jsonable(body))
-    if timer is None:
+    if spec["timer"] is None:
         return [event]
-    metric = _timer(timer, row, width)
+    metric = _timer(spec["timer"], row, width)
     return [event, wire("metric", sid, metric)] if finite(metric, sid) else [event]
+
+
+def _fields(spec: JSONDict, row: Row) -> tuple[JSONDict, Any, int]:
+    """A row's event data, its message's value (None: no message), and the index of its timer's
+    value; ``ValueError`` for a row of the wrong width."""
+    columns, message = spec["columns"], spec["message"]
+    width = 1 + len(columns)
+    if len(row) != width + (spec["timer"] is not None):
+        raise ValueError(f"a row of {len(row)} values for {width} columns")
+    values = row[1:width]
+    data = dict(zip(columns, values, strict=True))
+    data.update(spec["data"])
+    return data, None if message is None else values[message], width
 
 
 def _timer(timer: JSONDict, row: Row, width: int) -> JSONDict:
@@ -159,19 +166,12 @@ def verb_items(
     no event. For a hand-over that holds objects of the app's own types: there the sender's
     child must get them as the verbs' items, whose message and tags are made text in this
     process, as the sender in this process would (``offload.encode_items``)."""
-    columns, message, timer = spec["columns"], spec["message"], spec["timer"]
-    width = 1 + len(columns)
+    name, level, category, timer = spec["name"], spec["level"], spec["category"], spec["timer"]
     items: list[tuple[Any, ...]] = []
     unfit: list[Row] = []
     for row in rows:
         try:
-            if len(row) != width + (timer is not None):
-                raise ValueError(row)
-            values = row[1:width]
-            data = dict(zip(columns, values, strict=True))
-            data.update(spec["data"])
-            text = None if message is None else values[message]
-            name, level, category = spec["name"], spec["level"], spec["category"]
+            data, text, width = _fields(spec, row)
             event: tuple[Any, ...] = (
                 "event", sid, name, data, level, category, None, text, {}, row[0], None
             )  # fmt: skip
