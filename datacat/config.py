@@ -168,7 +168,6 @@ _POSITIVE = (
     "hang_timeout",
     "max_backoff",
 )
-_NAMES = _OPTIONS
 _ENV_SKIP = {"state"}  # a document, not an environment value
 
 
@@ -176,12 +175,12 @@ def resolve(env: Mapping[str, str] | None = None, **kwargs: Any) -> Config:
     """The effective ``Config``: keyword arguments (``None`` means "not given") over
     ``DATACAT_<NAME>`` environment variables over defaults. Raises ``ConfigurationError``
     for unknown names and unusable values."""
-    unknown = set(kwargs) - set(_NAMES)
+    unknown = set(kwargs) - set(_OPTIONS)
     if unknown:
         raise ConfigurationError(f"unknown option(s): {', '.join(sorted(unknown))}")
     env = os.environ if env is None else env
     values: dict[str, Any] = {}
-    for name in _NAMES:
+    for name in _OPTIONS:
         if kwargs.get(name) is not None:
             values[name] = _convert(name, kwargs[name])
         elif name not in _ENV_SKIP and env.get(f"DATACAT_{name.upper()}", "") != "":
@@ -203,7 +202,7 @@ def replace(config: Config, **changes: Any) -> Config:
 
 
 def _convert(name: str, value: Any) -> Any:
-    kind = _NAMES[name][0]
+    kind = _OPTIONS[name][0]
     try:
         if "bool" in str(kind):
             return _bool(value)
