@@ -55,18 +55,23 @@ SENDER: dict[str, Any] = {"sender": "process", "flush_interval": 0.1, "batch_siz
 DRAIN_INTERVAL = 0.05
 #: The timer metric of each test's duration (setup + call + teardown).
 DURATION = "pytest.test.duration"
-#: A test that passed with nothing but marker names to describe: its event and its timer as
-#: one row, ``(timestamp, nodeid, call duration, markers, location, duration)``. The rows of a
-#: drain are one queue item, which the sender expands (``datacat.rows``): per test, no call of
-#: the session's verbs and a tuple to pickle instead of two items (~2x cheaper for both the
-#: recorder's thread and the hand-over to the sender's child).
+#: The event of a test that passed with nothing but marker names to describe, as a row
+#: ``(timestamp, nodeid, call duration, markers, location)`` (what ``reports.result_event``
+#: makes); ``PASSED`` adds the test's duration timer to each row. The rows of a drain are one
+#: queue item, which the sender expands (``datacat.rows``): per test, no call of the session's
+#: verbs and a tuple to pickle instead of two items (~2x cheaper for both the recorder's thread
+#: and the hand-over to the sender's child).
+_PASSED_EVENT: dict[str, Any] = {
+    "columns": ("nodeid", "duration", "markers", "location"),
+    "level": "info",
+    "category": "pytest",
+    "data": {"outcome": "passed", "phase": "call", "worker": "main"},
+    "message": "nodeid",
+}
+PASSED_EVENT = rows.template("test_passed", **_PASSED_EVENT)
 PASSED = rows.template(
     "test_passed",
-    columns=("nodeid", "duration", "markers", "location"),
-    level="info",
-    category="pytest",
-    data={"outcome": "passed", "phase": "call", "worker": "main"},
-    message="nodeid",
+    **_PASSED_EVENT,
     timer=DURATION,
     timer_tags={"outcome": "passed"},
     timer_tag_columns=("nodeid",),
@@ -311,7 +316,7 @@ class Recorder:
         names = self._plain_pass(call)
         if names is None:
             return False
-        # the event of ``_log_plain_pass`` and the timer of ``_record``, as one row (``PASSED``)
+        # the event of ``_log_plain_pass`` and the timer of ``_record``, as one row
         self._rows.append(
             (
                 _now(),
@@ -394,22 +399,8 @@ class Recorder:
         if names is None:
             return None
         nodeid = call.nodeid
-        # the event ``reports.result_event`` makes, in one literal (and as a row of ``PASSED``)
-        self.session.log_event(
-            "test_passed",
-            {
-                "nodeid": nodeid,
-                "duration": call.duration,
-                "markers": names,
-                "location": call.location,
-                "outcome": "passed",
-                "phase": "call",
-                "worker": "main",
-            },
-            level="info",
-            category="pytest",
-            message=nodeid,
-        )
+        row = (_now(), nodeid, call.duration, names, call.location)
+        self.session.log_rows(PASSED_EVENT, [row])
         return nodeid
 
     def _result(self, report: pytest.TestReport, key: Any, raised: str | None) -> None:
