@@ -29,6 +29,11 @@ def _add_server(sub: argparse._SubParsersAction) -> None:
         type=float,
         help="delete sessions ended more than N days ago (DATACAT_SERVER_RETENTION_DAYS; off)",
     )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        help="SQLite: seconds between checkpoints in the background (default 1; 0: on commit)",
+    )
     p.set_defaults(handler="datacat_server.serve:main")
 
 

@@ -24,6 +24,14 @@ def test_defaults() -> None:
     opts = serve.resolve(parsed(), environ={})
     assert (opts["host"], opts["port"], opts["db"]) == ("127.0.0.1", 9090, "sqlite:///datacat.db")
     assert (opts["heartbeat_timeout"], opts["api_key"]) == (60.0, None)
+    assert opts["checkpoint_interval"] == 0.1
+
+
+def test_checkpoint_interval_from_argument_or_environment() -> None:
+    env = {"DATACAT_SERVER_CHECKPOINT_INTERVAL": "0"}
+    assert serve.resolve(parsed(), environ=env)["checkpoint_interval"] == 0.0
+    argument = parsed("--checkpoint-interval", "2.5")
+    assert serve.resolve(argument, environ=env)["checkpoint_interval"] == 2.5
 
 
 def test_arguments_beat_environment_beat_defaults() -> None:

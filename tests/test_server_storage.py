@@ -1,16 +1,19 @@
 """Storage guarantees through a real server: atomic merges under concurrent writers, idempotent
-concurrent creates, constant-size writes, and acknowledged writes surviving ``kill -9``."""
+concurrent creates, constant-size writes, and acknowledged writes surviving ``kill -9``; SQLite's
+checkpoints in a thread of their own (on a real SQLite file)."""
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
-from datacat_server import storage
+from datacat_server import create_app, storage
 from serverproc import Api, ServerProcess
 
 
@@ -97,3 +100,83 @@ def test_value_key_treats_integral_floats_as_ints() -> None:
     assert storage.value_key("a", "3") != storage.value_key("a", 3)
     assert storage.value_key("a.b", 1) != storage.value_key("a", 1)
     assert storage.value_key("k", {"y": 1, "x": 2}) == storage.value_key("k", {"x": 2, "y": 1})
+
+
+# -- SQLite checkpoints in their own thread ------------------------------------------------------
+
+
+def _pragma(store: storage.Storage, name: str) -> Any:
+    with store.read() as conn:
+        return conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+
+
+def _write_events(app: Any, session_id: str, batches: int) -> None:
+    client = app.test_client()
+    for b in range(batches):
+        event = {"name": "e", "timestamp": 1.0, "data": {"n": b, "pad": "x" * 400}}
+        ops = [
+            {"op_id": str(uuid.uuid4()), "op": "event", "session_id": session_id, "data": event}
+            for _ in range(20)
+        ]
+        answer = client.post("/api/batch", json={"operations": ops}).get_json()
+        assert answer["applied"] == 20, answer
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_checkpoints_run_in_their_own_thread_and_stop_when_idle(tmp_path: Path) -> None:
+    app = create_app(
+        {"DATACAT_DB": f"sqlite:///{tmp_path}/c.db", "DATACAT_CHECKPOINT_INTERVAL": 0.02}
+    )
+    store: storage.Storage = app.extensions["datacat"]
+    checkpoints = store.checkpoints
+    assert checkpoints is not None and not checkpoints.running  # nothing written yet
+    # commits no longer checkpoint at SQLite's 1,000 pages, only past the backstop
+    assert _pragma(store, "wal_autocheckpoint") == storage.WAL_BACKSTOP
+    sid = (
+        app.test_client()
+        .post("/api/sessions", json={"product": "p", "version": "1"})
+        .get_json()["id"]
+    )
+    _write_events(app, sid, 30)
+    assert checkpoints.running
+    # a pass copied the whole log back (log pages == checkpointed pages), with no busy reader
+    assert _wait(
+        lambda: checkpoints.last is not None and checkpoints.last[1] == checkpoints.last[2]
+    )
+    assert checkpoints.last is not None and checkpoints.last[0] == 0 and checkpoints.last[1] > 0
+    # idle: the thread ends; the next write starts another
+    assert _wait(lambda: not checkpoints.running)
+    passes = checkpoints.passes
+    _write_events(app, sid, 1)
+    assert checkpoints.running
+    assert _wait(lambda: checkpoints.passes > passes)
+    # what was checkpointed is in the database file for a new reader
+    again = storage.Storage(f"sqlite:///{tmp_path}/c.db", checkpoint_interval=0)
+    with again.read() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 31 * 20
+
+
+def test_checkpoint_interval_0_leaves_checkpoints_to_sqlite(tmp_path: Path) -> None:
+    store = storage.Storage(f"sqlite:///{tmp_path}/d.db", checkpoint_interval=0)
+    assert store.checkpoints is None
+    assert _pragma(store, "wal_autocheckpoint") == 1000  # SQLite's default
+    with store.write() as conn:
+        conn.exec_driver_sql("SELECT 1")
+
+
+def test_a_forked_server_worker_starts_its_own_checkpoint_thread(tmp_path: Path) -> None:
+    store = storage.Storage(f"sqlite:///{tmp_path}/f.db", checkpoint_interval=0.02)
+    with store.write() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    inherited = store.checkpoints
+    assert inherited is not None and inherited.running
+    store.dispose()  # what a gunicorn worker does after the fork
+    assert store.checkpoints is not inherited and not store.checkpoints.running

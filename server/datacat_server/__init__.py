@@ -18,7 +18,7 @@ from flask.json.provider import DefaultJSONProvider
 
 from datacat_server import api, dashboard, errors
 from datacat_server.retention import Retention
-from datacat_server.storage import Storage
+from datacat_server.storage import CHECKPOINT_INTERVAL, Storage
 
 DEFAULTS: dict[str, Any] = {
     "DATACAT_DB": "sqlite:///datacat.db",
@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "DATACAT_API_KEY": None,
     "DATACAT_MAX_BODY": 16 * 1024 * 1024,
     "DATACAT_RETENTION_DAYS": None,  # keep everything
+    "DATACAT_CHECKPOINT_INTERVAL": CHECKPOINT_INTERVAL,  # SQLite: seconds (0: SQLite's own)
 }
 
 
@@ -48,7 +49,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(config or {})
     app.config["MAX_CONTENT_LENGTH"] = int(app.config["DATACAT_MAX_BODY"])
     app.extensions["datacat"] = Storage(
-        app.config["DATACAT_DB"], float(app.config["DATACAT_HEARTBEAT_TIMEOUT"])
+        app.config["DATACAT_DB"],
+        float(app.config["DATACAT_HEARTBEAT_TIMEOUT"]),
+        float(app.config["DATACAT_CHECKPOINT_INTERVAL"]),
     )
     days = app.config["DATACAT_RETENTION_DAYS"]
     app.extensions["datacat_retention"] = Retention(float(days) if days else None)

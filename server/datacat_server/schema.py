@@ -98,11 +98,13 @@ applied_ops = sa.Table(
 )
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for ``sqlite:///path`` or ``postgresql://...``, with the schema created."""
+def make_engine(url: str, wal_autocheckpoint: int = 1000) -> Engine:
+    """An engine for ``sqlite:///path`` or ``postgresql://...``, with the schema created.
+    ``wal_autocheckpoint``: the WAL pages at which SQLite's commit checkpoints the WAL itself
+    (SQLite's default; ``storage.Checkpointer`` raises it when it checkpoints instead)."""
     engine = sa.create_engine(engine_url(url))
     if engine.dialect.name == "sqlite":
-        _tune_sqlite(engine)
+        _tune_sqlite(engine, wal_autocheckpoint)
     metadata.create_all(engine)
     _upgrade(engine)
     return engine
@@ -130,7 +132,7 @@ def engine_url(url: str) -> str:
     return url
 
 
-def _tune_sqlite(engine: Engine) -> None:
+def _tune_sqlite(engine: Engine, wal_autocheckpoint: int) -> None:
     """WAL + synchronous=NORMAL keeps every commit across ``kill -9`` while staying fast.
 
     pysqlite's own transaction handling would start transactions lazily and as readers, so two
@@ -148,6 +150,7 @@ def _tune_sqlite(engine: Engine) -> None:
             "synchronous=NORMAL",
             "busy_timeout=10000",
             "foreign_keys=ON",
+            f"wal_autocheckpoint={int(wal_autocheckpoint)}",
         ):
             cursor.execute(f"PRAGMA {pragma}")
         cursor.close()

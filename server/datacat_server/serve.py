@@ -35,6 +35,7 @@ OPTIONS: dict[str, tuple[Any, type]] = {
     "api_key": (None, str),
     "max_body": (DEFAULTS["DATACAT_MAX_BODY"], int),
     "retention_days": (None, float),
+    "checkpoint_interval": (DEFAULTS["DATACAT_CHECKPOINT_INTERVAL"], float),
 }
 
 
@@ -132,6 +133,7 @@ def main(args: argparse.Namespace | None = None) -> int:
             "DATACAT_API_KEY": opts["api_key"],
             "DATACAT_MAX_BODY": opts["max_body"],
             "DATACAT_RETENTION_DAYS": opts["retention_days"],
+            "DATACAT_CHECKPOINT_INTERVAL": opts["checkpoint_interval"],
         }
     )
     _Gunicorn(app, gunicorn_options(opts, app)).run()

@@ -11,24 +11,30 @@ foreign key. Sessions are therefore locked ``FOR NO KEY UPDATE`` (which does not
 KEY SHARE, unlike ``FOR UPDATE``), a batch locks its sessions in id order first
 (``lock_sessions``), and ``Storage.run`` runs a transaction again when PostgreSQL still broke a
 deadlock or a serialization conflict by rolling it back.
+
+SQLite checkpoints (copying the write-ahead log back into the database file) run in a thread of
+their own (``Checkpointer``), not in the commit of whichever request crossed SQLite's threshold.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import hashlib
 import json
+import logging
 import operator
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from datacat.errors import ValidationError
 from datacat.limits import CRASH_EVENT, HUNG_EVENT, RECOVERED_EVENT
@@ -49,6 +55,14 @@ T = TypeVar("T")
 #: How often ``Storage.run`` tries a transaction again after a deadlock or serialization failure.
 RETRIES = 3
 _TRANSIENT = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
+#: Seconds between two checkpoints of a SQLite database by ``Checkpointer`` (0: SQLite's commits
+#: checkpoint themselves, as SQLite does by default).
+CHECKPOINT_INTERVAL = 0.1
+#: With ``Checkpointer`` running, the WAL pages (4 KiB each) at which a commit still checkpoints
+#: by itself: only a backstop for when the thread falls behind (SQLite's default is 1,000).
+WAL_BACKSTOP = 10_000
+
+log = logging.getLogger(__name__)
 
 
 class NotFound(Exception):
@@ -62,12 +76,21 @@ class Storage:
     connection out of the pool and back in for every request cost more than the insert itself.
     """
 
-    def __init__(self, url: str, heartbeat_timeout: float = 60.0) -> None:
-        self.engine = make_engine(url)
+    def __init__(
+        self,
+        url: str,
+        heartbeat_timeout: float = 60.0,
+        checkpoint_interval: float = CHECKPOINT_INTERVAL,
+    ) -> None:
+        self.engine = make_engine(url, WAL_BACKSTOP if checkpoint_interval > 0 else 1000)
         self.heartbeat_timeout = heartbeat_timeout
         self._local = threading.local()
-        self._writers = WriterLock(
-            self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        sqlite_file = self.engine.dialect.name == "sqlite"
+        self._writers = WriterLock(self.engine.url.database if sqlite_file else None)
+        self.checkpoints = (
+            Checkpointer(self.engine, checkpoint_interval)
+            if sqlite_file and checkpoint_interval > 0
+            else None
         )
 
     @contextmanager
@@ -76,6 +99,8 @@ class Storage:
         conn = self._connection("writer")
         with self._writers, conn.begin():
             yield conn
+        if self.checkpoints is not None:
+            self.checkpoints.wrote()
 
     def run(self, work: Callable[[Connection], T], retry: tuple[type[Exception], ...] = ()) -> T:
         """``work(conn)`` in one write transaction; when PostgreSQL rolled it back to break a
@@ -105,9 +130,88 @@ class Storage:
         return conn
 
     def dispose(self) -> None:
-        """Forget inherited connections (after ``fork``: a child must open its own)."""
+        """Forget inherited connections (after ``fork``: a child must open its own) and the
+        parent's checkpoint thread (a child starts its own on its first write)."""
         self._local = threading.local()
         self.engine.dispose(close=False)
+        if self.checkpoints is not None:
+            self.checkpoints = Checkpointer(self.engine, self.checkpoints.interval)
+
+
+class Checkpointer:
+    """Copies a SQLite database's write-ahead log back into its file, from a thread of its own.
+
+    By default SQLite does that copy (and syncs the file) in the commit that takes the log past
+    1,000 pages, so under steady ingest about one write request in ten paid for it: a stream of
+    pytest-shaped batches (178 operations) took twice its median at the 90th percentile (16-22
+    ms against 6-8 ms), and 15-20 % longer in all, than with the copies in this thread every
+    0.1 s (``benchmarks/server_checkpoints.py``). The commits' own threshold is then only a
+    backstop (``WAL_BACKSTOP``). Frequent passes keep each copy small: the file's sync, which
+    holds up a commit running at the same moment, stays short.
+
+    A pass runs every ``interval`` seconds while there were writes since the last one. It is a
+    PASSIVE checkpoint: it never waits for, nor blocks, a reader or a writer; what it could not
+    copy yet (pages an open read still needs) the next pass copies. Each process runs its own
+    thread, started by its first write; the thread ends after ``IDLE_PASSES`` passes without a
+    write (the next write starts another), so an idle server, or a test's app, keeps none.
+    """
+
+    IDLE_PASSES = 3
+
+    def __init__(self, engine: Engine, interval: float) -> None:
+        self.engine = engine
+        self.interval = interval
+        self.passes = 0  # checkpoints run so far
+        self.last: tuple[int, ...] | None = None  # (busy, log pages, checkpointed pages)
+        self._dirty = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._failed = False
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def wrote(self) -> None:
+        """A write transaction committed: the next pass has work (start the thread if none)."""
+        with self._lock:
+            self._dirty = True
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="datacat-checkpoint", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        idle = 0
+        connection: Any = None
+        try:
+            while True:
+                time.sleep(self.interval)
+                with self._lock:  # the decision to end is taken where ``wrote`` looks
+                    if not self._dirty:
+                        idle += 1
+                        if idle >= self.IDLE_PASSES:
+                            self._thread = None
+                            return
+                        continue
+                    self._dirty = False
+                idle = 0
+                if connection is None:
+                    connection = self.engine.raw_connection()
+                cursor = connection.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self.last = tuple(cursor.fetchone())
+                self.passes += 1
+        except Exception:  # the commits' backstop still bounds the log; the next write retries
+            if not self._failed:
+                self._failed = True
+                log.exception("checkpoint failed (SQLite's own checkpoints still run)")
+            with self._lock:
+                self._thread = None
+        finally:
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.close()  # back to the pool
 
 
 def is_transient(exc: BaseException) -> bool:
