@@ -534,6 +534,13 @@ class Session:
             return True
         return self._worker.flush(timeout)
 
+    @_never_raises()
+    def send_soon(self) -> None:
+        """Wake the sender to send what was logged so far now, not at its next
+        ``flush_interval``; returns at once (``flush`` waits for the server's answer)."""
+        if self._worker is not None:
+            self._worker.kick()
+
     def get_details(self, timeout: float | None = None) -> JSONDict:
         """The session as the server has it (after a flush); ``{}`` when it cannot be read."""
         self.flush(timeout if timeout is not None else self.config.exit_timeout)

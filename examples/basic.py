@@ -33,6 +33,7 @@ def main() -> None:
     session = datacat.create_session(url, product="basic-demo", version="1.0")
     session.update_state({"status": "running", "config": {"region": "eu", "debug": False}})
     session.log_event("startup", data={"config": "prod"}, category="lifecycle")
+    session.send_soon()  # the startup goes out now, not at the next flush interval
     for _ in range(50):
         session.log_histogram("request.latency", random.uniform(0.001, 0.3))
         session.log_counter("requests")

@@ -53,6 +53,11 @@ SENDER: dict[str, Any] = {"sender": "process", "flush_interval": 0.1, "batch_siz
 #: Seconds between two rounds of the recorder's thread, which records the reports kept meanwhile
 #: in one go: a call of ours per report (three per test) cost the run more than the loop does.
 DRAIN_INTERVAL = 0.05
+#: Rounds the recorder's thread may take sooner than ``DRAIN_INTERVAL``, when the run's tests
+#: are due to end before the next round (``Recorder._next_wait``): the end of the run then
+#: waits for the results of its last few milliseconds only, not of up to ``DRAIN_INTERVAL``.
+#: Bounded, so a last test that takes longer than the others were does not keep it waking.
+SOON_ROUNDS = 3
 #: The timer metric of each test's duration (setup + call + teardown).
 DURATION = "pytest.test.duration"
 #: The event of a test that passed with nothing but marker names to describe, as a row
@@ -164,6 +169,8 @@ class Recorder:
         self._outcomes: dict[Any, str] = {}
         self._next_progress = 0.0
         self._started = time.monotonic()
+        self._tests_started = 0.0  # when collection finished (the first test starts)
+        self._soon_rounds = SOON_ROUNDS
         self.session = _create_session(config, settings)
         self.session.start_heartbeat()  # a killed run turns "suspended" instead of staying active
         # A test's ``os.fork()`` whose child goes on with pytest: that child records nothing (the
@@ -208,6 +215,7 @@ class Recorder:
 
     @_guarded
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._tests_started = _monotonic()
         self._items = session.items
         self.counts["collected"] = len(session.items)
         self._progress(force=True)
@@ -232,11 +240,28 @@ class Recorder:
 
     def _drain_loop(self) -> None:
         """The recorder's thread: the reports kept, every ``DRAIN_INTERVAL``, until the end."""
-        while not self._stop.wait(DRAIN_INTERVAL):
+        wait = DRAIN_INTERVAL
+        while not self._stop.wait(wait):
             try:
                 self._drain()
+                if wait < DRAIN_INTERVAL:  # close to the end: what the round logged goes now
+                    self.session.send_soon()
+                wait = self._next_wait()
             except Exception:  # never an unhandled exception in a thread of the run
                 self._internal_error("the recorder's thread")
+
+    def _next_wait(self) -> float:
+        """``DRAIN_INTERVAL``, or less when the tests are due to end sooner (at the rate they
+        ran so far, and at most ``SOON_ROUNDS`` times): a round just before the end hands the
+        sender nearly all results while the last tests run."""
+        total, done = len(self._items), self._index
+        if not (0 < done < total and self._soon_rounds):
+            return DRAIN_INTERVAL
+        left = (total - done) * (_monotonic() - self._tests_started) / done
+        if left >= DRAIN_INTERVAL:
+            return DRAIN_INTERVAL
+        self._soon_rounds -= 1
+        return max(0.002, 0.8 * left)
 
     @property
     def _forked(self) -> bool:

@@ -19,6 +19,7 @@ import pytest
 import requests
 from client_helpers import wait_for
 
+from pytest_datacat import recorder
 from pytest_datacat.recorder import SENDER, sender_options
 
 SUITE = """
@@ -328,6 +329,30 @@ def test_a_run_sends_from_a_child_process_unless_the_environment_says_otherwise(
     assert sender_options({"DATACAT_FLUSH_INTERVAL": "0.5", "DATACAT_SENDER": "thread"}) == {
         "batch_size": 5000
     }
+
+
+def test_the_recorder_drains_sooner_only_just_before_the_tests_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(recorder, "_monotonic", lambda: clock[0])
+    rec = recorder.Recorder.__new__(recorder.Recorder)  # only the state _next_wait reads
+    rec._items, rec._tests_started, rec._soon_rounds = [object()] * 1000, 0.0, recorder.SOON_ROUNDS
+
+    def wait_after(done: int, seconds: float) -> float:
+        rec._index, clock[0] = done, seconds
+        return rec._next_wait()
+
+    assert wait_after(0, 0.5) == recorder.DRAIN_INTERVAL  # no rate yet
+    assert wait_after(100, 1.0) == recorder.DRAIN_INTERVAL  # 9 s to go at 10 ms a test
+    assert wait_after(998, 9.98) == pytest.approx(0.8 * 0.02)  # 20 ms to go: a round at 16 ms
+    assert wait_after(999, 0.999) == 0.002  # 1 ms to go (1 ms a test): never under 2 ms
+    assert wait_after(999, 9.99) == pytest.approx(0.8 * 0.01)
+    # a last test slower than the rest: no more short rounds than SOON_ROUNDS (3)
+    assert wait_after(999, 10.0) == recorder.DRAIN_INTERVAL
+    assert wait_after(1000, 30.0) == recorder.DRAIN_INTERVAL  # all done: the end drains
+    rec._items, rec._soon_rounds = [], recorder.SOON_ROUNDS  # xdist's controller runs no items
+    assert wait_after(0, 1.0) == recorder.DRAIN_INTERVAL
 
 
 DESCRIBED = """

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_helpers import details, session_factory
+from client_helpers import details, session_factory, wait_for
 from opentelemetry.sdk.trace import TracerProvider
 
 import datacat
@@ -391,3 +391,17 @@ def test_nul_and_lone_surrogates_arrive_repaired(make: Make, server_url: str) ->
     assert event["message"] == "m\ufffd"
     (metric,) = got["metrics"]
     assert metric["name"].startswith("m\ufffdxx") and len(metric["name"]) <= 200
+
+
+@pytest.mark.parametrize("sender", ["thread", "process"])
+def test_send_soon_sends_before_the_flush_interval_without_waiting(
+    make: Make, server_url: str, sender: str
+) -> None:
+    session = make(server_url, sender=sender, flush_interval=60.0)
+    assert session.flush(10)  # created; the sender now waits out its interval
+    session.log_event("soon")
+    started = time.monotonic()
+    session.send_soon()
+    assert time.monotonic() - started < 0.5  # it does not wait for the server
+    assert wait_for(lambda: by_name(details(server_url, session.id)["events"], "soon"))
+    NoopSession().send_soon()  # nothing to wake, nothing raised
