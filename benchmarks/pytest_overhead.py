@@ -29,6 +29,9 @@ from pathlib import Path
 import requests
 
 TESTS_PER_FILE = 100
+#: Off on both sides: the cache (no state between rounds), and pytest-rerunfailures (installed
+#: for the tests), whose cost per test is not the plugin's and would only dilute the ratio.
+PLUGINS_OFF = ("-p", "no:cacheprovider", "-p", "no:rerunfailures")
 
 
 def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -86,7 +89,7 @@ def run_suite(suite: Path, *args: str) -> tuple[float, float]:
     """Wall time and CPU time (user + system) of one ``pytest -q`` run of the suite, in a fresh
     interpreter like a user's. CPU time is what the run itself spent, whatever the machine's load;
     the plugin's sender thread counts, the server's process does not."""
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args]
+    command = [sys.executable, "-m", "pytest", "-q", *PLUGINS_OFF, *args]
     environ = suite_environ(suite.parent)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()

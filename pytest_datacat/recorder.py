@@ -449,7 +449,7 @@ class Recorder:
         if item is None:
             return {"exception_type": raised} if raised else None
         try:
-            failed = raised if report.outcome == "failed" else None
+            failed = raised if report.outcome in ("failed", "rerun") else None
             return reports.describe(item, failed, self.markers)
         except Exception:
             logger.debug("datacat: cannot describe %s", report.nodeid, exc_info=True)

@@ -57,7 +57,7 @@ class ItemTracker:
         # comparing node ids would cost two properties (``nodeid`` is one on both in pytest 9)
         if item is None or item.location is not report.location:
             return None
-        raised = self.raised if report.outcome == "failed" else None
+        raised = self.raised if report.outcome in ("failed", "rerun") else None
         try:
             return reports.describe(item, raised, self.markers)
         except Exception:

@@ -29,8 +29,11 @@ COUNTERS = {
     "skipped": "skipped",
     "xfailed": "xfailed",
     "xpassed": "xpassed",
+    "rerun": "reruns",  # pytest-rerunfailures: a failed attempt that runs again
 }
-_LEVELS = {"failed": "error", "error": "error", "xpassed": "warning"}
+_LEVELS = {"failed": "error", "error": "error", "xpassed": "warning", "rerun": "warning"}
+#: Outcomes whose event carries the exception (type, message, traceback, source location).
+FAILURES = frozenset(("failed", "error", "rerun"))
 _NAMES = {result: f"test_{result}" for result in COUNTERS}
 _NO_EXTRA: dict[str, Any] = {}
 
@@ -48,6 +51,8 @@ def outcome(report: pytest.TestReport) -> str | None:
         return "xpassed" if expected_failure else "passed"
     if state == "skipped":
         return "xfailed" if expected_failure else "skipped"
+    if state == "rerun":  # pytest-rerunfailures: this attempt failed, the test runs again
+        return "rerun"
     return "failed" if report.when == "call" else "error"
 
 
@@ -146,7 +151,7 @@ def result_event(
         "message": nodeid,
         "data": data,
     }
-    if result in ("failed", "error"):
+    if result in FAILURES:
         fields.update(failure_fields(report, extra.get("exception_type")))
     elif result in ("skipped", "xfailed"):
         data["reason"] = _reason(report)

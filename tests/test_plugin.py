@@ -92,7 +92,9 @@ def test_without_a_url_nothing_is_imported_started_or_registered(pytester: pytes
             pass
         """
     )
-    result = pytester.runpytest_subprocess("--strict-markers", "-p", "no:cacheprovider")
+    # (pytest-rerunfailures, installed for the tests, starts a thread of its own)
+    args = ("--strict-markers", "-p", "no:cacheprovider", "-p", "no:rerunfailures")
+    result = pytester.runpytest_subprocess(*args)
     result.assert_outcomes(passed=3)
     assert "datacat:" not in result.stdout.str()
 

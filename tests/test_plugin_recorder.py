@@ -127,7 +127,8 @@ def test_a_run_is_one_session(
 
 
 def _check_state(state: dict[str, Any], collected: int) -> None:
-    assert state["progress"] == {**OUTCOMES, "collected": collected}  # "current": None deleted
+    progress = {**OUTCOMES, "reruns": 0, "collected": collected}
+    assert state["progress"] == progress  # "current": None deleted
     assert state["status"] == "finished" and state["exit_status"] == 1
     assert state["exit_code"] == "TESTS_FAILED"
     meta = state["pytest"]
@@ -169,7 +170,7 @@ def _check_metrics(metrics: list[dict[str, Any]]) -> None:
     assert len(durations) == 8 and durations["test_fail"]["tags"]["outcome"] == "failed"
     assert durations["test_error"]["type"] == "timer" and durations["test_error"]["value"] >= 0
     totals = {m["tags"]["outcome"]: m["value"] for m in metrics if m["name"] == "pytest.tests"}
-    assert totals == {**OUTCOMES, "collected": 8}
+    assert totals == {**OUTCOMES, "reruns": 0, "collected": 8}
     assert [m["value"] for m in metrics if m["name"] == "custom.metric"] == [3.5]
     assert [m["type"] for m in metrics if m["name"] == "custom.timer"] == ["timer"]
 
@@ -329,6 +330,51 @@ def test_a_run_sends_from_a_child_process_unless_the_environment_says_otherwise(
     assert sender_options({"DATACAT_FLUSH_INTERVAL": "0.5", "DATACAT_SENDER": "thread"}) == {
         "batch_size": 5000
     }
+
+
+FLAKY = """
+import pathlib
+
+
+def test_flaky():
+    attempted = pathlib.Path(__file__).with_name("attempted")
+    if not attempted.exists():
+        attempted.write_text("once")
+        raise ConnectionError("the first attempt fails")
+
+
+def test_steady():
+    pass
+"""
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["single", "xdist"])
+def test_a_rerun_attempt_is_a_rerun_not_a_failure(
+    pytester: pytest.Pytester, server_url: str, xdist: tuple[str, ...]
+) -> None:
+    """pytest-rerunfailures: the failed attempt is a ``test_rerun`` event (a warning, with what
+    it raised) and counts as a rerun; the attempt that passed is the test's result."""
+    product = f"rerun-{uuid.uuid4()}"
+    pytester.makepyfile(test_flaky=FLAKY)
+    args = (f"--datacat-url={server_url}", f"--datacat-product={product}", "--reruns", "1")
+    result = pytester.runpytest_subprocess(*args, *xdist)
+    assert result.ret == 0 and result.parseoutcomes() == {"passed": 2, "rerun": 1}
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    session = _get(f"{server_url}/api/sessions/{listed['id']}")
+    progress = session["state"]["progress"]
+    assert (progress["passed"], progress["failed"], progress["reruns"]) == (2, 0, 1)
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    flaky = [e for e in events if e["data"].get("nodeid", "").endswith("test_flaky")]
+    assert [e["name"] for e in flaky] == ["test_rerun", "test_passed"]
+    rerun = flaky[0]
+    assert rerun["level"] == "warning" and rerun["exception_type"] == "ConnectionError"
+    assert rerun["exception_msg"] == "the first attempt fails" and rerun["data"]["phase"] == "call"
+    timers = [
+        m["tags"]["outcome"]
+        for m in _get(f"{server_url}/api/sessions/{listed['id']}/metrics")
+        if m["name"] == "pytest.test.duration" and m["tags"]["nodeid"].endswith("test_flaky")
+    ]
+    assert sorted(timers) == ["passed", "rerun"]  # one timer per attempt
 
 
 def test_the_recorder_drains_sooner_only_just_before_the_tests_end(
