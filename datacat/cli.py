@@ -32,7 +32,7 @@ def _add_server(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint-interval",
         type=float,
-        help="SQLite: seconds between checkpoints in the background (default 1; 0: on commit)",
+        help="SQLite: seconds between background checkpoints (default 0.1; 0: in the commit)",
     )
     p.set_defaults(handler="datacat_server.serve:main")
 

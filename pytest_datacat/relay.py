@@ -35,17 +35,24 @@ class ItemTracker:
 
     def __init__(self) -> None:
         self.item: pytest.Item | None = None
-        self.raised: str | None = None  # the type name of what the item's last phase raised
+        # phase -> the type name of what it raised, for the item's phases so far: all three
+        # reports of a test may be made before the first is logged (pytest-rerunfailures)
+        self.raised: dict[str, str] = {}
         self.markers = reports.MarkerNames()
 
     # tryfirst: before pytest's own implementation, which returns the report (firstresult)
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> None:
-        # Three times per test: two attribute writes. Only the type's name is kept, not the
-        # exception (its traceback would keep the test's frames alive until the next phase).
+        # Three times per test: an attribute write, and a dict write for a phase that raised.
+        # Only the type's name is kept, not the exception (its traceback would keep the test's
+        # frames alive until the next phase).
         self.item = item
+        when = call.when
+        if when == "setup" and self.raised:  # a test's (or an attempt's) first report
+            self.raised = {}
         excinfo = call.excinfo
-        self.raised = None if excinfo is None else excinfo.typename
+        if excinfo is not None:
+            self.raised[when] = excinfo.typename
 
     def describe(self, report: pytest.TestReport) -> reports.Fields | None:
         """Markers, recorded data and exception type of the item of ``report``; ``None`` when
@@ -57,7 +64,7 @@ class ItemTracker:
         # comparing node ids would cost two properties (``nodeid`` is one on both in pytest 9)
         if item is None or item.location is not report.location:
             return None
-        raised = self.raised if report.outcome in ("failed", "rerun") else None
+        raised = self.raised.get(report.when) if report.outcome in ("failed", "rerun") else None
         try:
             return reports.describe(item, raised, self.markers)
         except Exception:

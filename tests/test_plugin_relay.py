@@ -75,6 +75,26 @@ def test_only_the_report_just_made_from_the_item_is_described(pytester: pytest.P
     assert tracker.describe(made) == {"markers": (), "exception_type": "ZeroDivisionError"}
 
 
+def test_each_phase_keeps_what_it_raised_until_the_next_test(pytester: pytest.Pytester) -> None:
+    """pytest-rerunfailures makes all three reports of an attempt before it logs the first:
+    the call's report is described with what the call raised, not what the teardown did."""
+    [item] = pytester.getitems("def test_x(): pass")
+    tracker = ItemTracker()
+    calls = {
+        "setup": pytest.CallInfo.from_call(lambda: None, "setup"),
+        "call": pytest.CallInfo.from_call(lambda: [][1], "call"),
+        "teardown": pytest.CallInfo.from_call(lambda: {}["k"], "teardown"),
+    }
+    made = {}
+    for when, call in calls.items():
+        tracker.pytest_runtest_makereport(item, call)
+        made[when] = pytest.TestReport.from_item_and_call(item, call)
+    assert tracker.describe(made["call"]) == {"markers": (), "exception_type": "IndexError"}
+    assert tracker.describe(made["teardown"]) == {"markers": (), "exception_type": "KeyError"}
+    tracker.pytest_runtest_makereport(item, calls["setup"])  # the next test (or attempt)
+    assert tracker.raised == {}
+
+
 def test_an_item_that_cannot_be_described_gets_no_description(pytester: pytest.Pytester) -> None:
     """``None``, as for a report not made from the item: its result is recorded all the same."""
     source = """

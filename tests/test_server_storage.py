@@ -4,6 +4,7 @@ checkpoints in a thread of their own (on a real SQLite file)."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 import uuid
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import requests
+import sqlalchemy as sa
 from datacat_server import create_app, storage
 from serverproc import Api, ServerProcess
 
@@ -158,10 +160,10 @@ def test_checkpoints_run_in_their_own_thread_and_stop_when_idle(tmp_path: Path) 
     _write_events(app, sid, 1)
     assert checkpoints.running
     assert _wait(lambda: checkpoints.passes > passes)
-    # what was checkpointed is in the database file for a new reader
-    again = storage.Storage(f"sqlite:///{tmp_path}/c.db", checkpoint_interval=0)
-    with again.read() as conn:
-        assert conn.exec_driver_sql("SELECT count(*) FROM events").scalar() == 31 * 20
+    # the rows are in the database file itself (``immutable``: read without the log)
+    assert _wait(lambda: not checkpoints.running)
+    with sqlite3.connect(f"file:{tmp_path}/c.db?immutable=1", uri=True) as db:
+        assert db.execute("SELECT count(*) FROM events").fetchone() == (31 * 20,)
 
 
 def test_checkpoint_interval_0_leaves_checkpoints_to_sqlite(tmp_path: Path) -> None:
@@ -172,11 +174,74 @@ def test_checkpoint_interval_0_leaves_checkpoints_to_sqlite(tmp_path: Path) -> N
         conn.exec_driver_sql("SELECT 1")
 
 
-def test_a_forked_server_worker_starts_its_own_checkpoint_thread(tmp_path: Path) -> None:
+def test_a_server_worker_starts_its_own_checkpoint_thread(tmp_path: Path) -> None:
+    """gunicorn's worker calls ``dispose`` after the fork: the parent's thread is not its own."""
     store = storage.Storage(f"sqlite:///{tmp_path}/f.db", checkpoint_interval=0.02)
     with store.write() as conn:
         conn.exec_driver_sql("SELECT 1")
     inherited = store.checkpoints
     assert inherited is not None and inherited.running
-    store.dispose()  # what a gunicorn worker does after the fork
+    store.dispose()
     assert store.checkpoints is not inherited and not store.checkpoints.running
+    with store.write() as conn:
+        conn.exec_driver_sql("SELECT 1")
+    assert store.checkpoints.running
+
+
+def test_in_memory_sqlite_has_no_checkpoint_thread() -> None:
+    """Nothing to checkpoint, and its pool (a connection per thread) must not collect ours."""
+    for url in ("sqlite://", "sqlite:///:memory:"):
+        assert storage.Storage(url, checkpoint_interval=0.02).checkpoints is None
+    named = sa.create_engine("sqlite:///file:m?mode=memory&uri=true", poolclass=sa.StaticPool)
+    assert not storage._sqlite_file(named)
+
+
+def test_a_checkpoint_thread_that_cannot_start_never_fails_the_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = storage.Storage(f"sqlite:///{tmp_path}/g.db", checkpoint_interval=0.02)
+    checkpoints = store.checkpoints
+    assert checkpoints is not None
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    for _ in range(2):  # logged once
+        with store.write() as conn:
+            conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x)")
+    assert not checkpoints.running
+    assert caplog.text.count("cannot start the checkpoint thread") == 1
+    monkeypatch.undo()
+    with store.write() as conn:  # the next write tries again
+        conn.exec_driver_sql("SELECT 1")
+    assert checkpoints.running
+
+
+def test_every_thread_of_a_busy_worker_gets_its_connections(tmp_path: Path) -> None:
+    """Each thread keeps a writer and a reader connection for its life: 12 threads hold 24, past
+    the pool's default bound of 15 (whose 16th would wait 30 s, then fail)."""
+    store = storage.Storage(f"sqlite:///{tmp_path}/p.db", checkpoint_interval=0)
+
+    def use(i: int) -> bool:
+        with store.write() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        with store.read() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return True
+
+    threads = 12
+    barrier = threading.Barrier(threads + 1)
+    results: list[bool] = []
+
+    def hold(i: int) -> None:
+        results.append(use(i))
+        barrier.wait(20)  # keep the thread, and its connections, until all have theirs
+
+    workers = [threading.Thread(target=hold, args=(i,), daemon=True) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    barrier.wait(10)  # raises BrokenBarrierError when a thread is stuck waiting for the pool
+    for worker in workers:
+        worker.join(5)
+    assert results == [True] * threads

@@ -103,6 +103,11 @@ def make_engine(url: str, wal_autocheckpoint: int = 1000) -> Engine:
     ``wal_autocheckpoint``: the WAL pages at which SQLite's commit checkpoints the WAL itself
     (SQLite's default; ``storage.Checkpointer`` raises it when it checkpoints instead)."""
     engine = sa.create_engine(engine_url(url))
+    if isinstance(engine.pool, sa.QueuePool):
+        # Every thread of a worker keeps its own writer and reader connection for its life
+        # (``storage.Storage``), plus one for the checkpoint thread: with the pool's default
+        # bound (15), a worker with 8 threads would wait 30 s for its 16th, then fail.
+        engine = sa.create_engine(engine_url(url), pool_size=5, max_overflow=-1)
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine, wal_autocheckpoint)
     metadata.create_all(engine)

@@ -85,11 +85,11 @@ class Storage:
         self.engine = make_engine(url, WAL_BACKSTOP if checkpoint_interval > 0 else 1000)
         self.heartbeat_timeout = heartbeat_timeout
         self._local = threading.local()
-        sqlite_file = self.engine.dialect.name == "sqlite"
-        self._writers = WriterLock(self.engine.url.database if sqlite_file else None)
+        sqlite = self.engine.dialect.name == "sqlite"
+        self._writers = WriterLock(self.engine.url.database if sqlite else None)
         self.checkpoints = (
             Checkpointer(self.engine, checkpoint_interval)
-            if sqlite_file and checkpoint_interval > 0
+            if checkpoint_interval > 0 and _sqlite_file(self.engine)
             else None
         )
 
@@ -142,12 +142,12 @@ class Checkpointer:
     """Copies a SQLite database's write-ahead log back into its file, from a thread of its own.
 
     By default SQLite does that copy (and syncs the file) in the commit that takes the log past
-    1,000 pages, so under steady ingest about one write request in ten paid for it: a stream of
-    pytest-shaped batches (178 operations) took twice its median at the 90th percentile (16-22
-    ms against 6-8 ms), and 15-20 % longer in all, than with the copies in this thread every
-    0.1 s (``benchmarks/server_checkpoints.py``). The commits' own threshold is then only a
-    backstop (``WAL_BACKSTOP``). Frequent passes keep each copy small: the file's sync, which
-    holds up a commit running at the same moment, stays short.
+    1,000 pages, so under steady ingest about one write request in ten paid for it. A stream of
+    pytest-shaped batches through gunicorn (``benchmarks/server_checkpoints.py``) had a 99th
+    percentile a third lower with the copies in this thread every 0.1 s, and took 3-5 % less
+    time in all; in one process (Flask's test client), the 90th percentile halved. The commits'
+    own threshold is then only a backstop (``WAL_BACKSTOP``). Frequent passes keep each copy
+    small: the file's sync, which holds up a commit running at the same moment, stays short.
 
     A pass runs every ``interval`` seconds while there were writes since the last one. It is a
     PASSIVE checkpoint: it never waits for, nor blocks, a reader or a writer; what it could not
@@ -173,14 +173,19 @@ class Checkpointer:
         return self._thread is not None
 
     def wrote(self) -> None:
-        """A write transaction committed: the next pass has work (start the thread if none)."""
+        """A write transaction committed: the next pass has work (start the thread if none).
+        Never raises: the write is committed already, and its request must not fail now."""
         with self._lock:
             self._dirty = True
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="datacat-checkpoint", daemon=True
-                )
-                self._thread.start()
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name="datacat-checkpoint", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError:  # no thread to be had (shutdown, a limit): the next write retries
+                self._log_failure("cannot start the checkpoint thread")
+                return
+            self._thread = thread
 
     def _run(self) -> None:
         idle = 0
@@ -203,15 +208,31 @@ class Checkpointer:
                 self.last = tuple(cursor.fetchone())
                 self.passes += 1
         except Exception:  # the commits' backstop still bounds the log; the next write retries
-            if not self._failed:
-                self._failed = True
-                log.exception("checkpoint failed (SQLite's own checkpoints still run)")
+            self._log_failure("checkpoint failed")
             with self._lock:
                 self._thread = None
         finally:
             if connection is not None:
                 with contextlib.suppress(Exception):
                     connection.close()  # back to the pool
+
+    def _log_failure(self, what: str) -> None:
+        if not self._failed:  # once: a broken disk must not flood the log
+            self._failed = True
+            log.exception("%s (SQLite's own checkpoints still run, past WAL_BACKSTOP)", what)
+
+
+def _sqlite_file(engine: Engine) -> bool:
+    """A SQLite database in a file: an in-memory one has no write-ahead log to checkpoint (and
+    its pool, one connection per thread, would keep the checkpoint threads' connections)."""
+    url = engine.url
+    database = url.database or ""
+    in_memory = (
+        database in ("", ":memory:")
+        or url.query.get("mode") == "memory"  # a URI filename: file:name?mode=memory
+        or "mode=memory" in database
+    )
+    return url.get_backend_name() == "sqlite" and not in_memory
 
 
 def is_transient(exc: BaseException) -> bool:
