@@ -367,6 +367,11 @@ class Recorder:
         relayed = "worker_id" in attributes  # from an xdist worker: reports of several tests
         # interleave, and the worker's description rides on the report (``reports.EXTRA``)
         when = report.when
+        if when == "call" and "context" in attributes:
+            subtest = reports.subtest_context(report)
+            if subtest is not None:  # its time is in its test's call: no duration, no timer
+                self._subtest(report, subtest, raised)
+                return
         if when == "setup" and not relayed and report.outcome == "passed":
             durations = self._durations  # a test's first report (or a rerun's: it adds up)
             location = report.location
@@ -443,6 +448,25 @@ class Recorder:
         if extra is None:
             extra = self._describe(report, raised)
         name, fields = reports.result_event(report, result, extra)
+        self.session.log_event(name, **fields)
+
+    def _subtest(
+        self, report: pytest.TestReport, subtest: reports.Fields, raised: str | None
+    ) -> None:
+        """A subtest's result: its event and counter. Its test's own result is the test's call
+        report (which pytest fails when a subtest failed)."""
+        result = reports.outcome(report)
+        counter = reports.SUBTEST_COUNTERS.get(result or "")
+        if result is None or counter is None:
+            return
+        counts = self.counts
+        counts[counter] = counts.get(counter, 0) + 1
+        extra = report.__dict__.get(reports.EXTRA)
+        if extra is None:
+            extra = self._describe(report, raised)
+        else:  # an xdist worker's: its context as the worker had it (see relay.ItemReporter)
+            subtest = extra.get("subtest", subtest)
+        name, fields = reports.subtest_event(report, result, extra, subtest)
         self.session.log_event(name, **fields)
 
     def _describe(self, report: pytest.TestReport, raised: str | None) -> reports.Fields | None:

@@ -61,8 +61,13 @@ class ItemTracker:
         same)."""
         item = self.item
         # pytest's report holds its item's own location tuple: one identity test, where
-        # comparing node ids would cost two properties (``nodeid`` is one on both in pytest 9)
-        if item is None or item.location is not report.location:
+        # comparing node ids would cost two properties (``nodeid`` is one on both in pytest 9).
+        # A subtest's report is a copy made through JSON: an equal tuple, not the same.
+        if item is None:
+            return None
+        if item.location is not report.location and not (
+            "context" in report.__dict__ and item.nodeid == report.nodeid
+        ):
             return None
         raised = self.raised.get(report.when) if report.outcome in ("failed", "rerun") else None
         try:
@@ -82,6 +87,9 @@ class ItemReporter(ItemTracker):
         if report.when != "call" and report.outcome == "passed":
             return  # two of every test's three reports: nothing to add
         extra = self.describe(report)
+        subtest = reports.subtest_context(report)
+        if subtest is not None:  # as made here: the controller's copy of the context, made
+            extra = {**(extra or {}), "subtest": subtest}  # from JSON, repr()s its values again
         if extra is not None:
             setattr(report, reports.EXTRA, extra)
 

@@ -31,6 +31,14 @@ COUNTERS = {
     "xpassed": "xpassed",
     "rerun": "reruns",  # pytest-rerunfailures: a failed attempt that runs again
 }
+#: The counters of subtests (pytest's ``subtests`` fixture, or the pytest-subtests plugin), in
+#: the progress from a run's first subtest on: each subtest's result, apart from its test's.
+SUBTEST_COUNTERS = {
+    "passed": "subtests_passed",
+    "failed": "subtests_failed",
+    "skipped": "subtests_skipped",
+    "xfailed": "subtests_xfailed",
+}
 _LEVELS = {"failed": "error", "error": "error", "xpassed": "warning", "rerun": "warning"}
 #: Outcomes whose event carries the exception (type, message, traceback, source location).
 FAILURES = frozenset(("failed", "error", "rerun"))
@@ -156,6 +164,31 @@ def result_event(
     elif result in ("skipped", "xfailed"):
         data["reason"] = _reason(report)
     return _NAMES[result], fields
+
+
+def subtest_context(report: pytest.TestReport) -> Fields | None:
+    """``msg`` and ``kwargs`` of a subtest's report (its ``context``: pytest's ``subtests``
+    fixture and the pytest-subtests plugin both make one); ``None`` for any other report."""
+    context = report.__dict__.get("context")
+    if context is None or report.when != "call" or not hasattr(context, "kwargs"):
+        return None
+    return {"msg": getattr(context, "msg", None), "kwargs": dict(context.kwargs or {})}
+
+
+def subtest_event(
+    report: pytest.TestReport, result: str, extra: Fields | None, subtest: Fields
+) -> tuple[str, Fields]:
+    """Name and ``log_event`` keyword arguments of a subtest's result: the fields of
+    :func:`result_event`, named ``subtest_<outcome>``, with ``data.subtest`` (its ``msg`` and
+    ``kwargs``) and the subtest's description after the node id in the message."""
+    _, fields = result_event(report, result, extra)
+    fields["data"]["subtest"] = subtest
+    described = [f"[{subtest['msg']}]"] if subtest["msg"] is not None else []
+    if subtest["kwargs"]:
+        pairs = ", ".join(f"{key}={value}" for key, value in subtest["kwargs"].items())
+        described.append(f"({pairs})")
+    fields["message"] = " ".join([fields["message"], *described])
+    return f"subtest_{result}", fields
 
 
 def _reason(report: pytest.TestReport) -> str:

@@ -378,6 +378,56 @@ def test_a_rerun_attempt_is_a_rerun_not_a_failure(
     assert sorted(timers) == ["passed", "rerun"]  # one timer per attempt
 
 
+SUBTESTS = """
+def test_cases(subtests):
+    for i in range(3):
+        with subtests.test(msg="case", i=i):
+            assert i != 1
+
+
+def test_plain():
+    pass
+"""
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["single", "xdist"])
+def test_subtests_are_events_and_counters_of_their_own(
+    pytester: pytest.Pytester, server_url: str, xdist: tuple[str, ...]
+) -> None:
+    """pytest's ``subtests``: each subtest is a ``subtest_<outcome>`` event with its ``msg`` and
+    ``kwargs``; the tests' counters count tests (the test with a failed subtest failed)."""
+    product = f"subtests-{uuid.uuid4()}"
+    pytester.makepyfile(test_subtests=SUBTESTS)
+    args = (f"--datacat-url={server_url}", f"--datacat-product={product}")
+    result = pytester.runpytest_subprocess(*args, *xdist)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    session = _get(f"{server_url}/api/sessions/{listed['id']}")
+    progress = session["state"]["progress"]
+    assert (progress["collected"], progress["passed"], progress["failed"]) == (2, 1, 1)
+    assert (progress["subtests_passed"], progress["subtests_failed"]) == (2, 1)
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    subtests = sorted(
+        (e for e in events if e["name"].startswith("subtest_")),
+        key=lambda e: e["data"]["subtest"]["kwargs"]["i"],
+    )
+    assert [e["name"] for e in subtests] == ["subtest_passed", "subtest_failed", "subtest_passed"]
+    failed = subtests[1]
+    assert failed["level"] == "error" and failed["exception_type"] == "AssertionError"
+    assert failed["data"]["subtest"] == {"msg": "case", "kwargs": {"i": "1"}}
+    assert failed["message"] == "test_subtests.py::test_cases [case] (i=1)"
+    tests = {
+        e["data"]["nodeid"].split("::")[-1]: e["name"] for e in events if "subtest" not in e["data"]
+    }
+    assert tests == {"test_cases": "test_failed", "test_plain": "test_passed"}
+    timers = [
+        m["tags"]["nodeid"].split("::")[-1]
+        for m in _get(f"{server_url}/api/sessions/{listed['id']}/metrics")
+        if m["name"] == "pytest.test.duration"
+    ]
+    assert sorted(timers) == ["test_cases", "test_plain"]  # one per test, none per subtest
+
+
 def test_the_recorder_drains_sooner_only_just_before_the_tests_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
