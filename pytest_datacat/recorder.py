@@ -506,8 +506,12 @@ class Recorder:
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:
             self.counts["errors"] += 1
-            name, fields = reports.collection_event(report)
-            self.session.log_event(name, **fields)
+        elif report.skipped:  # a whole module skipped (``allow_module_level``): pytest counts it
+            self.counts["skipped"] += 1
+        else:
+            return
+        name, fields = reports.collection_event(report)
+        self.session.log_event(name, **fields)
 
     @_guarded
     def pytest_warning_recorded(

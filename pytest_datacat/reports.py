@@ -191,7 +191,7 @@ def subtest_event(
     return f"subtest_{result}", fields
 
 
-def _reason(report: pytest.TestReport) -> str:
+def _reason(report: pytest.TestReport | pytest.CollectReport) -> str:
     if "wasxfail" in report.__dict__:
         return str(report.__dict__["wasxfail"])
     if isinstance(report.longrepr, tuple):
@@ -223,13 +223,18 @@ def _last_error_line(lines: list[str]) -> str:
 
 
 def collection_event(report: pytest.CollectReport) -> tuple[str, Fields]:
-    """Name and ``log_event`` keyword arguments of the event for a failed collection."""
+    """Name and ``log_event`` keyword arguments of the event for a failed collection, or for a
+    skipped one (a module that called ``pytest.skip(..., allow_module_level=True)``)."""
+    outcome = "skipped" if report.skipped else "error"
     fields: Fields = {
-        "level": "error",
+        "level": "info" if report.skipped else "error",
         "category": "pytest",
         "message": report.nodeid,
-        "data": {"nodeid": report.nodeid, "outcome": "error", "phase": "collect"},
+        "data": {"nodeid": report.nodeid, "outcome": outcome, "phase": "collect"},
     }
+    if report.skipped:
+        fields["data"]["reason"] = _reason(report)
+        return "test_skipped", fields
     fields.update(failure_fields(report, None))
     return "collection_error", fields
 

@@ -428,6 +428,34 @@ def test_subtests_are_events_and_counters_of_their_own(
     assert sorted(timers) == ["test_cases", "test_plain"]  # one per test, none per subtest
 
 
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["single", "xdist"])
+def test_a_module_skipped_whole_counts_as_pytest_counts_it(
+    pytester: pytest.Pytester, server_url: str, xdist: tuple[str, ...]
+) -> None:
+    product = f"skipmod-{uuid.uuid4()}"
+    pytester.makepyfile(
+        test_skipped_module="""
+import pytest
+pytest.skip("no database here", allow_module_level=True)
+
+def test_never():
+    pass
+""",
+        test_ok="def test_ok():\n    pass\n",
+    )
+    args = (f"--datacat-url={server_url}", f"--datacat-product={product}")
+    result = pytester.runpytest_subprocess(*args, *xdist)
+    result.assert_outcomes(passed=1, skipped=1)
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    progress = _get(f"{server_url}/api/sessions/{listed['id']}")["state"]["progress"]
+    assert (progress["passed"], progress["skipped"], progress["errors"]) == (1, 1, 0)
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    [skipped] = [e for e in events if e["name"] == "test_skipped"]
+    assert skipped["level"] == "info" and skipped["message"] == "test_skipped_module.py"
+    assert skipped["data"]["phase"] == "collect"
+    assert skipped["data"]["reason"] == "Skipped: no database here"
+
+
 def test_the_recorder_drains_sooner_only_just_before_the_tests_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
