@@ -171,6 +171,7 @@ class Recorder:
         self._next_progress = 0.0
         self._started = time.monotonic()
         self._tests_started = 0.0  # when collection finished (the first test starts)
+        self._interrupted = False
         self._soon_rounds = SOON_ROUNDS
         self.session = _create_session(config, settings)
         self.session.start_heartbeat()  # a killed run turns "suspended" instead of staying active
@@ -522,8 +523,10 @@ class Recorder:
 
     @_guarded
     def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        # Ctrl-C, and ``pytest.exit()`` (whatever return code it asks for)
         if self._forked:
             return
+        self._interrupted = True
         self._drain(last=True)
         self.session.log_event(
             "run_interrupted",
@@ -566,7 +569,7 @@ class Recorder:
         self._ended = True  # no current test any more
         self._progress(force=True)
         seconds = time.monotonic() - self._started
-        self.session.update_state(_final_state(exitstatus, seconds))
+        self.session.update_state(_final_state(exitstatus, seconds, self._interrupted))
         for name, count in self.counts.items():
             self.session.log_metric("pytest.tests", count, tags={"outcome": name})
         self.session.log_timer("pytest.run.duration", seconds)
@@ -592,14 +595,19 @@ class Recorder:
             write(f"datacat: {self.internal_errors} internal errors (see log level DEBUG)")
 
 
-def _final_state(exitstatus: int | None, seconds: float) -> dict[str, Any]:
+def _final_state(
+    exitstatus: int | None, seconds: float, interrupted: bool = False
+) -> dict[str, Any]:
+    """The end of the run in the state; ``interrupted``: Ctrl-C or ``pytest.exit()`` stopped it
+    (the latter with any return code it chose)."""
     if exitstatus is None:
         return {"status": "aborted", "duration": seconds}
     try:
         name = pytest.ExitCode(exitstatus).name
     except ValueError:
         name = str(exitstatus)
-    status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "finished"
+    interrupted = interrupted or exitstatus == pytest.ExitCode.INTERRUPTED
+    status = "interrupted" if interrupted else "finished"
     return {"status": status, "exit_status": exitstatus, "exit_code": name, "duration": seconds}
 
 

@@ -456,6 +456,33 @@ def test_never():
     assert skipped["data"]["reason"] == "Skipped: no database here"
 
 
+def test_pytest_exit_with_its_own_return_code_is_an_interruption(
+    pytester: pytest.Pytester, server_url: str
+) -> None:
+    product = f"exit-{uuid.uuid4()}"
+    pytester.makepyfile(
+        """
+import pytest
+
+def test_a():
+    pass
+
+def test_b():
+    pytest.exit("stop here", returncode=3)
+"""
+    )
+    args = (f"--datacat-url={server_url}", f"--datacat-product={product}")
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == 3
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    session = _get(f"{server_url}/api/sessions/{listed['id']}")
+    assert session["ended_at"] and session["state"]["status"] == "interrupted"
+    assert session["state"]["exit_status"] == 3
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    [interrupted] = [e for e in events if e["name"] == "run_interrupted"]
+    assert interrupted["exception_type"] == "Exit" and "stop here" in interrupted["message"]
+
+
 def test_the_recorder_drains_sooner_only_just_before_the_tests_end(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
