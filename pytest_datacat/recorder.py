@@ -167,6 +167,10 @@ class Recorder:
         # so far, and (only where it is not "passed") its outcome: no container per test, so
         # neither dict is ever tracked by the garbage collector
         self._durations: dict[Any, float] = {}
+        # test (as for ``_durations``) -> its subtests' results so far, as (counter, event name,
+        # event fields): logged with the test's call report, which tells whether the attempt
+        # runs again (pytest-rerunfailures then drops its subtests from pytest's counts)
+        self._subtests: dict[Any, list[tuple[str, str, reports.Fields]]] = {}
         self._outcomes: dict[Any, str] = {}
         self._next_progress = 0.0
         self._started = time.monotonic()
@@ -335,9 +339,11 @@ class Recorder:
             and call.outcome == "passed"
             and teardown.outcome == "passed"
             and "wasxfail" not in call.__dict__
-            # nothing left by an earlier attempt at the same test (a rerun)
+            # nothing left by an earlier attempt at the same test (a rerun), and no subtests
+            # (logged before their test's setup when pytest-rerunfailures runs it)
             and (not durations or location not in durations)
             and (not outcomes or location not in outcomes)
+            and (not self._subtests or location not in self._subtests)
         ):
             return False
         names = self._plain_pass(call)
@@ -371,7 +377,7 @@ class Recorder:
         if when == "call" and "context" in attributes:
             subtest = reports.subtest_context(report)
             if subtest is not None:  # its time is in its test's call: no duration, no timer
-                self._subtest(report, subtest, raised)
+                self._subtest(report, subtest, raised, relayed)
                 return
         if when == "setup" and not relayed and report.outcome == "passed":
             durations = self._durations  # a test's first report (or a rerun's: it adds up)
@@ -383,11 +389,16 @@ class Recorder:
         duration = durations.pop(key, 0.0) + report.duration
         if when != "teardown":
             durations[key] = duration
-        if when == "call" and report.outcome == "passed" and not relayed:
+        failed_subtests = 0
+        if when == "call" and self._subtests:
+            pending = self._subtests.pop(key, None)
+            if pending:
+                failed_subtests = self._log_subtests(pending, rerun=report.outcome == "rerun")
+        if when == "call" and report.outcome == "passed" and not relayed and not failed_subtests:
             if not self._passed(report, key, attributes):
                 self._result(report, key, raised)
         elif report.outcome != "passed" or when == "call":
-            self._result(report, key, raised)
+            self._result(report, key, raised, failed_subtests)
         if when == "teardown":
             nodeid = report.nodeid
             outcomes = self._outcomes
@@ -435,10 +446,15 @@ class Recorder:
         self.session.log_rows(PASSED_EVENT, [row])
         return nodeid
 
-    def _result(self, report: pytest.TestReport, key: Any, raised: str | None) -> None:
+    def _result(
+        self, report: pytest.TestReport, key: Any, raised: str | None, failed_subtests: int = 0
+    ) -> None:
         result = reports.outcome(report)
         if result is None:
             return
+        if failed_subtests and result == "passed":
+            # what pytest's terminal reporter makes of it (without one, the report stays passed)
+            result = "failed"
         self.counts[reports.COUNTERS[result]] += 1
         outcomes = self._outcomes
         earlier = outcomes.get(key)  # None: "passed" so far (it needs no entry)
@@ -449,26 +465,50 @@ class Recorder:
         if extra is None:
             extra = self._describe(report, raised)
         name, fields = reports.result_event(report, result, extra)
+        if failed_subtests and not fields.get("exception_msg"):
+            plural = "s" if failed_subtests > 1 else ""
+            fields["exception_msg"] = f"contains {failed_subtests} failed subtest{plural}"
         self.session.log_event(name, **fields)
 
     def _subtest(
-        self, report: pytest.TestReport, subtest: reports.Fields, raised: str | None
+        self,
+        report: pytest.TestReport,
+        subtest: reports.Fields,
+        raised: str | None,
+        relayed: bool,
     ) -> None:
-        """A subtest's result: its event and counter. Its test's own result is the test's call
-        report (which pytest fails when a subtest failed)."""
+        """A subtest's result, kept until its test's call report (``_log_subtests``). Its
+        test's own result is that call report (which pytest fails when a subtest failed)."""
         result = reports.outcome(report)
         counter = reports.SUBTEST_COUNTERS.get(result or "")
         if result is None or counter is None:
             return
-        counts = self.counts
-        counts[counter] = counts.get(counter, 0) + 1
         extra = report.__dict__.get(reports.EXTRA)
         if extra is None:
             extra = self._describe(report, raised)
         else:  # an xdist worker's: its context as the worker had it (see relay.ItemReporter)
             subtest = extra.get("subtest", subtest)
         name, fields = reports.subtest_event(report, result, extra, subtest)
-        self.session.log_event(name, **fields)
+        key = report.nodeid if relayed else report.location
+        self._subtests.setdefault(key, []).append((counter, name, fields))
+
+    def _log_subtests(self, pending: list[tuple[str, str, reports.Fields]], rerun: bool) -> int:
+        """Log an attempt's subtests; how many failed. When the attempt runs again
+        (pytest-rerunfailures), they are not counted (pytest drops them from its summary) and
+        their events say so (``data.rerun``, a failure at level warning)."""
+        failed = 0
+        counts = self.counts
+        for counter, name, fields in pending:
+            if fields["data"]["outcome"] == "failed":
+                failed += 1
+            if rerun:
+                fields["data"]["rerun"] = True
+                if fields["level"] == "error":
+                    fields["level"] = "warning"
+            else:
+                counts[counter] = counts.get(counter, 0) + 1
+            self.session.log_event(name, **fields)
+        return failed
 
     def _describe(self, report: pytest.TestReport, raised: str | None) -> reports.Fields | None:
         item = self._item(report)
@@ -566,6 +606,9 @@ class Recorder:
         self.delivered = False
         self._stop.set()
         self._drain(last=True)
+        for pending in self._subtests.values():  # a test cut short before its call's report
+            self._log_subtests(pending, rerun=False)
+        self._subtests.clear()
         self._ended = True  # no current test any more
         self._progress(force=True)
         seconds = time.monotonic() - self._started

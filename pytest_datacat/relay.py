@@ -53,6 +53,8 @@ class ItemTracker:
         excinfo = call.excinfo
         if excinfo is not None:
             self.raised[when] = excinfo.typename
+        elif self.raised and when in self.raised:  # a subtest's (the same phase) raised before
+            del self.raised[when]
 
     def describe(self, report: pytest.TestReport) -> reports.Fields | None:
         """Markers, recorded data and exception type of the item of ``report``; ``None`` when
@@ -87,7 +89,7 @@ class ItemReporter(ItemTracker):
         if report.when != "call" and report.outcome == "passed":
             return  # two of every test's three reports: nothing to add
         extra = self.describe(report)
-        subtest = reports.subtest_context(report)
+        subtest = reports.subtest_context(report) if "context" in report.__dict__ else None
         if subtest is not None:  # as made here: the controller's copy of the context, made
             extra = {**(extra or {}), "subtest": subtest}  # from JSON, repr()s its values again
         if extra is not None:

@@ -11,6 +11,7 @@ run where results are recorded and turn a report into the keyword arguments of
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 from pytest_datacat.plugin import RECORDED
 
 EXTRA = "datacat_extra"
+_XDIST_HEADER = re.compile(r"\[gw\d+\] ")
 MAX_TRACEBACK_LINES = 400
 
 #: The counters of the session's ``progress`` state, one per outcome.
@@ -38,6 +40,7 @@ SUBTEST_COUNTERS = {
     "failed": "subtests_failed",
     "skipped": "subtests_skipped",
     "xfailed": "subtests_xfailed",
+    "xpassed": "subtests_xpassed",
 }
 _LEVELS = {"failed": "error", "error": "error", "xpassed": "warning", "rerun": "warning"}
 #: Outcomes whose event carries the exception (type, message, traceback, source location).
@@ -61,7 +64,8 @@ def outcome(report: pytest.TestReport) -> str | None:
         return "xfailed" if expected_failure else "skipped"
     if state == "rerun":  # pytest-rerunfailures: this attempt failed, the test runs again
         return "rerun"
-    return "failed" if report.when == "call" else "error"
+    # an error in setup or teardown; a failed call, or a test whose xdist worker crashed ("???")
+    return "error" if report.when in ("setup", "teardown") else "failed"
 
 
 class MarkerNames:
@@ -205,11 +209,12 @@ def failure_fields(report: pytest.TestReport | pytest.CollectReport, kind: str |
     fields: Fields = {"stacktrace": lines[-MAX_TRACEBACK_LINES:]}
     crash = getattr(report.longrepr, "reprcrash", None)
     message = crash.message if crash is not None else _last_error_line(lines)
-    guessed, _, rest = message.partition(": ")
+    head, _, rest = message.partition(": ")
+    guessed = head.rpartition(".")[2]  # a qualified name: ``_pytest.outcomes.Exit: ...``
     if kind is None and guessed.isidentifier() and rest:
         kind = guessed
-    if kind and message.startswith(f"{kind}: "):
-        message = message[len(kind) + 2 :]
+    if kind and rest and (head == kind or head.endswith(f".{kind}")):
+        message = rest
     fields.update(exception_type=kind or "Failed", exception_msg=message)
     if crash is not None:
         fields.update(source_file=str(crash.path), source_line=int(crash.lineno))
@@ -217,9 +222,12 @@ def failure_fields(report: pytest.TestReport | pytest.CollectReport, kind: str |
 
 
 def _last_error_line(lines: list[str]) -> str:
-    """pytest marks the exception lines of a text traceback with ``E``; the last one names it."""
+    """pytest marks the exception lines of a text traceback with ``E``; the last one names it.
+    Else the last line, but never the ``[gw0] linux -- Python ...`` line xdist adds."""
     errors = [line[1:].strip() for line in lines if line.startswith("E ")]
-    return errors[-1] if errors else (lines[-1] if lines else "")
+    if errors:
+        return errors[-1]
+    return next((line for line in reversed(lines) if not _XDIST_HEADER.match(line)), "")
 
 
 def collection_event(report: pytest.CollectReport) -> tuple[str, Fields]:

@@ -428,6 +428,57 @@ def test_subtests_are_events_and_counters_of_their_own(
     assert sorted(timers) == ["test_cases", "test_plain"]  # one per test, none per subtest
 
 
+FLAKY_SUBTEST = """
+import pathlib
+
+
+def test_flaky_subtest(subtests):
+    attempted = pathlib.Path(__file__).with_name("attempted")
+    first = not attempted.exists()
+    attempted.write_text("once")
+    with subtests.test(msg="flaky"):
+        assert not first
+"""
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["single", "xdist"])
+def test_the_subtests_of_an_attempt_that_runs_again_are_not_counted(
+    pytester: pytest.Pytester, server_url: str, xdist: tuple[str, ...]
+) -> None:
+    """As pytest-rerunfailures drops them from pytest's summary: a green run stays green."""
+    product = f"subrerun-{uuid.uuid4()}"
+    pytester.makepyfile(test_flaky_subtest=FLAKY_SUBTEST)
+    args = (f"--datacat-url={server_url}", f"--datacat-product={product}", "--reruns", "1")
+    result = pytester.runpytest_subprocess(*args, *xdist)
+    assert result.ret == 0
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    progress = _get(f"{server_url}/api/sessions/{listed['id']}")["state"]["progress"]
+    assert (progress["passed"], progress["failed"], progress["reruns"]) == (1, 0, 1)
+    assert progress["subtests_passed"] == 1 and "subtests_failed" not in progress
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    names = [e["name"] for e in events]
+    assert names == ["subtest_failed", "test_rerun", "subtest_passed", "test_passed"]
+    assert events[0]["level"] == "warning" and events[0]["data"]["rerun"] is True
+    assert events[1]["exception_msg"] == "contains 1 failed subtest"
+    assert "rerun" not in events[2]["data"]
+
+
+def test_a_failed_subtest_fails_its_test_without_the_terminal_reporter(
+    pytester: pytest.Pytester, server_url: str
+) -> None:
+    """pytest's terminal reporter is what fails the test's own report: without it, we do."""
+    product = f"subnoterm-{uuid.uuid4()}"
+    pytester.makepyfile(test_subtests=SUBTESTS)
+    args = (f"--datacat-url={server_url}", f"--datacat-product={product}", "-p", "no:terminal")
+    assert pytester.runpytest_subprocess(*args).ret == pytest.ExitCode.TESTS_FAILED
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    progress = _get(f"{server_url}/api/sessions/{listed['id']}")["state"]["progress"]
+    assert (progress["passed"], progress["failed"], progress["subtests_failed"]) == (1, 1, 1)
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    [failed] = [e for e in events if e["name"] == "test_failed"]
+    assert failed["exception_msg"] == "contains 1 failed subtest"
+
+
 @pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["single", "xdist"])
 def test_a_module_skipped_whole_counts_as_pytest_counts_it(
     pytester: pytest.Pytester, server_url: str, xdist: tuple[str, ...]

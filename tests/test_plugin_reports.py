@@ -30,6 +30,9 @@ def _report(outcome: str, when: str, longrepr: Any = None, **extra: Any) -> pyte
         ("failed", "call", {}, "failed"),
         ("failed", "setup", {}, "error"),
         ("failed", "teardown", {}, "error"),
+        ("failed", "???", {}, "failed"),  # the test of a crashed xdist worker: pytest says failed
+        ("rerun", "call", {}, "rerun"),  # pytest-rerunfailures: the attempt runs again
+        ("rerun", "setup", {}, "rerun"),
     ],
 )
 def test_outcome_counts_like_pytest(
@@ -55,6 +58,19 @@ def test_a_text_failure_names_its_exception_from_the_E_lines() -> None:
         "markers": [],
         "location": ["t.py", 3, "test_x"],
     }
+
+
+def test_a_qualified_exception_name_is_cut_from_the_message() -> None:
+    text = "E       _pytest.outcomes.Exit: stop here"
+    fields = reports.failure_fields(_report("failed", "call", text), None)
+    assert (fields["exception_type"], fields["exception_msg"]) == ("Exit", "stop here")
+
+
+def test_xdists_header_line_is_never_the_message() -> None:
+    """A relayed report with no ``E`` lines: the last line is xdist's ``[gw0] ...`` header."""
+    text = "contains 1 failed subtest\n[gw0] linux -- Python 3.11.7 /usr/bin/python"
+    fields = reports.failure_fields(_report("failed", "call", text), None)
+    assert fields["exception_msg"] == "contains 1 failed subtest"
 
 
 def test_a_skip_carries_its_reason_and_extra_data() -> None:
