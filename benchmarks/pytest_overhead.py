@@ -5,7 +5,8 @@ runs the same suite alternately without the plugin (``-p no:datacat``) and with 
 (``--datacat-url``), several rounds, and prints the best wall time and CPU time (user + system
 of the pytest process, which the machine's load disturbs less) of each and their ratios, and the
 median of the per-round ratios (each round runs both, in alternating order: robust to the slow
-swings of a shared machine's speed).
+swings of a shared machine's speed) with its 95 % confidence interval (how far one run's median
+may be from a longer run's: several points either way on a shared 2-core machine).
 Target: the plugin costs at most 5 % (ratio <= 1.05). It also checks that every test's event
 arrived, so the figure is for a run that really recorded everything.
 
@@ -15,6 +16,7 @@ arrived, so the figure is for a run that really recorded everything.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import resource
 import socket
@@ -178,13 +180,31 @@ def measure(suite: Path, url: str, tests: int, rounds: int) -> None:
             f"   {min(r[1] for r in runs):8.3f} s"
         )
     best = min(r[0] for r in with_plugin) / min(r[0] for r in without)
-    paired = statistics.median(w[0] / o[0] for w, o in zip(with_plugin, without, strict=True))
+    ratios = [w[0] / o[0] for w, o in zip(with_plugin, without, strict=True)]
+    paired = statistics.median(ratios)
     cpu = min(r[1] for r in with_plugin) / min(r[1] for r in without)
     print(f"  wall ratio, best of each:            {best:.3f}  ({100 * (best - 1):+.1f} %)")
     print(f"  wall ratio, median of paired rounds: {paired:.3f}  ({100 * (paired - 1):+.1f} %)")
+    interval = median_interval(ratios)
+    if interval is not None:
+        low, high = (100 * (x - 1) for x in interval)
+        print(f"    95 % confidence interval of that median: {low:+.1f} % to {high:+.1f} %")
     print(f"  CPU ratio, best of each:             {cpu:.3f}  ({100 * (cpu - 1):+.1f} %)")
     print("  target: wall overhead <= 5 %. The CPU column counts what pytest reaped too: the")
     print("  sender's child process when it ended before pytest did.")
+
+
+def median_interval(values: list[float]) -> tuple[float, float] | None:
+    """A distribution-free 95 % confidence interval of the median: the order statistics of
+    ranks ``n/2 -+ 1.96 * sqrt(n)/2``, rounded outwards (normal approximation of the binomial;
+    ``None`` below 6 values). The rounds' ratios spread by several percent on a shared machine:
+    this says how far the median of one run may be from the one a longer run would find."""
+    n = len(values)
+    if n < 6:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.floor(n / 2 - 1.96 * math.sqrt(n) / 2))  # from 1: x(rank), x(n-rank+1)
+    return ordered[rank - 1], ordered[n - rank]
 
 
 if __name__ == "__main__":
