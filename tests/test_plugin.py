@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import uuid
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import requests
@@ -158,3 +160,29 @@ print(datacat.autoinstrument.__name__, datacat.attach_session.__name__)
         "datacat.track datacat.track True",
         "datacat.autoinstrument attach_session",
     ]
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "pytest_example"
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["single", "xdist"])
+def test_the_pytest_example_records_one_session(server_url: str, xdist: tuple[str, ...]) -> None:
+    """``examples/pytest_example`` as its README runs it: what it says the session holds."""
+    product = f"example-{uuid.uuid4()}"
+    command = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(EXAMPLE), *xdist]
+    command += [f"--datacat-url={server_url}", f"--datacat-product={product}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DATACAT_")}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stdout[-2000:]
+    [listed] = _sessions(server_url, product)
+    assert f"datacat: session {listed['id']} -> {server_url}/sessions/{listed['id']}" in done.stdout
+    session = requests.get(f"{server_url}/api/sessions/{listed['id']}", timeout=10).json()
+    progress = session["state"]["progress"]
+    assert (progress["passed"], progress["skipped"], progress["xfailed"]) == (6, 1, 1)
+    assert progress["subtests_passed"] == 2 and session["ended"]
+    events = requests.get(f"{server_url}/api/sessions/{listed['id']}/events", timeout=10).json()
+    names = Counter(e["name"] for e in events)
+    assert names["subtest_passed"] == 2 and names["checkout_done"] == 1
+    [marked] = [e for e in events if e["data"].get("nodeid", "").endswith("rejected")]
+    assert marked["labels"] == ["pricing"]
+    assert marked["data"]["recorded"] == {"owner": "shop-team", "item": "banana"}

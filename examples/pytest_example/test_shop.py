@@ -40,3 +40,10 @@ def test_discounts() -> None:
 @pytest.mark.xfail(reason="rounding is known to be off by a cent", strict=True)
 def test_rounding() -> None:
     assert total({"pear": 1}) * 3 == 2.26
+
+
+@pytest.mark.skipif(not hasattr(pytest, "Subtests"), reason="the subtests fixture is pytest 9's")
+def test_each_fruit_has_a_price(subtests) -> None:
+    for item in ("apple", "pear"):
+        with subtests.test(msg="priced", item=item):  # one subtest_passed event each
+            assert PRICES[item] > 0
