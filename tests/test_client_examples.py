@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -69,3 +70,33 @@ def test_process_sender_delivers_everything_and_a_kill_is_a_crash(server_url: st
     sid = killed.stdout.split()[1].rstrip(":")
     got = wait_for(lambda: (found := details(server_url, sid))["crashed"] and found, 15)
     assert got["crash_reason"] == "parent_process_terminated"
+
+
+def test_track(server_url: str) -> None:
+    """``examples/track.py`` reads its server from ``DATACAT_URL``, as its docstring says."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "track.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "DATACAT_URL": server_url},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "timer __main__.fetch           x1" in done.stdout
+    assert "event exception: LookupError: item 3 is missing" in done.stdout
+    assert "second session crashed: RuntimeError: the block failed" in done.stdout
+
+
+def test_autoinstrument(server_url: str) -> None:
+    out = run(str(EXAMPLES / "autoinstrument.py"), "--url", server_url)
+    assert "GET /checkout -> 500" in out
+    sid = out.strip().splitlines()[-1].rsplit("/", 1)[1]
+    names = {event["name"] for event in details(server_url, sid)["events"]}
+    assert {"log", "exception", "http_request_exception"} <= names
+
+
+def test_crash_detection_shows_a_hang_a_recovery_and_a_crash(server_url: str) -> None:
+    out = run(str(EXAMPLES / "crash_detection.py"), "--url", server_url)
+    for seen in ("the session is hung", "the session recovered", "the session crashed"):
+        assert f"server saw: {seen}" in out
