@@ -167,10 +167,9 @@ class Recorder:
         # so far, and (only where it is not "passed") its outcome: no container per test, so
         # neither dict is ever tracked by the garbage collector
         self._durations: dict[Any, float] = {}
-        # test (as for ``_durations``) -> its subtests' results so far, as (counter, event name,
-        # event fields): logged with the test's call report, which tells whether the attempt
-        # runs again (pytest-rerunfailures then drops its subtests from pytest's counts)
-        self._subtests: dict[Any, list[tuple[str, str, reports.Fields]]] = {}
+        # test (as for ``_durations``) -> the subtests of its attempt so far (``_Subtests``),
+        # logged with its teardown's report, which tells whether the attempt runs again
+        self._subtests: dict[Any, _Subtests] = {}
         self._outcomes: dict[Any, str] = {}
         self._next_progress = 0.0
         self._started = time.monotonic()
@@ -384,21 +383,19 @@ class Recorder:
             location = report.location
             durations[location] = durations.get(location, 0.0) + report.duration
             return
-        key = report.nodeid if relayed else report.location  # the location: no property call
+        key = _key(report, relayed)
         durations = self._durations
         duration = durations.pop(key, 0.0) + report.duration
         if when != "teardown":
             durations[key] = duration
-        failed_subtests = 0
-        if when == "call" and self._subtests:
-            pending = self._subtests.pop(key, None)
-            if pending:
-                failed_subtests = self._log_subtests(pending, rerun=report.outcome == "rerun")
-        if when == "call" and report.outcome == "passed" and not relayed and not failed_subtests:
+        subtests = self._subtests.get(key) if self._subtests else None
+        if subtests is not None:
+            self._with_subtests(report, key, raised, subtests)
+        elif when == "call" and report.outcome == "passed" and not relayed:
             if not self._passed(report, key, attributes):
                 self._result(report, key, raised)
         elif report.outcome != "passed" or when == "call":
-            self._result(report, key, raised, failed_subtests)
+            self._result(report, key, raised)
         if when == "teardown":
             nodeid = report.nodeid
             outcomes = self._outcomes
@@ -447,11 +444,18 @@ class Recorder:
         return nodeid
 
     def _result(
-        self, report: pytest.TestReport, key: Any, raised: str | None, failed_subtests: int = 0
+        self,
+        report: pytest.TestReport,
+        key: Any,
+        raised: str | None,
+        subtests: _Subtests | None = None,
     ) -> None:
+        """The event and counter of a deciding report; with ``subtests`` (its test's attempt
+        has some), the event waits in them for the attempt's end."""
         result = reports.outcome(report)
         if result is None:
             return
+        failed_subtests = subtests.failed if subtests is not None else 0
         if failed_subtests and result == "passed":
             # what pytest's terminal reporter makes of it (without one, the report stays passed)
             result = "failed"
@@ -465,10 +469,13 @@ class Recorder:
         if extra is None:
             extra = self._describe(report, raised)
         name, fields = reports.result_event(report, result, extra)
-        if failed_subtests and not fields.get("exception_msg"):
+        if failed_subtests and result in ("failed", "rerun") and not fields.get("exception_msg"):
             plural = "s" if failed_subtests > 1 else ""
             fields["exception_msg"] = f"contains {failed_subtests} failed subtest{plural}"
-        self.session.log_event(name, **fields)
+        if subtests is not None:
+            subtests.held.append((name, fields))
+        else:
+            self.session.log_event(name, **fields)
 
     def _subtest(
         self,
@@ -489,26 +496,51 @@ class Recorder:
         else:  # an xdist worker's: its context as the worker had it (see relay.ItemReporter)
             subtest = extra.get("subtest", subtest)
         name, fields = reports.subtest_event(report, result, extra, subtest)
-        key = report.nodeid if relayed else report.location
-        self._subtests.setdefault(key, []).append((counter, name, fields))
+        key = _key(report, relayed)
+        subtests = self._subtests.get(key)
+        if subtests is None:
+            subtests = self._subtests[key] = _Subtests()
+        subtests.add(counter, name, fields)
 
-    def _log_subtests(self, pending: list[tuple[str, str, reports.Fields]], rerun: bool) -> int:
-        """Log an attempt's subtests; how many failed. When the attempt runs again
-        (pytest-rerunfailures), they are not counted (pytest drops them from its summary) and
-        their events say so (``data.rerun``, a failure at level warning)."""
-        failed = 0
-        counts = self.counts
-        for counter, name, fields in pending:
-            if fields["data"]["outcome"] == "failed":
-                failed += 1
+    def _with_subtests(
+        self, report: pytest.TestReport, key: Any, raised: str | None, subtests: _Subtests
+    ) -> None:
+        """A report of a test whose attempt has subtests: its event waits with them, and the
+        attempt's last report (teardown, or ``???`` from a crashed xdist worker) logs them all,
+        the subtests first."""
+        when = report.when
+        if report.outcome == "rerun":
+            subtests.rerun = True
+        if report.outcome != "passed" or when == "call":
+            self._result(report, key, raised, subtests)
+        if when in ("teardown", "???"):
+            del self._subtests[key]
+            self._log_subtests(subtests)
+
+    def _log_subtests(self, subtests: _Subtests) -> None:
+        """An attempt's subtests, then its test's events. When the attempt runs again
+        (pytest-rerunfailures), its subtests are not counted (pytest drops them from its
+        summary) and their events say so (``data.rerun``, a failure at level warning)."""
+        counts, log_event, rerun = self.counts, self.session.log_event, subtests.rerun
+        for counter, name, fields in subtests.results:
             if rerun:
                 fields["data"]["rerun"] = True
                 if fields["level"] == "error":
                     fields["level"] = "warning"
             else:
                 counts[counter] = counts.get(counter, 0) + 1
-            self.session.log_event(name, **fields)
-        return failed
+            log_event(name, **fields)
+        for name, fields in subtests.held:
+            log_event(name, **fields)
+
+    def _log_all_subtests(self) -> None:
+        """The subtests of attempts cut short (Ctrl-C, the end), counted."""
+        try:
+            pending, self._subtests = self._subtests, {}
+            for subtests in pending.values():
+                self._log_subtests(subtests)
+        except Exception:
+            self._internal_error("logging subtests")
 
     def _describe(self, report: pytest.TestReport, raised: str | None) -> reports.Fields | None:
         item = self._item(report)
@@ -568,6 +600,7 @@ class Recorder:
             return
         self._interrupted = True
         self._drain(last=True)
+        self._log_all_subtests()
         self.session.log_event(
             "run_interrupted",
             level="warning",
@@ -606,9 +639,7 @@ class Recorder:
         self.delivered = False
         self._stop.set()
         self._drain(last=True)
-        for pending in self._subtests.values():  # a test cut short before its call's report
-            self._log_subtests(pending, rerun=False)
-        self._subtests.clear()
+        self._log_all_subtests()
         self._ended = True  # no current test any more
         self._progress(force=True)
         seconds = time.monotonic() - self._started
@@ -636,6 +667,33 @@ class Recorder:
             )
         if self.internal_errors:
             write(f"datacat: {self.internal_errors} internal errors (see log level DEBUG)")
+
+
+class _Subtests:
+    """The subtests of a test's attempt (in ``Recorder._subtests``) and its test's events so far,
+    until the attempt's teardown tells whether it runs again."""
+
+    __slots__ = ("failed", "held", "rerun", "results")
+
+    def __init__(self) -> None:
+        self.results: list[tuple[str, str, reports.Fields]] = []  # (counter, name, fields)
+        self.held: list[tuple[str, reports.Fields]] = []  # the test's own events
+        self.failed = 0
+        self.rerun = False
+
+    def add(self, counter: str, name: str, fields: reports.Fields) -> None:
+        self.results.append((counter, name, fields))
+        if fields["data"]["outcome"] == "failed":
+            self.failed += 1
+
+
+def _key(report: pytest.TestReport, relayed: bool) -> Any:
+    """A test's key in the recorder's tables: its location (the report's own tuple, no property
+    call), or, from an xdist worker, the worker and node id (``--dist each`` runs a test on
+    every worker at once)."""
+    if relayed:
+        return (report.__dict__["worker_id"], report.nodeid)
+    return report.location
 
 
 def _final_state(

@@ -210,9 +210,9 @@ def failure_fields(report: pytest.TestReport | pytest.CollectReport, kind: str |
     crash = getattr(report.longrepr, "reprcrash", None)
     message = crash.message if crash is not None else _last_error_line(lines)
     head, _, rest = message.partition(": ")
-    guessed = head.rpartition(".")[2]  # a qualified name: ``_pytest.outcomes.Exit: ...``
-    if kind is None and guessed.isidentifier() and rest:
-        kind = guessed
+    qualified = all(part.isidentifier() for part in head.split("."))  # ``_pytest.outcomes.Exit``
+    if kind is None and qualified and rest:
+        kind = head.rpartition(".")[2]
     if kind and rest and (head == kind or head.endswith(f".{kind}")):
         message = rest
     fields.update(exception_type=kind or "Failed", exception_msg=message)

@@ -20,7 +20,7 @@ import pytest
 import requests
 from client_helpers import wait_for
 
-from pytest_datacat import recorder
+from pytest_datacat import recorder, reports
 from pytest_datacat.recorder import SENDER, sender_options
 
 SUITE = """
@@ -461,6 +461,88 @@ def test_the_subtests_of_an_attempt_that_runs_again_are_not_counted(
     assert events[0]["level"] == "warning" and events[0]["data"]["rerun"] is True
     assert events[1]["exception_msg"] == "contains 1 failed subtest"
     assert "rerun" not in events[2]["data"]
+
+
+TEARDOWN_RERUN = """
+import pathlib
+
+import pytest
+
+
+@pytest.fixture
+def flaky_teardown():
+    yield
+    attempted = pathlib.Path(__file__).with_name("attempted")
+    if not attempted.exists():
+        attempted.write_text("once")
+        raise OSError("the first teardown fails")
+
+
+def test_x(subtests, flaky_teardown):
+    with subtests.test(msg="a"):
+        pass
+"""
+
+
+def test_an_attempt_whose_teardown_runs_it_again_does_not_count_its_subtests(
+    pytester: pytest.Pytester, server_url: str
+) -> None:
+    """The call passed, the teardown failed and runs the test again: the attempt's subtests are
+    not counted (pytest drops them), its call still is (pytest counts a pass and a rerun)."""
+    product = f"tdrerun-{uuid.uuid4()}"
+    pytester.makepyfile(test_teardown_rerun=TEARDOWN_RERUN)
+    args = (f"--datacat-url={server_url}", f"--datacat-product={product}", "--reruns", "1")
+    assert pytester.runpytest_subprocess(*args).ret == 0
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    progress = _get(f"{server_url}/api/sessions/{listed['id']}")["state"]["progress"]
+    assert (progress["subtests_passed"], progress["reruns"], progress["passed"]) == (1, 1, 2)
+    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    names = [e["name"] for e in events]
+    assert names == ["subtest_passed", "test_passed", "test_rerun", "subtest_passed", "test_passed"]
+    assert events[0]["data"]["rerun"] is True and "rerun" not in events[3]["data"]
+
+
+class _Recorded:
+    """A stand-in session: what the recorder logs."""
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def log_event(self, name: str, **fields: Any) -> None:
+        self.events.append(name)
+
+    def observe(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def test_xdist_each_keeps_one_workers_subtests_from_anothers_test() -> None:
+    """``--dist each`` runs a test on every worker at once: relayed reports are the worker's."""
+    rec = recorder.Recorder.__new__(recorder.Recorder)
+    rec.counts = dict.fromkeys(["collected", *reports.COUNTERS.values()], 0)
+    rec._durations, rec._outcomes, rec._subtests, rec._raised = {}, {}, {}, {}
+    rec._items, rec._index, rec._by_nodeid, rec.markers = [], 0, None, reports.MarkerNames()
+    rec.session = _Recorded()  # type: ignore[assignment]
+
+    def report(worker: str, when: str, outcome: str, subtest: bool = False) -> pytest.TestReport:
+        made = pytest.TestReport("t.py::test_x", ("t.py", 0, "test_x"), {}, outcome, None, when)
+        made.worker_id = worker  # type: ignore[attr-defined]
+        if subtest:
+            made.context = type("Context", (), {"msg": "s", "kwargs": {}})()  # type: ignore[attr-defined]
+        return made
+
+    for made in (
+        report("gw1", "setup", "passed"),
+        report("gw1", "call", "failed", subtest=True),
+        report("gw0", "setup", "passed"),
+        report("gw0", "call", "passed"),
+        report("gw0", "teardown", "passed"),
+        report("gw1", "call", "failed"),  # pytest failed it: it contains a failed subtest
+        report("gw1", "teardown", "passed"),
+    ):
+        rec._record(made, None)
+    assert (rec.counts["passed"], rec.counts["failed"], rec.counts["subtests_failed"]) == (1, 1, 1)
+    assert rec.session.events == ["test_passed", "subtest_failed", "test_failed"]  # type: ignore[attr-defined]
+    assert not rec._subtests and not rec._durations
 
 
 def test_a_failed_subtest_fails_its_test_without_the_terminal_reporter(

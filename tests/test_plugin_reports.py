@@ -66,6 +66,13 @@ def test_a_qualified_exception_name_is_cut_from_the_message() -> None:
     assert (fields["exception_type"], fields["exception_msg"]) == ("Exit", "stop here")
 
 
+def test_prose_with_a_colon_is_no_exception_type() -> None:
+    text = "E       see config.path: missing entry"
+    fields = reports.failure_fields(_report("failed", "call", text), None)
+    assert fields["exception_type"] == "Failed"
+    assert fields["exception_msg"] == "see config.path: missing entry"
+
+
 def test_xdists_header_line_is_never_the_message() -> None:
     """A relayed report with no ``E`` lines: the last line is xdist's ``[gw0] ...`` header."""
     text = "contains 1 failed subtest\n[gw0] linux -- Python 3.11.7 /usr/bin/python"
