@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import requests
@@ -104,6 +104,31 @@ def _run(pytester: pytest.Pytester, url: str, *args: str) -> tuple[Any, dict[str
     server_url = re.sub(r"//[^@/]*@", "//", url)
     [listed] = _get(f"{server_url}/api/data/sessions", product=product)
     return result, _get(f"{server_url}/api/sessions/{listed['id']}")
+
+
+class _Run(NamedTuple):
+    """A recorded pytester run: pytest's result and the run's session as the server has it."""
+
+    result: Any
+    session: dict[str, Any]
+    url: str  # the session's API URL
+
+    def events(self) -> list[dict[str, Any]]:
+        return list(_get(f"{self.url}/events"))
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return list(_get(f"{self.url}/metrics"))
+
+
+def _recorded(pytester: pytest.Pytester, server_url: str, *args: str) -> _Run:
+    """Run the pytester files recorded at ``server_url`` (a product of its own), in a subprocess."""
+    product = f"run-{uuid.uuid4()}"
+    result = pytester.runpytest_subprocess(
+        f"--datacat-url={server_url}", f"--datacat-product={product}", *args
+    )
+    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
+    url = f"{server_url}/api/sessions/{listed['id']}"
+    return _Run(result, _get(url), url)
 
 
 @pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["single", "xdist"])
@@ -355,16 +380,13 @@ def test_a_rerun_attempt_is_a_rerun_not_a_failure(
 ) -> None:
     """pytest-rerunfailures: the failed attempt is a ``test_rerun`` event (a warning, with what
     it raised) and counts as a rerun; the attempt that passed is the test's result."""
-    product = f"rerun-{uuid.uuid4()}"
     pytester.makepyfile(test_flaky=FLAKY)
-    args = (f"--datacat-url={server_url}", f"--datacat-product={product}", "--reruns", "1")
-    result = pytester.runpytest_subprocess(*args, *xdist)
-    assert result.ret == 0 and result.parseoutcomes() == {"passed": 2, "rerun": 1}
-    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
-    session = _get(f"{server_url}/api/sessions/{listed['id']}")
+    run = _recorded(pytester, server_url, "--reruns", "1", *xdist)
+    assert run.result.ret == 0 and run.result.parseoutcomes() == {"passed": 2, "rerun": 1}
+    session = run.session
     progress = session["state"]["progress"]
     assert (progress["passed"], progress["failed"], progress["reruns"]) == (2, 0, 1)
-    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    events = run.events()
     flaky = [e for e in events if e["data"].get("nodeid", "").endswith("test_flaky")]
     assert [e["name"] for e in flaky] == ["test_rerun", "test_passed"]
     rerun = flaky[0]
@@ -372,7 +394,7 @@ def test_a_rerun_attempt_is_a_rerun_not_a_failure(
     assert "assert not True" in rerun["exception_msg"] and rerun["data"]["phase"] == "call"
     timers = [
         m["tags"]["outcome"]
-        for m in _get(f"{server_url}/api/sessions/{listed['id']}/metrics")
+        for m in run.metrics()
         if m["name"] == "pytest.test.duration" and m["tags"]["nodeid"].endswith("test_flaky")
     ]
     assert sorted(timers) == ["passed", "rerun"]  # one timer per attempt
@@ -396,17 +418,14 @@ def test_subtests_are_events_and_counters_of_their_own(
 ) -> None:
     """pytest's ``subtests``: each subtest is a ``subtest_<outcome>`` event with its ``msg`` and
     ``kwargs``; the tests' counters count tests (the test with a failed subtest failed)."""
-    product = f"subtests-{uuid.uuid4()}"
     pytester.makepyfile(test_subtests=SUBTESTS)
-    args = (f"--datacat-url={server_url}", f"--datacat-product={product}")
-    result = pytester.runpytest_subprocess(*args, *xdist)
-    assert result.ret == pytest.ExitCode.TESTS_FAILED
-    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
-    session = _get(f"{server_url}/api/sessions/{listed['id']}")
+    run = _recorded(pytester, server_url, *xdist)
+    assert run.result.ret == pytest.ExitCode.TESTS_FAILED
+    session = run.session
     progress = session["state"]["progress"]
     assert (progress["collected"], progress["passed"], progress["failed"]) == (2, 1, 1)
     assert (progress["subtests_passed"], progress["subtests_failed"]) == (2, 1)
-    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    events = run.events()
     subtests = sorted(
         (e for e in events if e["name"].startswith("subtest_")),
         key=lambda e: e["data"]["subtest"]["kwargs"]["i"],
@@ -422,7 +441,7 @@ def test_subtests_are_events_and_counters_of_their_own(
     assert tests == {"test_cases": "test_failed", "test_plain": "test_passed"}
     timers = [
         m["tags"]["nodeid"].split("::")[-1]
-        for m in _get(f"{server_url}/api/sessions/{listed['id']}/metrics")
+        for m in run.metrics()
         if m["name"] == "pytest.test.duration"
     ]
     assert sorted(timers) == ["test_cases", "test_plain"]  # one per test, none per subtest
@@ -446,16 +465,13 @@ def test_the_subtests_of_an_attempt_that_runs_again_are_not_counted(
     pytester: pytest.Pytester, server_url: str, xdist: tuple[str, ...]
 ) -> None:
     """As pytest-rerunfailures drops them from pytest's summary: a green run stays green."""
-    product = f"subrerun-{uuid.uuid4()}"
     pytester.makepyfile(test_flaky_subtest=FLAKY_SUBTEST)
-    args = (f"--datacat-url={server_url}", f"--datacat-product={product}", "--reruns", "1")
-    result = pytester.runpytest_subprocess(*args, *xdist)
-    assert result.ret == 0
-    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
-    progress = _get(f"{server_url}/api/sessions/{listed['id']}")["state"]["progress"]
+    run = _recorded(pytester, server_url, "--reruns", "1", *xdist)
+    assert run.result.ret == 0
+    progress = run.session["state"]["progress"]
     assert (progress["passed"], progress["failed"], progress["reruns"]) == (1, 0, 1)
     assert progress["subtests_passed"] == 1 and "subtests_failed" not in progress
-    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    events = run.events()
     names = [e["name"] for e in events]
     assert names == ["subtest_failed", "test_rerun", "subtest_passed", "test_passed"]
     assert events[0]["level"] == "warning" and events[0]["data"]["rerun"] is True
@@ -489,14 +505,12 @@ def test_an_attempt_whose_teardown_runs_it_again_does_not_count_its_subtests(
 ) -> None:
     """The call passed, the teardown failed and runs the test again: the attempt's subtests are
     not counted (pytest drops them), its call still is (pytest counts a pass and a rerun)."""
-    product = f"tdrerun-{uuid.uuid4()}"
     pytester.makepyfile(test_teardown_rerun=TEARDOWN_RERUN)
-    args = (f"--datacat-url={server_url}", f"--datacat-product={product}", "--reruns", "1")
-    assert pytester.runpytest_subprocess(*args).ret == 0
-    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
-    progress = _get(f"{server_url}/api/sessions/{listed['id']}")["state"]["progress"]
+    run = _recorded(pytester, server_url, "--reruns", "1")
+    assert run.result.ret == 0
+    progress = run.session["state"]["progress"]
     assert (progress["subtests_passed"], progress["reruns"], progress["passed"]) == (1, 1, 2)
-    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    events = run.events()
     names = [e["name"] for e in events]
     assert names == ["subtest_passed", "test_passed", "test_rerun", "subtest_passed", "test_passed"]
     assert events[0]["data"]["rerun"] is True and "rerun" not in events[3]["data"]
@@ -549,14 +563,12 @@ def test_a_failed_subtest_fails_its_test_without_the_terminal_reporter(
     pytester: pytest.Pytester, server_url: str
 ) -> None:
     """pytest's terminal reporter is what fails the test's own report: without it, we do."""
-    product = f"subnoterm-{uuid.uuid4()}"
     pytester.makepyfile(test_subtests=SUBTESTS)
-    args = (f"--datacat-url={server_url}", f"--datacat-product={product}", "-p", "no:terminal")
-    assert pytester.runpytest_subprocess(*args).ret == pytest.ExitCode.TESTS_FAILED
-    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
-    progress = _get(f"{server_url}/api/sessions/{listed['id']}")["state"]["progress"]
+    run = _recorded(pytester, server_url, "-p", "no:terminal")
+    assert run.result.ret == pytest.ExitCode.TESTS_FAILED
+    progress = run.session["state"]["progress"]
     assert (progress["passed"], progress["failed"], progress["subtests_failed"]) == (1, 1, 1)
-    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    events = run.events()
     [failed] = [e for e in events if e["name"] == "test_failed"]
     assert failed["exception_msg"] == "contains 1 failed subtest"
 
@@ -565,7 +577,6 @@ def test_a_failed_subtest_fails_its_test_without_the_terminal_reporter(
 def test_a_module_skipped_whole_counts_as_pytest_counts_it(
     pytester: pytest.Pytester, server_url: str, xdist: tuple[str, ...]
 ) -> None:
-    product = f"skipmod-{uuid.uuid4()}"
     pytester.makepyfile(
         test_skipped_module="""
 import pytest
@@ -576,13 +587,11 @@ def test_never():
 """,
         test_ok="def test_ok():\n    pass\n",
     )
-    args = (f"--datacat-url={server_url}", f"--datacat-product={product}")
-    result = pytester.runpytest_subprocess(*args, *xdist)
-    result.assert_outcomes(passed=1, skipped=1)
-    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
-    progress = _get(f"{server_url}/api/sessions/{listed['id']}")["state"]["progress"]
+    run = _recorded(pytester, server_url, *xdist)
+    run.result.assert_outcomes(passed=1, skipped=1)
+    progress = run.session["state"]["progress"]
     assert (progress["passed"], progress["skipped"], progress["errors"]) == (1, 1, 0)
-    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    events = run.events()
     [skipped] = [e for e in events if e["name"] == "test_skipped"]
     assert skipped["level"] == "info" and skipped["message"] == "test_skipped_module.py"
     assert skipped["data"]["phase"] == "collect"
@@ -592,7 +601,6 @@ def test_never():
 def test_pytest_exit_with_its_own_return_code_is_an_interruption(
     pytester: pytest.Pytester, server_url: str
 ) -> None:
-    product = f"exit-{uuid.uuid4()}"
     pytester.makepyfile(
         """
 import pytest
@@ -604,14 +612,12 @@ def test_b():
     pytest.exit("stop here", returncode=3)
 """
     )
-    args = (f"--datacat-url={server_url}", f"--datacat-product={product}")
-    result = pytester.runpytest_subprocess(*args)
-    assert result.ret == 3
-    [listed] = _get(f"{server_url}/api/data/sessions", product=product)
-    session = _get(f"{server_url}/api/sessions/{listed['id']}")
+    run = _recorded(pytester, server_url)
+    assert run.result.ret == 3
+    session = run.session
     assert session["ended_at"] and session["state"]["status"] == "interrupted"
     assert session["state"]["exit_status"] == 3
-    events = _get(f"{server_url}/api/sessions/{listed['id']}/events")
+    events = run.events()
     [interrupted] = [e for e in events if e["name"] == "run_interrupted"]
     assert interrupted["exception_type"] == "Exit" and "stop here" in interrupted["message"]
 
