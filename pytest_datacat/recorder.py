@@ -484,8 +484,8 @@ class Recorder:
         raised: str | None,
         relayed: bool,
     ) -> None:
-        """A subtest's result, kept until its test's call report (``_log_subtests``). Its
-        test's own result is that call report (which pytest fails when a subtest failed)."""
+        """A subtest's result, kept until its attempt's teardown (``_with_subtests``). Its
+        test's own result is the call report (which pytest fails when a subtest failed)."""
         result = reports.outcome(report)
         counter = reports.SUBTEST_COUNTERS.get(result or "")
         if result is None or counter is None:
