@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import requests
 import sqlalchemy as sa
-from datacat_server import create_app, storage
+from datacat_server import create_app, schema, storage
 from serverproc import Api, ServerProcess
 
 
@@ -188,12 +188,12 @@ def test_a_server_worker_starts_its_own_checkpoint_thread(tmp_path: Path) -> Non
     assert store.checkpoints.running
 
 
-def test_in_memory_sqlite_has_no_checkpoint_thread() -> None:
+def test_in_memory_sqlite_has_no_checkpoint_thread(tmp_path: Path) -> None:
     """Nothing to checkpoint, and its pool (a connection per thread) must not collect ours."""
     for url in ("sqlite://", "sqlite:///:memory:"):
         assert storage.Storage(url, checkpoint_interval=0.02).checkpoints is None
-    named = sa.create_engine("sqlite:///file:m?mode=memory&uri=true", poolclass=sa.StaticPool)
-    assert not storage._sqlite_file(named)
+    assert schema.sqlite_file(sa.make_url("sqlite:///file:m?mode=memory&uri=true")) is None
+    assert schema.sqlite_file(sa.make_url(f"sqlite:///{tmp_path}/f.db")) == f"{tmp_path}/f.db"
 
 
 def test_a_checkpoint_thread_that_cannot_start_never_fails_the_write(

@@ -102,17 +102,30 @@ def make_engine(url: str, wal_autocheckpoint: int = 1000) -> Engine:
     """An engine for ``sqlite:///path`` or ``postgresql://...``, with the schema created.
     ``wal_autocheckpoint``: the WAL pages at which SQLite's commit checkpoints the WAL itself
     (SQLite's default; ``storage.Checkpointer`` raises it when it checkpoints instead)."""
-    engine = sa.create_engine(engine_url(url))
-    if isinstance(engine.pool, sa.QueuePool):
-        # Every thread of a worker keeps its own writer and reader connection for its life
-        # (``storage.Storage``), plus one for the checkpoint thread: with the pool's default
-        # bound (15), a worker with 8 threads would wait 30 s for its 16th, then fail.
-        engine = sa.create_engine(engine_url(url), pool_size=5, max_overflow=-1)
+    parsed = sa.make_url(engine_url(url))
+    in_memory = parsed.get_backend_name() == "sqlite" and sqlite_file(parsed) is None
+    # Every thread of a worker keeps its own writer and reader connection for its life
+    # (``storage.Storage``), plus one for the checkpoint thread: with the pool's default bound
+    # (15), a worker with 8 threads would wait 30 s for its 16th, then fail. (An in-memory
+    # SQLite database has a pool of its own, one connection per thread, that takes no bound.)
+    pool = {} if in_memory else {"pool_size": 5, "max_overflow": -1}
+    engine = sa.create_engine(parsed, **pool)
     if engine.dialect.name == "sqlite":
         _tune_sqlite(engine, wal_autocheckpoint)
     metadata.create_all(engine)
     _upgrade(engine)
     return engine
+
+
+def sqlite_file(url: sa.URL) -> str | None:
+    """The file of a SQLite database; ``None`` for an in-memory one or another database."""
+    database = url.database or ""
+    in_memory = (
+        database in ("", ":memory:")
+        or url.query.get("mode") == "memory"  # a URI filename: file:name?mode=memory
+        or "mode=memory" in database
+    )
+    return None if url.get_backend_name() != "sqlite" or in_memory else database
 
 
 def _upgrade(engine: Engine) -> None:

@@ -46,6 +46,7 @@ from datacat_server.schema import (
     make_engine,
     metrics,
     sessions,
+    sqlite_file,
     state_updates,
     state_values,
 )
@@ -85,11 +86,13 @@ class Storage:
         self.engine = make_engine(url, WAL_BACKSTOP if checkpoint_interval > 0 else 1000)
         self.heartbeat_timeout = heartbeat_timeout
         self._local = threading.local()
-        sqlite = self.engine.dialect.name == "sqlite"
-        self._writers = WriterLock(self.engine.url.database if sqlite else None)
+        path = sqlite_file(self.engine.url)
+        self._writers = WriterLock(path)
+        # (an in-memory database has no log to checkpoint, and its pool, one connection per
+        # thread, would keep the checkpoint threads' connections)
         self.checkpoints = (
             Checkpointer(self.engine, checkpoint_interval)
-            if checkpoint_interval > 0 and _sqlite_file(self.engine)
+            if checkpoint_interval > 0 and path
             else None
         )
 
@@ -222,19 +225,6 @@ class Checkpointer:
             log.exception("%s (SQLite's own checkpoints still run, past WAL_BACKSTOP)", what)
 
 
-def _sqlite_file(engine: Engine) -> bool:
-    """A SQLite database in a file: an in-memory one has no write-ahead log to checkpoint (and
-    its pool, one connection per thread, would keep the checkpoint threads' connections)."""
-    url = engine.url
-    database = url.database or ""
-    in_memory = (
-        database in ("", ":memory:")
-        or url.query.get("mode") == "memory"  # a URI filename: file:name?mode=memory
-        or "mode=memory" in database
-    )
-    return url.get_backend_name() == "sqlite" and not in_memory
-
-
 def is_transient(exc: BaseException) -> bool:
     """A deadlock or serialization failure (the driver's, or SQLAlchemy's wrapping of it)."""
     orig = getattr(exc, "orig", exc)
@@ -255,11 +245,12 @@ class WriterLock:
 
     SQLite makes a second writer wait in its busy handler, which sleeps 1 ms, 2 ms, 5 ms, ...
     between retries; under steady load that costs more than the writes. A blocking ``flock``
-    wakes the next writer the moment the lock is free. PostgreSQL (``path`` None) needs none.
+    wakes the next writer the moment the lock is free. PostgreSQL and an in-memory database
+    (``path`` None) need none.
     """
 
     def __init__(self, path: str | None) -> None:
-        self.path = f"{path}-writer.lock" if path and path != ":memory:" else None
+        self.path = f"{path}-writer.lock" if path else None
         self._thread_lock = threading.Lock()
         self._fd: int | None = None
         self._pid = 0
