@@ -426,7 +426,9 @@ class Session:
             if worker is not None:  # it counted the item once; the verbs' items, each
                 worker.stats["dropped"] += events - 1
         elif worker is not None and events >= worker.kick_size:
-            worker.kick()  # one item, but as many events as that many items would be
+            # one item, but as many events as that many items would be: sent at once, by the
+            # caller's thread when it can hand them to the sender's child itself
+            worker.kick_soon()
 
     # -- heartbeats and hangs -------------------------------------------------------------------
 
@@ -536,10 +538,12 @@ class Session:
 
     @_never_raises()
     def send_soon(self) -> None:
-        """Wake the sender to send what was logged so far now, not at its next
-        ``flush_interval``; returns at once (``flush`` waits for the server's answer)."""
+        """Send what was logged so far now, not at the sender's next ``flush_interval``;
+        returns at once (``flush`` waits for the server's answer). With ``sender="process"``
+        the calling thread hands the items to the child itself when the pipe takes them at
+        once, so no thread of this process wakes for it."""
         if self._worker is not None:
-            self._worker.kick()
+            self._worker.kick_soon()
 
     def get_details(self, timeout: float | None = None) -> JSONDict:
         """The session as the server has it (after a flush); ``{}`` when it cannot be read."""

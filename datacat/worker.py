@@ -124,6 +124,10 @@ class Worker:
         if not self._wake.is_set():  # while the sender is busy, puts over the mark stay cheap
             self._wake.set()
 
+    def kick_soon(self) -> None:
+        """Send what is queued as soon as possible, never waiting (``Session.send_soon``)."""
+        self.kick()
+
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything enqueued so far; True when it all reached the server in time."""
         self.kick()

@@ -8,12 +8,14 @@ and alone ends the session (the side where tests run is :mod:`pytest_datacat.rel
 hook is guarded: an internal error is counted and shown in the terminal summary, never
 raised into the run.
 
-The run pays for one thing per report: ``pytest_runtest_logreport`` appends it to a deque. The
-recorder's own thread records the reports kept every ``DRAIN_INTERVAL`` in one loop (events,
-counters, the timer of each test), so pytest's thread makes no call of ours per test beyond
-that one. The item of a report (its markers, its ``record_datacat`` data) is the item at the
-running index of ``session.items`` (tests run in that order: no lookup), else found by node
-id; the type of what a failed report raised comes from ``pytest_exception_interact``, which
+Per report the run pays for a deque append (``pytest_runtest_logreport``), and per test for a
+look at the clock: at the end of a test, once every ``DRAIN_INTERVAL``, pytest's thread takes a
+round: it records the
+reports kept in one loop (events, counters, the timer of each test) and hands them to the
+sender's child at once (``_round``); the recorder's own thread only steps in during a long
+test (``_watch``). The item of a report (its markers, its ``record_datacat`` data) is the item
+at the running index of ``session.items`` (tests run in that order: no lookup), else found by
+node id; the type of what a failed report raised comes from ``pytest_exception_interact``, which
 pytest calls only for failures, right after their report.
 """
 
@@ -46,15 +48,21 @@ PROGRESS_INTERVAL = 0.5
 #: sending at the end, ~0.2 s of waiting). The recorder's rounds hand the results over as they
 #: log them, and the child sends each hand-over at once: the server stores them as the run goes,
 #: and the end of the run waits only for the last ones (see ``SOON_ROUNDS``).
-SENDER: dict[str, Any] = {"sender": "process", "flush_interval": 0.1, "batch_size": 5000}
-#: Seconds between two rounds of the recorder's thread, which records the reports kept meanwhile
-#: in one go: a call of ours per report (three per test) cost the run more than the loop does.
-#: Each round is about one request to the server (~2 ms of its CPU besides ~35 us per
-#: operation, which a machine with no idle core takes from the tests). At 0.1 s a 2,000-test
-#: run made 15-17 requests instead of 21 and 0.2 % fewer instructions in its own process, but
-#: its end waited longer (median 12-15 ms against 11-12 ms, up to 28 ms): kept at 0.05 s.
-DRAIN_INTERVAL = 0.05
-#: Rounds the recorder's thread may take sooner than ``DRAIN_INTERVAL``, when the run's tests
+#: ``flush_interval`` is only how long the idle sender threads (ours and the child's) doze.
+SENDER: dict[str, Any] = {"sender": "process", "flush_interval": 0.5, "batch_size": 5000}
+#: Seconds between two rounds, each of which records the reports kept meanwhile in one go (a
+#: call of ours per report, three per test, cost the run more than the loop does) and is one
+#: request to the server. Rounds are taken by pytest's thread between two tests, so they wake
+#: nothing of ours: on a 2-core machine, a wake-up on the other core slows the tests (a loop
+#: there busy 2 ms of every 8 slowed a plain run by a third; 10 ms of every 40, by 6-9 %), and
+#: the recorder's and sender's threads woken every 0.05 s, with the GIL handed to them and
+#: back, made ~1,250 context switches in a 2,000-test run (~100 now; the child and the server
+#: ~800 more, ~300 now). Every 0.2 s: a quarter of the requests of 0.05 s, the same end wait.
+DRAIN_INTERVAL = 0.2
+#: Seconds between two looks of the recorder's thread at whether pytest's thread has taken
+#: its rounds (``Recorder._watch``): only a test longer than this delays them.
+WATCH_INTERVAL = 0.25
+#: Rounds that may come sooner than ``DRAIN_INTERVAL``, when the run's tests
 #: are due to end before the next round (``Recorder._next_wait``): the end of the run then
 #: waits for the results of its last few milliseconds only, not of up to ``DRAIN_INTERVAL``.
 #: Bounded, so a last test that takes longer than the others were does not keep it waking.
@@ -63,10 +71,10 @@ SOON_ROUNDS = 3
 DURATION = "pytest.test.duration"
 #: The event of a test that passed with nothing but marker names to describe, as a row
 #: ``(timestamp, nodeid, call duration, markers, location)`` (what ``reports.result_event``
-#: makes); ``PASSED`` adds the test's duration timer to each row. The rows of a drain are one
+#: makes); ``PASSED`` adds the test's duration timer to each row. The rows of a round are one
 #: queue item, which the sender expands (``datacat.rows``): per test, no call of the session's
-#: verbs and a tuple to pickle instead of two items (~2x cheaper for both the recorder's thread
-#: and the hand-over to the sender's child).
+#: verbs and a tuple to pickle instead of two items (~2x cheaper for both the round and the
+#: hand-over to the sender's child).
 _PASSED_EVENT: dict[str, Any] = {
     "columns": ("nodeid", "duration", "markers", "location"),
     "level": "info",
@@ -176,6 +184,7 @@ class Recorder:
         self._tests_started = 0.0  # when collection finished (the first test starts)
         self._interrupted = False
         self._soon_rounds = SOON_ROUNDS
+        self._due = 0.0  # when the next round is due (``_monotonic``)
         self.session = _create_session(config, settings)
         self.session.start_heartbeat()  # a killed run turns "suspended" instead of staying active
         # A test's ``os.fork()`` whose child goes on with pytest: that child records nothing (the
@@ -184,8 +193,8 @@ class Recorder:
         # through the module's loader (pytest's assertion rewriter) the whole run's objects,
         # until the interpreter's very end, which made every run's exit ~40 ms slower.
         self._pid = os.getpid()
-        drainer = threading.Thread(target=self._drain_loop, name="datacat-pytest", daemon=True)
-        drainer.start()
+        watcher = threading.Thread(target=self._watch, name="datacat-pytest", daemon=True)
+        watcher.start()
 
     @property
     def dashboard_url(self) -> str:
@@ -226,10 +235,11 @@ class Recorder:
         self._progress(force=True)
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Three times per test, so it only keeps the report: the recorder's thread records the
-        # reports kept every ``DRAIN_INTERVAL``, in one loop (``_drain``), which costs the run
-        # a fraction of what a call of ours per report did.
+        # Three times per test, so it keeps the report, and at a test's end takes a round when
+        # one is due (``_round``): a call of ours per report cost the run more than the loop.
         self._reports.append(report)
+        if report.when == "teardown" and _monotonic() >= self._due:
+            self._round()
 
     def pytest_exception_interact(
         self, node: Any, call: pytest.CallInfo[Any], report: pytest.TestReport
@@ -243,17 +253,23 @@ class Recorder:
         except Exception:
             self._internal_error("pytest_exception_interact")
 
-    def _drain_loop(self) -> None:
-        """The recorder's thread: the reports kept, every ``DRAIN_INTERVAL``, until the end."""
-        wait = DRAIN_INTERVAL
-        while not self._stop.wait(wait):
-            try:
-                self._drain()
-                if wait < DRAIN_INTERVAL:  # close to the end: what the round logged goes now
-                    self.session.send_soon()
-                wait = self._next_wait()
-            except Exception:  # never an unhandled exception in a thread of the run
-                self._internal_error("the recorder's thread")
+    def _round(self) -> None:
+        """Record the reports kept so far and hand them to the sender at once, on the calling
+        thread (pytest's, between two tests): no thread of ours wakes or takes the GIL from
+        the tests for it, which on a 2-core machine slowed them more than the work itself."""
+        try:
+            self._drain()
+            self._due = _monotonic() + self._next_wait()
+            self.session.send_soon()
+        except Exception:  # never into the run
+            self._internal_error("a round")
+
+    def _watch(self) -> None:
+        """The recorder's thread: a round when pytest's thread has taken none for a while (a
+        long test: the results before it, and the test now running, still reach the server)."""
+        while not self._stop.wait(WATCH_INTERVAL):
+            if self._reports and _monotonic() >= self._due + WATCH_INTERVAL:
+                self._round()
 
     def _next_wait(self) -> float:
         """``DRAIN_INTERVAL``, or less when the tests are due to end sooner (at the rate they
@@ -304,9 +320,9 @@ class Recorder:
                 except Exception:
                     self._internal_error("recording a report")
                 self._last = report
-            self._log_rows()
             if _monotonic() >= self._next_progress:
                 self._progress(force=True)
+            self._log_rows()  # last: with many rows, ``log_rows`` hands the round over at once
 
     def _log_rows(self) -> None:
         if self._rows:
@@ -613,7 +629,7 @@ class Recorder:
     @property
     def current(self) -> str | None:
         """The node id of the test of the latest report (the one running, or just finished)."""
-        try:  # the recorder's thread may take the last report meanwhile
+        try:  # the recorder's thread may take the last report meanwhile (``_watch``)
             last: pytest.TestReport | None = self._reports[-1]
         except IndexError:
             last = self._last

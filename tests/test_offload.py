@@ -359,6 +359,47 @@ def test_a_process_session_and_a_thread_session_do_not_share_a_sender(
     assert isinstance(processed._worker, ProcessWorker)
 
 
+def test_send_soon_hands_over_on_the_callers_thread_and_wakes_no_thread(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    """With nothing queued the sender thread dozes for ``flush_interval``; ``send_soon`` hands
+    the items to the child on the caller's thread, and the child sends them at once."""
+    s = make(server_url, product="offload-soon", flush_interval=60.0)
+    assert s.flush(10)  # the child is up; the thread has nothing left to hand over
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker)
+    assert worker._wait_time() == 60.0
+    cycles: list[str] = []
+    real_cycle = worker._cycle_once
+
+    def cycle(force: bool) -> bool:
+        cycles.append(threading.current_thread().name)
+        return real_cycle(force)
+
+    worker._cycle_once = cycle  # type: ignore[method-assign]
+    s.log_event("soon")
+    assert worker._wait_time() == offload.HAND_OVER_INTERVAL  # queued: it would hand over soon
+    started = time.monotonic()
+    s.send_soon()
+    assert time.monotonic() - started < 0.5 and not worker.queue  # handed over, not waited
+    assert event_named(server_url, s.id, "soon", timeout=5)  # flush_interval is a minute
+    assert cycles == []  # the sender thread never woke for it
+
+
+def test_send_soon_wakes_the_thread_when_the_pipe_is_not_free(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    s = make(server_url, product="offload-soon-busy", flush_interval=60.0)
+    assert s.flush(10)
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker)
+    with worker._pipe_lock:  # the sender thread (or a flush) is using the pipe
+        s.log_event("later")
+        s.send_soon()  # returns at once, leaving the items to the thread it woke
+        assert worker.queue and worker._wake.is_set()
+    assert event_named(server_url, s.id, "later", timeout=5)
+
+
 # -- regressions found in review -------------------------------------------------------------
 
 BIG = "x" * 10_000

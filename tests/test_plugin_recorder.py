@@ -3,7 +3,6 @@ xdist; a server that is down, failing or stalling never changes the run; Ctrl-C 
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import signal
@@ -11,7 +10,7 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple
@@ -646,25 +645,87 @@ def test_the_recorder_drains_sooner_only_just_before_the_tests_end(
     assert wait_after(0, 1.0) == recorder.DRAIN_INTERVAL
 
 
-def test_each_short_round_is_sent_at_once() -> None:
-    """The rounds ``_next_wait`` shortens hand their results to the sender at once."""
+class _Report:
+    def __init__(self, when: str) -> None:
+        self.when = when
+
+
+def _bare_recorder(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> recorder.Recorder:
+    """A recorder with only the state rounds use; its rounds are counted in ``rec.rounds``."""
+    monkeypatch.setattr(recorder, "_monotonic", lambda: clock[0])
     rec = recorder.Recorder.__new__(recorder.Recorder)
-    waits = itertools.chain([0.001, 0.001], itertools.repeat(recorder.DRAIN_INTERVAL))
-    sent, rounds = [], []
+    rec._reports, rec._due, rec._stop = deque(), 0.0, threading.Event()
+    rec.rounds = []  # type: ignore[attr-defined]
+    rec._round = lambda: rec.rounds.append(clock[0])  # type: ignore[attr-defined,method-assign]
+    return rec
+
+
+def test_pytests_thread_takes_a_round_at_a_tests_end_once_one_is_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [10.0]
+    rec = _bare_recorder(monkeypatch, clock)
+    rec._due = 10.5
+    for when in ("setup", "call", "teardown"):  # not due yet
+        rec.pytest_runtest_logreport(_Report(when))  # type: ignore[arg-type]
+    clock[0] = 11.0
+    for when in ("setup", "call"):  # due, but a test's end waits for its teardown
+        rec.pytest_runtest_logreport(_Report(when))  # type: ignore[arg-type]
+    assert rec.rounds == []  # type: ignore[attr-defined]
+    rec.pytest_runtest_logreport(_Report("teardown"))  # type: ignore[arg-type]
+    assert rec.rounds == [11.0] and len(rec._reports) == 6  # type: ignore[attr-defined]
+
+
+def test_a_round_hands_over_at_once_and_never_raises_into_the_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [5.0]
+    monkeypatch.setattr(recorder, "_monotonic", lambda: clock[0])
+    rec = recorder.Recorder.__new__(recorder.Recorder)
+    sent: list[float] = []
 
     class Session:
         def send_soon(self) -> None:
-            sent.append(len(rounds))
+            sent.append(clock[0])
 
-    rec.session, rec._stop = Session(), threading.Event()  # type: ignore[assignment]
-    rec._drain = lambda last=False: rounds.append(1)  # type: ignore[method-assign]
-    rec._next_wait = lambda: next(waits)  # type: ignore[method-assign]
-    loop = threading.Thread(target=rec._drain_loop)
-    loop.start()
-    assert wait_for(lambda: len(rounds) == 4)  # the first round waited DRAIN_INTERVAL
-    rec._stop.set()
-    loop.join(5)
-    assert sent == [2, 3]  # after the two rounds that came sooner, not after the first
+    rec.session, rec.internal_errors = Session(), 0  # type: ignore[assignment]
+    rec._drain = lambda last=False: None  # type: ignore[method-assign]
+    rec._next_wait = lambda: 0.2  # type: ignore[method-assign]
+    rec._round()
+    assert sent == [5.0] and rec._due == pytest.approx(5.2)
+
+    def broken(last: bool = False) -> None:
+        raise RuntimeError("a bug of ours")
+
+    rec._drain = broken  # type: ignore[method-assign]
+    rec._round()  # counted, not raised
+    assert rec.internal_errors == 1 and sent == [5.0]
+
+
+def test_the_recorders_thread_takes_a_round_only_when_pytests_thread_is_late(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """During a long test no round comes from pytest's thread: the recorder's thread takes it,
+    once the round is overdue by ``WATCH_INTERVAL`` (sooner it would vie with pytest's)."""
+    monkeypatch.setattr(recorder, "WATCH_INTERVAL", 0.01)
+    clock = [100.0]
+    rec = _bare_recorder(monkeypatch, clock)
+    rec._due = 100.0
+    watcher = threading.Thread(target=rec._watch)
+    watcher.start()
+    try:
+        time.sleep(0.1)
+        assert rec.rounds == []  # type: ignore[attr-defined]  # nothing kept
+        rec._reports.append(_Report("setup"))  # type: ignore[arg-type]
+        clock[0] = 100.005  # due, not overdue
+        time.sleep(0.1)
+        assert rec.rounds == []  # type: ignore[attr-defined]
+        clock[0] = 100.02
+        assert wait_for(lambda: rec.rounds)  # type: ignore[attr-defined]
+    finally:
+        rec._stop.set()
+        watcher.join(5)
+    assert not watcher.is_alive()
 
 
 DESCRIBED = """

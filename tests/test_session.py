@@ -396,8 +396,7 @@ def test_nul_and_lone_surrogates_arrive_repaired(make: Make, server_url: str) ->
 def test_send_soon_sends_before_the_flush_interval_without_waiting(
     make: Make, server_url: str
 ) -> None:
-    # (the process sender's thread hands over every 0.05 s whatever the interval, and its
-    # child sends each hand-over at once: ``send_soon`` only spares it that wait)
+    # (the thread sender; the process sender's is in test_offload.py)
     session = make(server_url, sender="thread", flush_interval=60.0)
     assert session.flush(10)  # created; the sender now waits out its interval
     session.log_event("soon")
