@@ -7,6 +7,9 @@ of the pytest process, which the machine's load disturbs less) of each and their
 median of the per-round ratios (each round runs both, in alternating order: robust to the slow
 swings of a shared machine's speed) with its 95 % confidence interval (how far one run's median
 may be from a longer run's: several points either way on a shared 2-core machine).
+It also prints the machine's context switches per run on each side: the wake-ups of the
+plugin's threads, its sender's child and the server, which on a 2-core machine slow the run more
+than their CPU time does, and which depend little on the load.
 Target: the plugin costs at most 5 % (ratio <= 1.05). It also checks that every test's event
 arrived, so the figure is for a run that really recorded everything.
 
@@ -27,6 +30,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 import requests
 
@@ -87,21 +91,43 @@ def suite_environ(directory: Path) -> dict[str, str]:
     return {**environ, "PYTHONPYCACHEPREFIX": str(directory / "pycache")}
 
 
-def run_suite(suite: Path, *args: str) -> tuple[float, float]:
+class Run(NamedTuple):
+    wall: float
+    cpu: float
+    switches: int  # context switches of the whole machine meanwhile (-1: unknown)
+
+
+def run_suite(suite: Path, *args: str) -> Run:
     """Wall time and CPU time (user + system) of one ``pytest -q`` run of the suite, in a fresh
-    interpreter like a user's. CPU time is what the run itself spent, whatever the machine's load;
-    the plugin's sender thread counts, the server's process does not."""
+    interpreter like a user's, and the machine's context switches meanwhile. CPU time is what the
+    run itself spent, whatever the machine's load; the plugin's sender thread counts, the server's
+    process does not. Context switches count the child's and the server's wake-ups too, which
+    on a 2-core machine slow the run more than their CPU time does."""
     command = [sys.executable, "-m", "pytest", "-q", *PLUGINS_OFF, *args]
     environ = suite_environ(suite.parent)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    switched = context_switches()
     started = time.perf_counter()
     done = subprocess.run(command, cwd=suite, capture_output=True, text=True, env=environ)
     elapsed = time.perf_counter() - started
+    switches = context_switches() - switched if switched >= 0 else -1
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"suite failed ({done.returncode}):\n{done.stdout[-2000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return elapsed, cpu
+    return Run(elapsed, cpu, switches)
+
+
+def context_switches() -> int:
+    """The machine's context switches since boot (``/proc/stat``), or -1 off Linux."""
+    try:
+        with open("/proc/stat") as stat:
+            for line in stat:
+                if line.startswith("ctxt "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return -1
 
 
 def events_of(url: str, product: str) -> int:
@@ -153,8 +179,8 @@ def steal_share(before: list[int], after: list[int]) -> str:
 
 
 def measure(suite: Path, url: str, tests: int, rounds: int) -> None:
-    without: list[tuple[float, float]] = []
-    with_plugin: list[tuple[float, float]] = []
+    without: list[Run] = []
+    with_plugin: list[Run] = []
     product = ""
     run_suite(suite, "-p", "no:datacat")  # warm-up, not counted: fills the bytecode cache
     run_suite(suite, f"--datacat-url={url}", "--datacat-product=bench-warm-up")
@@ -190,6 +216,13 @@ def measure(suite: Path, url: str, tests: int, rounds: int) -> None:
         low, high = (100 * (x - 1) for x in interval)
         print(f"    95 % confidence interval of that median: {low:+.1f} % to {high:+.1f} %")
     print(f"  CPU ratio, best of each:             {cpu:.3f}  ({100 * (cpu - 1):+.1f} %)")
+    if all(r.switches >= 0 for r in without + with_plugin):
+        plain_switches = statistics.median(r.switches for r in without)
+        recorded_switches = statistics.median(r.switches for r in with_plugin)
+        print(
+            f"  context switches of the machine per run (median): {plain_switches:.0f} without,"
+            f" {recorded_switches:.0f} with the plugin"
+        )
     print("  target: wall overhead <= 5 %. The CPU column counts what pytest reaped too: the")
     print("  sender's child process when it ended before pytest did.")
 

@@ -3,9 +3,10 @@
 With ``sender="process"`` the batching, the JSON and the HTTP of a session's sender run in a
 child process (``python -m datacat.offload``), on another core and outside the app's GIL. The
 app's :class:`ProcessWorker` is a ``Worker`` whose sender thread does not build batches: every
-``HAND_OVER_INTERVAL`` (or as soon as ``HAND_OVER_ITEMS`` wait) it hands the queued items,
-exactly as the session verbs queued them, to the child through a pipe, one pickle frame per
-hand-over. What the app pays per item is the deque append it always paid and a share of one
+``HAND_OVER_INTERVAL`` while items wait (or as soon as ``HAND_OVER_ITEMS`` wait) it hands the
+queued items, exactly as the session verbs queued them, to the child through a pipe, one pickle
+frame per hand-over; ``kick_soon`` (``Session.send_soon``) hands over on the caller's thread.
+What the app pays per item is the deque append it always paid and a share of one
 ``pickle.dumps``; the child runs the ordinary ``Worker`` on the items (batching, retries with
 backoff, the spool), and sends each frame at once.
 
@@ -66,9 +67,10 @@ HELLO, ITEMS, FLUSH = b"H", b"I", b"F"
 _HEADER = struct.Struct(">cI")
 #: The reason of the crash the child reports for a session the app left open when it died.
 CRASH_REASON = PARENT_TERMINATED
-#: Seconds between two hand-overs by the app's sender thread, whatever ``flush_interval`` is
-#: (the child batches and sends by ``flush_interval`` itself): items stay short-lived in the
-#: app, and a short ``flush_interval`` does not wake the app's thread more often.
+#: Seconds between two hand-overs by the app's sender thread while items wait, whatever
+#: ``flush_interval`` is (the child batches and sends by ``flush_interval`` itself): items stay
+#: short-lived in the app, and a short ``flush_interval`` does not wake the app's thread more
+#: often. With nothing to hand over the thread dozes for ``flush_interval`` (``_wait_time``).
 HAND_OVER_INTERVAL = 0.05
 #: Seconds the exit path may wait for the pipe past its deadline (see ``_spill_all``).
 EXIT_GRACE = 0.2

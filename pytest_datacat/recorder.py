@@ -258,6 +258,8 @@ class Recorder:
         thread (pytest's, between two tests): no thread of ours wakes or takes the GIL from
         the tests for it, which on a 2-core machine slowed them more than the work itself."""
         try:
+            if self._forked:  # a test's fork that goes on with pytest: nothing of ours to send
+                return
             self._drain()
             self._due = _monotonic() + self._next_wait()
             self.session.send_soon()

@@ -688,7 +688,7 @@ def test_a_round_hands_over_at_once_and_never_raises_into_the_run(
         def send_soon(self) -> None:
             sent.append(clock[0])
 
-    rec.session, rec.internal_errors = Session(), 0  # type: ignore[assignment]
+    rec.session, rec.internal_errors, rec._pid = Session(), 0, os.getpid()  # type: ignore[assignment]
     rec._drain = lambda last=False: None  # type: ignore[method-assign]
     rec._next_wait = lambda: 0.2  # type: ignore[method-assign]
     rec._round()
