@@ -38,6 +38,9 @@ Item = tuple[Any, ...]
 OBSERVE = "observe"  # raw observation, aggregated by the sender
 RAW = "raw"  # a ready wire operation (the daemon forwards these)
 ROWS = "rows"  # (ROWS, session id, template, rows): ``Session.log_rows`` (``datacat.rows``)
+#: Rows in one ``rows`` operation at most (the server takes up to ``model.MAX_ROWS``): a
+#: request of ~150 kB, and a refused operation costs no more than that.
+ROWS_PER_OPERATION = 1000
 
 
 class Batcher:
@@ -54,6 +57,9 @@ class Batcher:
         self.unknown: set[str] = set()
         self.nonfinite = 0
         self.on_drop = on_drop
+        #: The server takes ``rows`` operations (its last answer listed them): rows go as they
+        #: are, instead of an event and a metric operation each (``_rows``).
+        self.rows_on_wire = False
 
     def operations(self, items: Iterable[Item]) -> list[JSONDict]:
         batch = _Batch()
@@ -91,7 +97,13 @@ class Batcher:
         def broken(row: Any) -> None:
             self._broken((ROWS, sid), "row of events", rows_module.events_in([row], spec))
 
-        ops = rows_module.operations(sid, spec, rows, wire, _plain_tree, self._finite, broken)
+        ops: list[JSONDict] = []
+        if self.rows_on_wire:  # the rows as they are, but those the server would refuse
+            ready, rows = rows_module.split_ready(spec, rows, _plain_tree)
+            for start in range(0, len(ready), ROWS_PER_OPERATION):
+                chunk = ready[start : start + ROWS_PER_OPERATION]
+                ops.append(wire(ROWS, sid, rows_module.wire_form(spec, chunk)))
+        ops += rows_module.operations(sid, spec, rows, wire, _plain_tree, self._finite, broken)
         if ops:
             batch.ops.extend(ops)
             batch.last[sid] = ops[-1]

@@ -32,7 +32,9 @@ from datacat.limits import RECOVERED_EVENT as RECOVERED_EVENT
 JSONDict = dict[str, Any]
 
 METRIC_TYPES = ("gauge", "counter", "histogram", "timer")
-OPERATIONS = ("create", "state", "event", "metric", "heartbeat", "end", "crash")
+OPERATIONS = ("create", "state", "event", "metric", "heartbeat", "end", "crash", "rows")
+#: Rows one ``rows`` operation may hold (each an event, and its timer if the template has one).
+MAX_ROWS = 5_000
 
 _MAX_FLOAT = sys.float_info.max
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -269,7 +271,98 @@ def parse_end(body: Any) -> JSONDict:
     return {"timestamp": _timestamp(body)}
 
 
+def parse_rows(body: Any) -> tuple[JSONDict, list[list[Any]]]:
+    """Data of a ``rows`` operation: ``{"template": {...}, "rows": [[timestamp, *values], ...]}``,
+    many events of one shape (``datacat.rows``, the pytest plugin's passing tests). Checks the
+    template and the rows' shape; each row's event and timer (``row_bodies``) are checked as
+    any event and metric are."""
+    body = _object(body, "rows")
+    spec, rows = _template(body.get("template")), body.get("rows")
+    if type(rows) is not list or not all(type(row) is list for row in rows):
+        raise ValidationError("invalid field", "rows must be a list of lists")
+    if len(rows) > MAX_ROWS:
+        raise ValidationError("invalid field", f"at most {MAX_ROWS} rows in one operation")
+    width = 1 + len(spec["columns"]) + (spec["timer"] is not None)
+    for index, row in enumerate(rows):
+        if len(row) != width:
+            raise ValidationError(
+                "invalid field", f"rows[{index}] has {len(row)} values, not {width}"
+            )
+    return spec, rows
+
+
+def _template(spec: Any) -> JSONDict:
+    """A ``rows`` template, checked (its event and timer fields are checked with each row)."""
+    spec = _object(spec, "template")
+    columns, message = spec.get("columns"), spec.get("message")
+    shared, timer = spec.get("data") or {}, spec.get("timer")
+    if type(columns) is not list or not all(type(c) is str for c in columns):
+        raise ValidationError("invalid field", "template.columns must be a list of strings")
+    if (
+        len(set(columns)) != len(columns)
+        or type(shared) is not dict
+        or shared.keys() & set(columns)
+    ):
+        raise ValidationError("invalid field", "template.columns must be distinct, not in data")
+    if message is not None and not (type(message) is int and 0 <= message < len(columns)):
+        raise ValidationError("invalid field", "template.message must index a column, or be null")
+    if timer is not None:
+        timer = _object(timer, "template.timer")
+        pairs = timer.get("tag_columns") or []
+        if type(pairs) is not list or not all(_tag_column(p, columns) for p in pairs):
+            raise ValidationError(
+                "invalid field", "template.timer.tag_columns: [column, 1 + index]"
+            )
+        timer = {"name": timer.get("name"), "unit": timer.get("unit"),
+                 "tags": _object(timer.get("tags") or {}, "template.timer.tags"),
+                 "tag_columns": pairs}  # fmt: skip
+    return {"name": spec.get("name"), "level": spec.get("level", "info"),
+            "category": spec.get("category"), "data": shared, "columns": columns,
+            "message": message, "timer": timer}  # fmt: skip
+
+
+def _tag_column(pair: Any, columns: list[str]) -> bool:
+    return (
+        type(pair) is list
+        and len(pair) == 2
+        and type(pair[1]) is int
+        and 1 <= pair[1] <= len(columns)
+        and pair[0] == columns[pair[1] - 1]
+    )
+
+
+def row_bodies(spec: JSONDict, row: Any) -> tuple[JSONDict, JSONDict | None]:
+    """The event body of one row of a ``rows`` template (``datacat.rows``) and its timer's
+    metric body (None without a timer), as ``log_event`` and ``observe`` would send them.
+    The client and the server both expand rows with it; it checks nothing."""
+    columns, width = spec["columns"], 1 + len(spec["columns"])
+    data = dict(zip(columns, row[1:width], strict=True))
+    data.update(spec["data"])
+    body: JSONDict = {"name": spec["name"], "level": spec["level"], "timestamp": row[0]}
+    body["data"] = data
+    if spec["category"] is not None:
+        body["category"] = spec["category"]
+    message = None if spec["message"] is None else row[1 + spec["message"]]
+    if message is not None:
+        body["message"] = message
+    timer = spec["timer"]
+    if timer is None:
+        return body, None
+    value = row[width]
+    tags = dict(timer["tags"])
+    for tag, index in timer["tag_columns"]:
+        tags[tag] = str(row[index])
+    metric: JSONDict = {"name": timer["name"], "type": "timer", "value": value, "count": 1,
+                        "timestamp": row[0], "min": value, "max": value}  # fmt: skip
+    if timer["unit"]:
+        metric["unit"] = timer["unit"]
+    if tags:
+        metric["tags"] = {k: tags[k] for k in sorted(tags)}
+    return body, metric
+
+
 _PARSERS = {
+    "rows": parse_rows,
     "create": parse_create,
     "event": parse_event,
     "metric": parse_metric,

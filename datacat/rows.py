@@ -4,10 +4,12 @@ A caller that logs thousands of alike events (the pytest plugin: one per passing
 with the test's duration timer) pays per event for ``log_event``'s and ``observe``'s
 arguments, two queue items, and their pickle on the way to the sender's child. With a
 template made once (:func:`template`), each event is a row, a tuple of its own values, and
-``Session.log_rows`` queues a list of rows as one item. The sender (``Batcher``) expands it
-(:func:`operations`) into the very operations ``log_event`` and ``observe`` would have made:
-the same bodies, text fields and checks (``tests/test_rows.py``). The differences: each row's
-timer is a metric of its own (count 1), never folded with another row's of the same tags, as
+``Session.log_rows`` queues a list of rows as one item. The sender (``Batcher``) sends the rows
+a server takes as they are (:func:`split_ready`, :func:`wire_form`: a ``rows`` operation, which
+the server expands with ``model.row_bodies``), and expands the others (:func:`operations`) into
+the very operations ``log_event`` and ``observe`` would have made: the same bodies, text fields
+and checks (``tests/test_rows.py``). The differences: each row's timer is a metric of its own
+(count 1, dated as its event), never folded with another row's of the same tags, as
 ``observe`` would fold them (rows are for events that each have their own: a test's node id);
 an event gets no OpenTelemetry trace and span ids; and a row that fits no event (or whose tag
 cannot be made text) is left out whole, event and timer, and counted.
@@ -28,12 +30,13 @@ Pure: no I/O, no threads.
 
 from __future__ import annotations
 
-import time
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from datacat._internal import jsonable, name_field, text_field
 from datacat.limits import LEVELS
+from datacat.model import row_bodies
 
 JSONDict = dict[str, Any]
 Row = tuple[Any, ...]
@@ -109,76 +112,94 @@ def _row(
     plain: Callable[[Any], bool],
     finite: Callable[[JSONDict, str], bool],
 ) -> list[JSONDict]:
-    data, message, width = _fields(spec, row)
-    body: JSONDict = {"name": spec["name"], "level": spec["level"], "timestamp": row[0]}
-    body["data"] = data
-    if spec["category"] is not None:
-        body["category"] = spec["category"]
-    if message is not None:
-        body["message"] = text_field(message)
-    event = wire("event", sid, body if plain(body) else jsonable(body))
-    if spec["timer"] is None:
+    body, metric = bodies(spec, row, plain)
+    event = wire("event", sid, body)
+    if metric is None:
         return [event]
-    metric = _timer(spec["timer"], row, width)
     return [event, wire("metric", sid, metric)] if finite(metric, sid) else [event]
 
 
-def _fields(spec: JSONDict, row: Row) -> tuple[JSONDict, Any, int]:
-    """A row's event data, its message's value (None: no message), and the index of its timer's
-    value; ``ValueError`` for a row of the wrong width."""
-    columns, message = spec["columns"], spec["message"]
-    width = 1 + len(columns)
-    if len(row) != width + (spec["timer"] is not None):
-        raise ValueError(f"a row of {len(row)} values for {width} columns")
-    values = row[1:width]
-    data = dict(zip(columns, values, strict=True))
-    data.update(spec["data"])
-    return data, None if message is None else values[message], width
+def bodies(spec: JSONDict, row: Row, plain: Callable[[Any], bool]) -> tuple[JSONDict, Any]:
+    """The event body of ``row`` and its timer's metric body (None without a timer), as the
+    verbs make them (``model.row_bodies``, which the server's ``rows`` operation expands with
+    too); ``plain(body)`` tells a body that needs no ``jsonable``. Raises for a row that fits
+    no event."""
+    _check_width(spec, row)
+    body, metric = row_bodies(spec, row)
+    if "message" in body:
+        body["message"] = text_field(body["message"])
+    if not plain(body):
+        body = jsonable(body)
+    return body, metric
 
 
-def _timer(timer: JSONDict, row: Row, width: int) -> JSONDict:
-    """The body ``_Aggregates`` makes of one observation (tags sorted, as text)."""
-    value = row[width]
-    tags = dict(timer["tags"])
-    for tag, index in timer["tag_columns"]:
-        tags[tag] = str(row[index])
-    body: JSONDict = {
-        "name": timer["name"],
-        "type": "timer",
-        "value": value,
-        "count": 1,
-        "timestamp": time.time(),
-        "min": value,
-        "max": value,
-    }
-    if timer["unit"]:
-        body["unit"] = timer["unit"]
-    if tags:
-        body["tags"] = {k: tags[k] for k in sorted(tags)}
-    return body
+def _check_width(spec: JSONDict, row: Row) -> None:
+    width = 1 + len(spec["columns"]) + (spec["timer"] is not None)
+    if len(row) != width:
+        raise ValueError(f"a row of {len(row)} values, not {width}")
+
+
+def split_ready(
+    spec: JSONDict, rows: Sequence[Row], plain: Callable[[Any], bool]
+) -> tuple[list[Row], list[Row]]:
+    """The rows the server may take as they are (a ``rows`` operation), and the others, which
+    ``operations`` expands (and repairs, or drops and counts, as the verbs would). A row is
+    ready when its values are strict JSON (``plain(row)``), its timestamp and timer a finite float,
+    its message and timer tag columns clean text (or no message): then the server's expansion
+    (``model.row_bodies``) makes exactly the bodies ``bodies`` makes here."""
+    width = 1 + len(spec["columns"])
+    message = None if spec["message"] is None else 1 + spec["message"]
+    timer = spec["timer"]
+    texts = [index for _, index in timer["tag_columns"]] if timer is not None else []
+    ready: list[Row] = []
+    other: list[Row] = []
+    for row in rows:
+        ok = (
+            type(row) is tuple
+            and len(row) == width + (timer is not None)
+            and _finite(row[0])
+            and (timer is None or _finite(row[width]))
+            and (message is None or row[message] is None or _clean(row[message]))
+            and all(_clean(row[index]) for index in texts)
+            and plain(row)
+        )
+        (ready if ok else other).append(row)
+    return ready, other
+
+
+def _finite(value: Any) -> bool:
+    return type(value) is float and math.isfinite(value)
+
+
+def _clean(value: Any) -> bool:
+    return type(value) is str and text_field(value) is value
+
+
+def wire_form(spec: JSONDict, rows: Sequence[Row]) -> JSONDict:
+    """The ``data`` of a ``rows`` operation of ``POST /api/batch``."""
+    return {"template": spec, "rows": rows}
 
 
 def verb_items(
     sid: str, spec: JSONDict, rows: Sequence[Row]
 ) -> tuple[list[tuple[Any, ...]], list[Row]]:
-    """The queue items ``log_event`` and ``log_timer`` would have made of ``rows`` (the timer a
-    flat metric with its count, min and max, as ``_timer`` makes it), and apart the rows that fit
-    no event. For a hand-over that holds objects of the app's own types: there the sender's
-    child must get them as the verbs' items, whose message and tags are made text in this
-    process, as the sender in this process would (``offload.encode_items``)."""
-    name, level, category, timer = spec["name"], spec["level"], spec["category"], spec["timer"]
+    """The queue items ``log_event`` and ``log_timer`` would have made of ``rows`` (the timer
+    a flat metric with its count, min and max, as ``row_bodies`` makes it), and apart the rows
+    that fit no event. For a hand-over that holds objects of the app's own types: there the
+    sender's child must get them as the verbs' items, whose message and tags are made text in
+    this process, as the sender in this process would (``offload.encode_items``)."""
+    name, level, category = spec["name"], spec["level"], spec["category"]
     items: list[tuple[Any, ...]] = []
     unfit: list[Row] = []
     for row in rows:
         try:
-            data, text, width = _fields(spec, row)
-            event: tuple[Any, ...] = (
-                "event", sid, name, data, level, category, None, text, {}, row[0], None
-            )  # fmt: skip
-            if timer is None:
+            _check_width(spec, row)
+            body, metric = row_bodies(spec, row)
+            event: tuple[Any, ...] = ("event", sid, name, body["data"], level, category, None,
+                                      body.get("message"), {}, row[0], None)  # fmt: skip
+            if metric is None:
                 items.append(event)
                 continue
-            metric = _timer(timer, row, width)
             value = metric["value"]
             flat = ("metric", sid, metric["name"], value, "timer", metric.get("unit"),
                     metric.get("tags"), metric["timestamp"], 1, value, value)  # fmt: skip

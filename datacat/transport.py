@@ -51,7 +51,7 @@ RETRYABLE = frozenset({408, 429})
 class BatchResult(Record):
     """The outcome of one ``send_batch``; ``status`` 0 means no HTTP answer at all."""
 
-    __slots__ = ("status", "applied", "duplicates", "failed", "retry_after", "error")  # noqa: RUF023
+    __slots__ = ("status", "applied", "duplicates", "failed", "retry_after", "error", "operations")  # noqa: RUF023
 
     def __init__(
         self,
@@ -61,6 +61,7 @@ class BatchResult(Record):
         failed: list[JSONDict] | None = None,
         retry_after: float | None = None,
         error: str = "",
+        operations: tuple[str, ...] = (),
     ) -> None:
         self.status = status
         self.applied = applied
@@ -68,6 +69,7 @@ class BatchResult(Record):
         self.failed: list[JSONDict] = [] if failed is None else failed
         self.retry_after = retry_after
         self.error = error
+        self.operations = operations  # the kinds of operation the server said it takes
 
     @property
     def delivered(self) -> bool:
@@ -445,6 +447,7 @@ def _batch_result(status: int, body: Any, error: str, retry_after: str | None) -
         applied=int(body.get("applied", 0)),
         duplicates=int(body.get("duplicates", 0)),
         failed=list(body.get("failed") or []),
+        operations=tuple(o for o in body.get("operations") or () if type(o) is str),
     )
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from datacat import _internal, batching, otel
 from datacat._internal import ERROR, log_once, logger
-from datacat.batching import OBSERVE, RAW, Batcher, Item, new_id, wire
+from datacat.batching import OBSERVE, RAW, ROWS, Batcher, Item, new_id, wire
 from datacat.batching import _rng as rng  # private: the app's seeded ``random`` stays its own
 from datacat.limits import MAX_BATCH_OPERATIONS
 from datacat.spool import Spool, bounded_timeout
@@ -363,6 +363,7 @@ class Worker:
         self.stats["batches"] += 1
         self.stats["operations"] += len(batch)
         self.stats["rejected"] += len(result.failed)
+        self._batcher.rows_on_wire = ROWS in result.operations
         for failure in result.failed[:1]:
             log_once(
                 f"op-refused:{failure.get('status')}:{failure.get('error')}",

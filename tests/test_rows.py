@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import requests
-from client_helpers import session_factory, wait_for
+from client_helpers import Peer, session_factory, wait_for
 
 import datacat
 from datacat import rows
-from datacat.batching import OBSERVE, ROWS, Batcher
+from datacat.batching import OBSERVE, ROWS, ROWS_PER_OPERATION, Batcher, _plain_tree
 
 SID = "00000000-0000-4000-8000-000000000001"
 TEMPLATE = rows.template(
@@ -182,3 +182,72 @@ def test_log_rows_never_raises_into_the_program(
     session = make_session(server_url)
     session.log_rows(None, [(1.0, "x")])  # type: ignore[arg-type]
     session.log_rows(TEMPLATE, (row for row in [(1.0, *ODD_VALUES[0])]))  # type: ignore[arg-type]
+
+
+# -- rows on the wire: a server that lists ``rows`` among its operations takes them as they are --
+
+
+def test_ready_rows_go_as_they_are_and_the_others_as_their_events_and_timers() -> None:
+    stamped = [(1000.0 + n, *values) for n, values in enumerate(ODD_VALUES)]
+    ready, other = rows.split_ready(TEMPLATE, stamped, _plain_tree)
+    assert ready == stamped[:2]  # ASCII and non-ASCII text: the server checks both alike
+    batcher = Batcher()
+    batcher.rows_on_wire = True
+    ops = batcher.operations([(ROWS, SID, TEMPLATE, stamped)])
+    assert ops[0]["op"] == "rows" and ops[0]["data"] == rows.wire_form(TEMPLATE, ready)
+    # the others: exactly what the verbs make of them (repaired, or dropped and counted)
+    expanded = Batcher().operations([(ROWS, SID, TEMPLATE, other)])
+    assert _without_ids(ops[1:]) == _without_ids(expanded)
+    lots = [(1.0, f"t{n}", 0.1, (), ("t.py", n, "x"), 0.2) for n in range(ROWS_PER_OPERATION + 1)]
+    ops = batcher.operations([(ROWS, SID, TEMPLATE, lots)])
+    assert [len(op["data"]["rows"]) for op in ops] == [ROWS_PER_OPERATION, 1]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [
+        (1.0, "t", 0.1, (), ("t.py", 1, "x")),  # a value short
+        (1, "t", 0.1, (), ("t.py", 1, "x"), 0.2),  # an int timestamp: the server's general path
+        (1.0, "t", 0.1, (), ("t.py", 1, "x"), 2),  # an int timer
+        (1.0, 7, 0.1, (), ("t.py", 1, "x"), 0.2),  # a message (and tag) that is not text
+        (1.0, "t\x00", 0.1, (), ("t.py", 1, "x"), 0.2),  # text the verbs repair
+        (1.0, "t", 0.1, (), ("t.py", 1, "x"), float("nan")),
+        [1.0, "t", 0.1, (), ("t.py", 1, "x"), 0.2],  # not a tuple
+    ],
+)
+def test_rows_the_server_might_read_otherwise_are_expanded_here(row: Any) -> None:
+    assert rows.split_ready(TEMPLATE, [row], _plain_tree) == ([], [row])
+
+
+def test_rows_go_on_the_wire_once_the_server_says_it_takes_them(
+    make_session: Callable[..., datacat.Session], server_url: str
+) -> None:
+    """Before the first answer (and from a server that does not list ``rows``) rows go as
+    their events and timers; after it, as ``rows`` operations, stored as those would be."""
+    with Peer("forward", target=server_url) as peer:
+        session = make_session(peer.url)
+        first = [(1_700_000_000.0, "t.py::first", 0.1, (), ("t.py", 1, "first"), 0.2)]
+        session.log_rows(TEMPLATE, first)
+        assert session.flush(timeout=10)
+        later = [
+            (1_700_000_001.0 + n, f"t.py::t{n}", 0.1, (), ("t.py", n, "t"), 0.2) for n in range(3)
+        ]
+        session.log_rows(TEMPLATE, later)
+        assert session.end(timeout=10)
+    kinds = [op["op"] for op in peer.operations]
+    assert kinds[:3] == ["create", "event", "metric"] and kinds.count("rows") == 1
+    events = _read(server_url, session.id, "events")
+    assert [e["message"] for e in events] == ["t.py::first", "t.py::t0", "t.py::t1", "t.py::t2"]
+    timers = _read(server_url, session.id, "metrics", name="pytest.test.duration")
+    assert [m["tags"]["nodeid"] for m in timers] == [e["message"] for e in events]
+
+
+def test_a_server_that_does_not_list_rows_gets_events_and_timers(
+    make_session: Callable[..., datacat.Session],
+) -> None:
+    with Peer("ok") as peer:  # answers as a server before ``rows`` did: no "operations"
+        session = make_session(peer.url)
+        assert session.flush(timeout=10)
+        session.log_rows(TEMPLATE, [(1.0, "t", 0.1, (), ("t.py", 1, "x"), 0.2)])
+        assert session.flush(timeout=10)
+    assert [op["op"] for op in peer.accepted] == ["create", "event", "metric"]

@@ -10,6 +10,11 @@ from typing import Any
 import pytest
 from serverproc import Api
 
+from datacat import rows
+from datacat.batching import ROWS, Batcher
+from datacat.limits import HUNG_EVENT
+from datacat.model import OPERATIONS
+
 
 @pytest.fixture(scope="module")
 def api(api_url: str) -> Api:
@@ -37,9 +42,11 @@ def test_batch_applies_in_order_and_a_retry_changes_nothing(api: Api) -> None:
         ("end", {}),
     )
     first = api.batch(operations).json()
-    assert first == {"success": True, "applied": 8, "duplicates": 0, "failed": []}
+    assert first == {"success": True, "applied": 8, "duplicates": 0, "failed": [],
+                     "operations": list(OPERATIONS)}  # fmt: skip
     again = api.batch(operations).json()
-    assert again == {"success": True, "applied": 0, "duplicates": 8, "failed": []}
+    assert again == {"success": True, "applied": 0, "duplicates": 8, "failed": [],
+                     "operations": list(OPERATIONS)}  # fmt: skip
     session = api.get(sid)
     assert session["counters"] == {"c": 5.0} and session["state"]["k"] == 2
     assert len(session["events"]) == 1 and session["status"] == "ended"
@@ -215,3 +222,77 @@ def test_unstorable_state_and_create_fail_their_operation_only(api: Api) -> None
     assert [(f["index"], f["status"]) for f in answer["failed"]] == [(i, 400) for i in (1, 2, 3, 4)]
     assert api.get(sid)["state"]["ok"] == 1 and api.get(sid)["status"] == "active"
     assert api.request("GET", f"/api/sessions/{new}").status_code == 404
+
+
+# -- rows: many events (and their timers) of one shape in one operation -------------------------
+
+TEMPLATE = rows.template(
+    "test_passed",
+    columns=("nodeid", "duration", "markers", "location"),
+    category="pytest",
+    data={"outcome": "passed"},
+    message="nodeid",
+    timer="pytest.test.duration",
+    timer_tags={"outcome": "passed"},
+    timer_tag_columns=("nodeid",),
+)
+#: Rows the client sends as they are (``rows.split_ready``), some with unusual values the
+#: server checks the general way (non-ASCII text, nested data, a tiny and a huge float).
+ROWS_SENT = [
+    (1_700_000_000.5, "t.py::test_a", 0.25, ("slow",), ("t.py", 1, "test_a"), 0.5),
+    (1_700_000_001.0, "t.py::test_\u00e9", 1e-300, (), ("t.py", 2, "test_\u00e9"), 1e300),
+    (1_700_000_002.0, "t.py::test_c", 0.0, ({"k": [1, None, True]},), ("t.py", 3, "c"), 0.0),
+]
+
+
+def _stored(api: Api, sid: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    session = api.get(sid)
+    return session["events"], session["metrics"]
+
+
+def test_a_rows_operation_stores_what_its_events_and_timers_would(api: Api) -> None:
+    """Its rows are stored exactly as the event and metric operations the client would
+    otherwise send for them (``Batcher`` without rows on the wire)."""
+    as_rows, as_ops = api.create()["id"], api.create()["id"]
+    assert rows.split_ready(TEMPLATE, ROWS_SENT, lambda row: True)[1] == []
+    (op,) = ops(as_rows, ("rows", rows.wire_form(TEMPLATE, ROWS_SENT)))
+    answer = api.batch([op]).json()
+    assert answer["success"] and answer["applied"] == 6 and "rows" in answer["operations"]
+    expanded = Batcher().operations([(ROWS, as_ops, TEMPLATE, ROWS_SENT)])
+    assert [o["op"] for o in expanded] == ["event", "metric"] * 3
+    assert api.batch(expanded).json()["applied"] == 6
+    assert _stored(api, as_rows) == _stored(api, as_ops)
+    assert api.batch([op]).json()["duplicates"] == 1  # a retry stores nothing twice
+    assert len(_stored(api, as_rows)[0]) == 3
+
+
+@pytest.mark.parametrize(
+    ("data", "details"),
+    [
+        ({"template": TEMPLATE, "rows": [[1.0, "x", 0.1, [], ["t.py", 1, "x"]]]}, "rows[0] has 5"),
+        ({"template": TEMPLATE, "rows": [[1.0, "x", 0.1, [], [], "no"]]}, "rows[0]: value"),
+        ({"template": TEMPLATE, "rows": [[-1.0, "x", 0.1, [], [], 1.0]]}, "rows[0]: timestamp"),
+        ({"template": {**TEMPLATE, "columns": ["a", "a"]}, "rows": []}, "template.columns"),
+        ({"template": {**TEMPLATE, "message": 9}, "rows": []}, "template.message"),
+        (
+            {
+                "template": {**TEMPLATE, "name": HUNG_EVENT},
+                "rows": [[1.0, "x", 0, [], [], 1.0]],
+            },
+            "rows[0]: a row cannot be",
+        ),
+        ({"template": TEMPLATE, "rows": "no"}, "rows must be a list of lists"),
+        ({"rows": []}, "template must be"),
+    ],
+)
+def test_a_rows_operation_the_server_cannot_store_fails_whole(
+    api: Api, data: Any, details: str
+) -> None:
+    sid = api.create()["id"]
+    good = (1.0, "ok", 0.1, (), ("t.py", 1, "ok"), 0.2)
+    operations = ops(sid, ("rows", rows.wire_form(TEMPLATE, [good])), ("rows", data))
+    answer = api.batch(operations).json()
+    [failure] = answer["failed"]
+    assert failure["index"] == 1 and failure["status"] == 400
+    assert failure["details"].startswith(details), failure
+    assert len(_stored(api, sid)[0]) == 1  # the good operation, not a row of the bad one

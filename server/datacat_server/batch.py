@@ -20,7 +20,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from datacat.errors import ValidationError
-from datacat.model import JSONDict, Operation, now, parse_event_text, parse_operation_data
+from datacat.model import (
+    OPERATIONS,
+    JSONDict,
+    Operation,
+    now,
+    parse_event_text,
+    parse_metric,
+    parse_operation_data,
+    parse_rows,
+    row_bodies,
+)
 from datacat_server import plain, storage
 from datacat_server.schema import applied_ops, events, metrics, sessions
 
@@ -28,12 +38,14 @@ from datacat_server.schema import applied_ops, events, metrics, sessions
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~1 us per operation
 class _Valid:
     """An operation whose ``data`` passed validation; ``row`` is its ready-made row when it is
-    a plain event or metric (``data`` is then the wire body: nothing reads it again)."""
+    a plain event or metric (``data`` is then the wire body: nothing reads it again), ``rows``
+    the ready-made event and metric rows of a ``rows`` operation."""
 
     index: int
     op: Operation
     data: Any
     row: JSONDict | None = None
+    rows: tuple[list[JSONDict], list[JSONDict]] | None = None
 
 
 @dataclass
@@ -79,6 +91,7 @@ def apply_batch(store: storage.Storage, items: list[Operation | ValidationError]
         "applied": run.applied,
         "duplicates": run.duplicates,
         "failed": sorted(run.failed, key=lambda f: f["index"]),
+        "operations": OPERATIONS,  # what a client may send: older servers know no "rows"
     }
 
 
@@ -86,7 +99,7 @@ def _apply(
     conn: Connection, store: storage.Storage, valid: list[_Valid], failed: list[JSONDict]
 ) -> _Run:
     """One try at applying ``valid`` inside the write transaction ``conn``."""
-    storage.lock_sessions(conn, {v.op.session_id for v in valid if v.row is None})
+    storage.lock_sessions(conn, {v.op.session_id for v in valid if not (v.row or v.rows)})
     run = _Run(
         conn,
         store.heartbeat_timeout,
@@ -113,6 +126,8 @@ def _validate(
     fast = _PLAIN.get(item.op)
     if fast is not None and (row := fast(item.session_id, item.op_id, item.data)) is not None:
         return _Valid(index, item, item.data, row)  # the usual shape, in one pass
+    if item.op == "rows":
+        return _valid_rows(index, item, failed)
     text = None
     try:
         if item.op == "event":  # its data's JSON text comes with it, for the row
@@ -128,6 +143,46 @@ def _validate(
         )
         return None
     return _Valid(index, item, data, _row(item, data, text))
+
+
+def _valid_rows(index: int, item: Operation, failed: list[JSONDict]) -> _Valid | None:
+    """A ``rows`` operation with its rows made, or None after recording why it failed (whole:
+    the client sends only rows it knows the server takes)."""
+    try:
+        spec, rows = parse_rows(item.data)
+        return _Valid(index, item, None, rows=_rows(item.session_id, spec, rows))
+    except ValidationError as exc:
+        failed.append(_failure(index, item.op_id, 400, exc.message, exc.details))
+        return None
+
+
+def _rows(
+    session_id: str, spec: JSONDict, rows: list[list[Any]]
+) -> tuple[list[JSONDict], list[JSONDict]]:
+    """The event rows and metric rows of a ``rows`` operation: each row's event and timer made
+    as the client makes them (``row_bodies``), checked and stored as a plain event's and
+    metric's are. Their op id is the operation's, in ``applied_ops``; the rows have none."""
+    event_rows: list[JSONDict] = []
+    metric_rows: list[JSONDict] = []
+    for index, values in enumerate(rows):
+        try:
+            body, metric = row_bodies(spec, values)
+            event_rows.append(plain.event_row(session_id, None, body) or _event(session_id, body))
+            if metric is not None:
+                metric_rows.append(
+                    plain.metric_row(session_id, None, metric)
+                    or storage.metric_row(session_id, parse_metric(metric))
+                )
+        except ValidationError as exc:
+            raise ValidationError(exc.message, f"rows[{index}]: {exc.details}") from None
+    return event_rows, metric_rows
+
+
+def _event(session_id: str, body: JSONDict) -> JSONDict:
+    data, text = parse_event_text(body)
+    if storage.is_special(data):  # it changes its session: not a row to append
+        raise ValidationError("invalid field", f"a row cannot be a {data['name']} event")
+    return storage.event_row(session_id, data, None, text)
 
 
 _PLAIN = {"event": plain.event_row, "metric": plain.metric_row}
@@ -173,6 +228,12 @@ def _apply_item(run: _Run, item: _Valid) -> None:
         return
     if item.row is not None:  # its op_id is checked by the row's unique index as it goes in
         (run.event_rows if op.op == "event" else run.metric_rows).append(item.row)
+        return
+    if item.rows is not None:  # in order with the rest; its op_id goes to applied_ops
+        run.event_rows += item.rows[0]
+        run.metric_rows += item.rows[1]
+        run.seen.add(op.op_id)
+        run.logged.append(op.op_id)
         return
     try:
         _apply_op(run, op, item.data)

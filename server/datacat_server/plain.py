@@ -31,7 +31,7 @@ _SPECIAL = (HUNG_EVENT, RECOVERED_EVENT)  # they change the session: not plain a
 _MAX_FLOAT = sys.float_info.max
 
 
-def event_row(session_id: str, op_id: str, body: Any) -> JSONDict | None:
+def event_row(session_id: str, op_id: str | None, body: Any) -> JSONDict | None:
     """``storage.event_row`` of ``parse_event(body)``, or None: take the general path."""
     stored = _event(body)
     if stored is None:
@@ -78,7 +78,7 @@ def _checked(stored: JSONDict) -> str | None:
     return text
 
 
-def metric_row(session_id: str, op_id: str, body: Any) -> JSONDict | None:
+def metric_row(session_id: str, op_id: str | None, body: Any) -> JSONDict | None:
     """``storage.metric_row`` of ``parse_metric(body)``, or None: take the general path."""
     stored = _metric(body)
     ts = None if stored is None else _timestamp(body.get("timestamp"))
