@@ -6,7 +6,7 @@ arguments, two queue items, and their pickle on the way to the sender's child. W
 template made once (:func:`template`), each event is a row, a tuple of its own values, and
 ``Session.log_rows`` queues a list of rows as one item. The sender (``Batcher``) sends the rows
 a server takes as they are (:func:`split_ready`, :func:`wire_form`: a ``rows`` operation, which
-the server expands with ``model.row_bodies``), and expands the others (:func:`operations`) into
+the server expands with ``rowbodies.row_bodies``), and expands the others (:func:`operations`) into
 the very operations ``log_event`` and ``observe`` would have made: the same bodies, text fields
 and checks (``tests/test_rows.py``). The differences: each row's timer is a metric of its own
 (count 1, dated as its event), never folded with another row's of the same tags, as
@@ -36,7 +36,7 @@ from typing import Any
 
 from datacat._internal import jsonable, name_field, text_field
 from datacat.limits import LEVELS
-from datacat.model import row_bodies
+from datacat.rowbodies import row_bodies
 
 JSONDict = dict[str, Any]
 Row = tuple[Any, ...]
@@ -121,7 +121,7 @@ def _row(
 
 def bodies(spec: JSONDict, row: Row, plain: Callable[[Any], bool]) -> tuple[JSONDict, Any]:
     """The event body of ``row`` and its timer's metric body (None without a timer), as the
-    verbs make them (``model.row_bodies``, which the server's ``rows`` operation expands with
+    verbs make them (``rowbodies.row_bodies``, which the server's ``rows`` operation expands with
     too); ``plain(body)`` tells a body that needs no ``jsonable``. Raises for a row that fits
     no event."""
     _check_width(spec, row)
@@ -146,7 +146,7 @@ def split_ready(
     ``operations`` expands (and repairs, or drops and counts, as the verbs would). A row is
     ready when its values are strict JSON (``plain(row)``), its timestamp and timer a finite float,
     its message and timer tag columns clean text (or no message): then the server's expansion
-    (``model.row_bodies``) makes exactly the bodies ``bodies`` makes here."""
+    (``rowbodies.row_bodies``) makes exactly the bodies ``bodies`` makes here."""
     width = 1 + len(spec["columns"])
     message = None if spec["message"] is None else 1 + spec["message"]
     timer = spec["timer"]

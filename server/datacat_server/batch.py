@@ -29,8 +29,8 @@ from datacat.model import (
     parse_metric,
     parse_operation_data,
     parse_rows,
-    row_bodies,
 )
+from datacat.rowbodies import row_bodies
 from datacat_server import plain, storage
 from datacat_server.schema import applied_ops, events, metrics, sessions
 
