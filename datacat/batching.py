@@ -94,19 +94,34 @@ class Batcher:
             batch.last[sid] = wire_op
 
     def _rows(self, batch: _Batch, sid: str, spec: JSONDict, rows: list[Any]) -> None:
-        def broken(row: Any) -> None:
-            self._broken((ROWS, sid), "row of events", rows_module.events_in([row], spec))
-
         ops: list[JSONDict] = []
         if self.rows_on_wire:  # the rows as they are, but those the server would refuse
             ready, rows = rows_module.split_ready(spec, rows, _plain_tree)
             for start in range(0, len(ready), ROWS_PER_OPERATION):
                 chunk = ready[start : start + ROWS_PER_OPERATION]
                 ops.append(wire(ROWS, sid, rows_module.wire_form(spec, chunk)))
-        ops += rows_module.operations(sid, spec, rows, wire, _plain_tree, self._finite, broken)
         if ops:
             batch.ops.extend(ops)
             batch.last[sid] = ops[-1]
+        self._rows_expanded(batch, sid, spec, rows)
+
+    def _rows_expanded(self, batch: _Batch, sid: str, spec: JSONDict, rows: list[Any]) -> None:
+        def broken(row: Any) -> None:
+            self._broken((ROWS, sid), "row of events", rows_module.events_in([row], spec))
+
+        ops = rows_module.operations(sid, spec, rows, wire, _plain_tree, self._finite, broken)
+        if ops:
+            batch.ops.extend(ops)
+            batch.last[sid] = ops[-1]
+
+    def expand(self, op: JSONDict) -> list[JSONDict]:
+        """The event and timer operations of a ``rows`` operation (the server refused it, or it
+        is too big for the server), made as ``_rows`` makes those of rows it does not send as
+        they are."""
+        sid, data = op.get("session_id", ""), op["data"]
+        batch = _Batch()
+        self._rows_expanded(batch, sid, data["template"], data["rows"])
+        return batch.ops
 
     def _broken(self, item: Any, what: str = "item", count: int = 1) -> None:
         """An item (or aggregated metric) whose body cannot be built: logged once, dropped."""

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import signal
 import struct
 import sys
 import threading
@@ -215,18 +217,30 @@ class ProcessWorker(Worker):
         self._in_child = 0  # items handed over since the child's last answer
         self._child_pending = 0  # items the child had not delivered at its last answer
         self._child_stats: dict[str, int] = {}
+        self._inline_at = -math.inf  # the last hand-over by a caller's ``kick_soon``
+        self._taken_at = -math.inf  # the last hand-over that took items
 
     # -- app side: the sender thread's cycle hands over instead of sending -----------------------
 
     def _wait_time(self) -> float:
+        """``HAND_OVER_INTERVAL`` while items come; else a doze of ``flush_interval`` instead
+        of waking every ``HAND_OVER_INTERVAL`` for nothing (on a 2-core machine each wake-up
+        of ours slows the app's own thread). While it dozes with nobody handing over, the next
+        ``put`` wakes it (``_dozing``): an item never waits longer than it did, so the last
+        words of an app that dies soon after are still handed over."""
+        self._dozing = False
         if self._gone:
             return super()._wait_time()
         if self.queue or self._frames or self._writing is not None:
             return HAND_OVER_INTERVAL
-        # Nothing to hand over: the thread dozes for ``flush_interval`` (what an item may wait
-        # with the thread sender too) instead of waking every ``HAND_OVER_INTERVAL`` for
-        # nothing; on a 2-core machine each wake-up of ours slows the app's own thread.
-        return max(HAND_OVER_INTERVAL, self.config.flush_interval)
+        doze = max(HAND_OVER_INTERVAL, self.config.flush_interval)
+        now = time.monotonic()
+        if now - self._inline_at < doze:  # a caller hands over itself (``kick_soon``)
+            return doze
+        if now - self._taken_at < doze:  # items came lately: more will, batch them
+            return HAND_OVER_INTERVAL
+        self._dozing = True
+        return doze
 
     def kick_soon(self) -> None:
         """Hand the queued items over now, on the caller's thread, when the pipe is free and
@@ -235,12 +249,17 @@ class ProcessWorker(Worker):
         if self._gone or self._outlet is None or not self._pipe_lock.acquire(blocking=False):
             self.kick()
             return
+        blocked = _block_interrupts()  # Ctrl-C mid-hand-over would tear a frame
         try:
-            self._hand_over()
-            done = self._write()
+            done = not self._gone and self._outlet is not None  # the child may have gone since
+            if done:
+                self._hand_over()
+                done = self._write()
+                self._inline_at = time.monotonic()
         finally:
             self._pipe_lock.release()
-        if not done:  # the pipe is full: the thread goes on when the child has read
+            _restore_interrupts(blocked)
+        if not done:  # the pipe is full, or no child: the thread goes on
             self.kick()
 
     def _busy(self) -> bool:
@@ -261,6 +280,8 @@ class ProcessWorker(Worker):
         reports = self._dropped_counts()
         if reports:
             self.queue.extend((RAW, op["session_id"], op) for op in reports)
+        if self.queue:
+            self._taken_at = time.monotonic()
         while room > 0 and self.queue:
             items = _take(self.queue, min(room, FRAME_ITEMS))
             room -= len(items)
@@ -487,6 +508,22 @@ class ProcessWorker(Worker):
 
 
 _children: list[subprocess.Popen[bytes]] = []
+
+
+def _block_interrupts() -> Any:
+    """On the main thread, hold SIGINT back (Ctrl-C's ``KeyboardInterrupt`` would be raised
+    there, between two steps of a hand-over); the mask to restore, or None."""
+    if _SIGMASK and threading.current_thread() is threading.main_thread():
+        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    return None
+
+
+def _restore_interrupts(blocked: Any) -> None:
+    if blocked is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+_SIGMASK = hasattr(signal, "pthread_sigmask")
 
 
 def _left(deadline: float | None) -> float | None:

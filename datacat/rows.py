@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from datacat._internal import jsonable, name_field, text_field
-from datacat.limits import LEVELS
+from datacat.limits import LEVELS, MAX_TIMESTAMP
 from datacat.rowbodies import row_bodies
 
 JSONDict = dict[str, Any]
@@ -158,6 +158,7 @@ def split_ready(
             type(row) is tuple
             and len(row) == width + (timer is not None)
             and _finite(row[0])
+            and 0.0 <= row[0] <= MAX_TIMESTAMP  # as the server reads a timestamp
             and (timer is None or _finite(row[width]))
             and (message is None or row[message] is None or _clean(row[message]))
             and all(_clean(row[index]) for index in texts)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from datacat import _internal, batching, otel
+from datacat import rows as rows_module
 from datacat._internal import ERROR, log_once, logger
 from datacat.batching import OBSERVE, RAW, ROWS, Batcher, Item, new_id, wire
 from datacat.batching import _rng as rng  # private: the app's seeded ``random`` stays its own
@@ -88,6 +89,7 @@ class Worker:
         self._flushed = threading.Condition()
         self._requested = 0
         self._done = 0
+        self._dozing = False  # the sender sleeps long: the next ``put`` wakes it
         self._last_ok = True
         self._force = False
         self._busy_at = time.monotonic()
@@ -101,7 +103,7 @@ class Worker:
             self.stats["dropped"] += 1
             return False
         queue.append(item)
-        if len(queue) >= self.kick_size or self.thread is None:
+        if len(queue) >= self.kick_size or self.thread is None or self._dozing:
             if self._recreate:
                 self._put_recreate()
             self.kick()
@@ -169,7 +171,7 @@ class Worker:
     def pending(self) -> int:
         """How many items and operations wait in this process to be sent (queue and outbox)."""
         with self._outbox_lock:
-            waiting = sum(map(len, self._outbox))
+            waiting = sum(map(_weight, self._outbox))
         return len(self.queue) + waiting
 
     def close(self, deadline: float) -> bool:
@@ -333,14 +335,18 @@ class Worker:
             if result.status == 413 and len(batch) > 1:
                 self._split_head(batch)  # too big for the server: send it in halves
                 continue
+            if result.status == 413 and self._expand_head(batch):
+                continue  # a lone ``rows`` operation: its events and timers, in halves
             if result.retryable:
                 self._failed(result)
                 self._park()
                 return False
-            self._account(batch, result)
+            again = self._account(batch, result)
             with self._outbox_lock:
                 if self._outbox and self._outbox[0] is batch:
                     self._outbox.popleft()
+                    if again:
+                        self._outbox.appendleft(again)
 
     def _split_head(self, batch: list[JSONDict]) -> None:
         half = len(batch) // 2
@@ -349,7 +355,22 @@ class Worker:
                 self._outbox[0] = batch[half:]
                 self._outbox.appendleft(batch[:half])
 
-    def _account(self, batch: list[JSONDict], result: BatchResult) -> None:
+    def _expand_head(self, batch: list[JSONDict]) -> bool:
+        """Replace a lone ``rows`` operation at the head of the outbox by its events and timers
+        (which ``_split_head`` can halve); False for any other batch."""
+        if len(batch) != 1 or batch[0].get("op") != ROWS:
+            return False
+        ops = self._batcher.expand(batch[0])
+        with self._outbox_lock:
+            if self._outbox and self._outbox[0] is batch and ops:
+                self._outbox[0] = ops
+                return True
+        return False
+
+    def _account(self, batch: list[JSONDict], result: BatchResult) -> list[JSONDict]:
+        """Count what the server took; the operations to send next: the events and timers of
+        ``rows`` operations it refused (a server of an older version behind the same URL, or a
+        row it reads otherwise), which then fail, if at all, each on its own."""
         self._succeeded()
         if not result.delivered:
             log_once(
@@ -358,18 +379,25 @@ class Worker:
                 result.status,
                 result.error,
             )
-            self.stats["rejected"] += len(batch)
-            return
+            self.stats["rejected"] += _weight(batch)
+            return []
         self.stats["batches"] += 1
         self.stats["operations"] += len(batch)
-        self.stats["rejected"] += len(result.failed)
         self._batcher.rows_on_wire = ROWS in result.operations
+        again: list[JSONDict] = []
+        for failure in result.failed:
+            op = _op_of(batch, failure)
+            if op is not None and op.get("op") == ROWS:
+                again += self._batcher.expand(op)
+            else:
+                self.stats["rejected"] += 1
         for failure in result.failed[:1]:
             log_once(
                 f"op-refused:{failure.get('status')}:{failure.get('error')}",
                 "datacat: server refused an operation: %s",
                 failure,
             )
+        return again
 
     def _succeeded(self) -> None:
         self._failures = 0
@@ -400,13 +428,13 @@ class Worker:
             self._outbox.clear()
         for batch in batches:
             if self.spool.write(batch):
-                self.stats["spooled"] += len(batch)
+                self.stats["spooled"] += _weight(batch)
             else:
                 self._count_lost(batch)
 
     def _bound_outbox(self) -> None:
         with self._outbox_lock:
-            while sum(map(len, self._outbox)) > self.maxsize:
+            while sum(map(_weight, self._outbox)) > self.maxsize:
                 self._count_lost(self._outbox.popleft())
 
     def _count_lost(self, batch: list[JSONDict]) -> None:
@@ -417,7 +445,7 @@ class Worker:
             if _is_drop_report(op):
                 self._lost[sid] = self._lost.get(sid, 0) + op["data"]["value"]
             else:
-                self.count_dropped(sid)
+                self.count_dropped(sid, _weight([op]))
 
     def _spill_all(self) -> None:
         """Exit gave up on the server: whatever is still queued goes to the spool."""
@@ -564,3 +592,20 @@ def _after_fork() -> None:
     batching.reseed()
     for worker in list(_all_workers):
         worker._after_fork()
+
+
+def _weight(batch: list[JSONDict]) -> int:
+    """The items a batch stands for: a ``rows`` operation, each of its events and timers."""
+    weight = 0
+    for op in batch:
+        if op.get("op") == ROWS:
+            data = op["data"]
+            weight += rows_module.events_in(data["rows"], data["template"])
+        else:
+            weight += 1
+    return weight
+
+
+def _op_of(batch: list[JSONDict], failure: JSONDict) -> JSONDict | None:
+    index = failure.get("index")
+    return batch[index] if type(index) is int and 0 <= index < len(batch) else None

@@ -39,6 +39,11 @@ class Peer:
     ) -> None:
         self.mode, self.status, self.headers, self.target = mode, status, headers or {}, target
         self.limit: int | None = None  # more operations than this in one request: 413
+        self.byte_limit: int | None = None  # a longer body: 413
+        # listed in each answer, as a server does ("rows" among them: the client sends rows
+        # operations); None: answer as a server that lists none (before rows existed)
+        self.lists: list[str] | None = None
+        self.refuse_rows = False  # answer each rows operation as a server that knows none
         self.accepted: list[dict[str, Any]] = []  # operations of requests answered 200
         self.bodies: list[Any] = []
         self.times: list[float] = []
@@ -78,10 +83,19 @@ class Peer:
             error = json.dumps({"error": f"status {self.status}", "details": "peer"}).encode()
             return self.status, self.headers, error
         ops = (json.loads(body) or {}).get("operations", []) if body else []
-        if self.limit is not None and len(ops) > self.limit:
+        too_long = self.byte_limit is not None and len(body) > self.byte_limit
+        if too_long or (self.limit is not None and len(ops) > self.limit):
             return 413, {}, json.dumps({"error": "too large", "details": "peer"}).encode()
-        self.accepted.extend(ops)
-        ok = {"success": True, "applied": len(ops), "duplicates": 0, "failed": []}
+        failed = [
+            {"index": i, "op_id": op.get("op_id"), "status": 400, "error": "invalid field",
+             "details": "op must be one of create, state, event, metric, heartbeat, end, crash"}
+            for i, op in enumerate(ops) if self.refuse_rows and op.get("op") == "rows"
+        ]  # fmt: skip
+        self.accepted.extend(op for op in ops if not (self.refuse_rows and op.get("op") == "rows"))
+        ok: dict[str, Any] = {"success": not failed, "applied": len(ops) - len(failed),
+                              "duplicates": 0, "failed": failed}  # fmt: skip
+        if self.lists is not None:
+            ok["operations"] = self.lists
         return 200, {}, json.dumps(ok).encode()
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:

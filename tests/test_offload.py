@@ -359,31 +359,39 @@ def test_a_process_session_and_a_thread_session_do_not_share_a_sender(
     assert isinstance(processed._worker, ProcessWorker)
 
 
-def test_send_soon_hands_over_on_the_callers_thread_and_wakes_no_thread(
+def test_send_soon_hands_over_on_the_callers_thread_and_the_thread_dozes(
     make: Callable[..., Session], server_url: str
 ) -> None:
-    """With nothing queued the sender thread dozes for ``flush_interval``; ``send_soon`` hands
-    the items to the child on the caller's thread, and the child sends them at once."""
+    """``send_soon`` hands the items to the child on the caller's thread (the child sends them
+    at once); a sender thread whose caller hands over itself dozes for ``flush_interval``."""
     s = make(server_url, product="offload-soon", flush_interval=60.0)
-    assert s.flush(10)  # the child is up; the thread has nothing left to hand over
+    assert s.flush(10)  # the child is up
     worker = s._worker
     assert isinstance(worker, ProcessWorker)
-    assert worker._wait_time() == 60.0
-    cycles: list[str] = []
-    real_cycle = worker._cycle_once
-
-    def cycle(force: bool) -> bool:
-        cycles.append(threading.current_thread().name)
-        return real_cycle(force)
-
-    worker._cycle_once = cycle  # type: ignore[method-assign]
+    s.send_soon()  # from now on the thread's waits are dozes (its current one ends in 0.05 s)
+    time.sleep(0.2)
     s.log_event("soon")
     assert worker._wait_time() == offload.HAND_OVER_INTERVAL  # queued: it would hand over soon
     started = time.monotonic()
     s.send_soon()
     assert time.monotonic() - started < 0.5 and not worker.queue  # handed over, not waited
+    assert worker._wait_time() == 60.0 and not worker._dozing  # and puts do not wake it
     assert event_named(server_url, s.id, "soon", timeout=5)  # flush_interval is a minute
-    assert cycles == []  # the sender thread never woke for it
+
+
+def test_an_idle_process_sender_dozes_and_the_next_item_wakes_it(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    """Idle for ``flush_interval``, the thread sleeps that long, and the next item wakes it at
+    once: the last words of an app that dies soon after still reach the child."""
+    s = make(server_url, product="offload-doze", flush_interval=60.0)
+    assert s.flush(10)
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker)
+    worker._taken_at = worker._inline_at = float("-inf")  # nothing handed over for long
+    assert wait_for(lambda: worker._dozing, 5)  # its next wait is a doze of a minute
+    s.log_event("last words")
+    assert event_named(server_url, s.id, "last words", timeout=5)
 
 
 def test_send_soon_wakes_the_thread_when_the_pipe_is_not_free(

@@ -212,6 +212,8 @@ def test_ready_rows_go_as_they_are_and_the_others_as_their_events_and_timers() -
         (1.0, 7, 0.1, (), ("t.py", 1, "x"), 0.2),  # a message (and tag) that is not text
         (1.0, "t\x00", 0.1, (), ("t.py", 1, "x"), 0.2),  # text the verbs repair
         (1.0, "t", 0.1, (), ("t.py", 1, "x"), float("nan")),
+        (-1.0, "t", 0.1, (), ("t.py", 1, "x"), 0.2),  # timestamps the server refuses
+        (1.7e12, "t", 0.1, (), ("t.py", 1, "x"), 0.2),  # (milliseconds, not seconds)
         [1.0, "t", 0.1, (), ("t.py", 1, "x"), 0.2],  # not a tuple
     ],
 )
@@ -251,3 +253,41 @@ def test_a_server_that_does_not_list_rows_gets_events_and_timers(
         session.log_rows(TEMPLATE, [(1.0, "t", 0.1, (), ("t.py", 1, "x"), 0.2)])
         assert session.flush(timeout=10)
     assert [op["op"] for op in peer.accepted] == ["create", "event", "metric"]
+
+
+ROWS_LIKE_A_SERVER = ["create", "state", "event", "metric", "heartbeat", "end", "crash", "rows"]
+
+
+def _many(count: int, text: str = "") -> list[tuple[Any, ...]]:
+    return [(1_700_000_000.0 + n, f"t.py::t{n}{text}", 0.1, (), ("t.py", n, "t"), 0.2)
+            for n in range(count)]  # fmt: skip
+
+
+def test_a_rows_operation_an_older_server_refuses_goes_again_as_events_and_timers(
+    make_session: Callable[..., datacat.Session],
+) -> None:
+    """One server behind the URL listed rows, the next (an older version) refuses them: the
+    refused rows go again, as the events and timers they stand for, and none is lost."""
+    with Peer("ok") as peer:
+        peer.lists, peer.refuse_rows = ROWS_LIKE_A_SERVER, True
+        session = make_session(peer.url)
+        assert session.flush(timeout=10)  # the answer lists rows
+        session.log_rows(TEMPLATE, _many(5))
+        assert session.flush(timeout=10)
+    kinds = [op["op"] for op in peer.accepted]
+    assert kinds == ["create"] + ["event", "metric"] * 5
+    assert session.undelivered == 0 and session.dropped == 0
+
+
+def test_a_rows_operation_too_big_for_the_server_goes_as_events_and_timers_in_halves(
+    make_session: Callable[..., datacat.Session],
+) -> None:
+    with Peer("ok") as peer:
+        peer.lists, peer.byte_limit = ROWS_LIKE_A_SERVER, 20_000
+        session = make_session(peer.url)
+        assert session.flush(timeout=10)
+        session.log_rows(TEMPLATE, _many(300, "x" * 40))  # ~30 kB as one rows operation
+        assert session.flush(timeout=10)
+    events = [op for op in peer.accepted if op["op"] == "event"]
+    assert len(events) == 300 and session.undelivered == 0
+    assert not any(op["op"] == "rows" for op in peer.accepted)
