@@ -10,13 +10,12 @@ raised into the run.
 
 Per report the run pays for a deque append (``pytest_runtest_logreport``), and per test for a
 look at the clock: at the end of a test, once every ``DRAIN_INTERVAL``, pytest's thread takes a
-round: it records the
-reports kept in one loop (events, counters, the timer of each test) and hands them to the
-sender's child at once (``_round``); the recorder's own thread only steps in during a long
-test (``_watch``). The item of a report (its markers, its ``record_datacat`` data) is the item
-at the running index of ``session.items`` (tests run in that order: no lookup), else found by
-node id; the type of what a failed report raised comes from ``pytest_exception_interact``, which
-pytest calls only for failures, right after their report.
+round: it records the reports kept in one loop (events, counters, the timer of each test) and
+hands them to the sender's child at once (``_round``); the recorder's own thread only steps in
+during a long test (``_watch``). The item of a report (its markers, its ``record_datacat``
+data) is the item at the running index of ``session.items`` (tests run in that order: no
+lookup), else found by node id; the type of what a failed report raised comes from
+``pytest_exception_interact``, which pytest calls only for failures, right after their report.
 """
 
 from __future__ import annotations
