@@ -408,6 +408,51 @@ def test_send_soon_wakes_the_thread_when_the_pipe_is_not_free(
     assert event_named(server_url, s.id, "later", timeout=5)
 
 
+def test_a_hand_over_on_the_main_thread_holds_ctrl_c_back_until_it_is_done() -> None:
+    """Ctrl-C raises ``KeyboardInterrupt`` on the main thread between any two steps: in a
+    hand-over it could leave a frame torn in the pipe, so SIGINT waits until it is done."""
+    blocked = offload._block_interrupts()
+    try:
+        assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        offload._restore_interrupts(blocked)
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    done: list[Any] = []
+    worker = threading.Thread(target=lambda: done.append(offload._block_interrupts()))
+    worker.start()
+    worker.join()
+    assert done == [None]  # other threads never get SIGINT's exception: nothing to hold back
+
+
+def test_send_soon_leaves_the_items_to_the_thread_when_the_child_goes_meanwhile(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    """The child is lost (by the sender thread) between ``kick_soon``'s first look and its
+    lock: the items stay queued for the thread, which sends them itself, none in a frame that
+    nobody would ever write."""
+    s = make(server_url, product="offload-soon-gone")
+    assert s.flush(10)
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker)
+    real_lock = worker._pipe_lock
+
+    class LosingLock:
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            got = real_lock.acquire(blocking, timeout)
+            worker._gone, worker._outlet = True, None  # as ``_lost_child`` leaves them
+            return got
+
+        def release(self) -> None:
+            real_lock.release()
+
+    s.log_event("after the child")
+    worker._pipe_lock = LosingLock()  # type: ignore[assignment]
+    s.send_soon()
+    worker._pipe_lock = real_lock
+    assert not worker._frames and worker._writing is None
+    assert event_named(server_url, s.id, "after the child", timeout=10)  # sent by this process
+
+
 # -- regressions found in review -------------------------------------------------------------
 
 BIG = "x" * 10_000
