@@ -74,6 +74,9 @@ CRASH_REASON = PARENT_TERMINATED
 #: short-lived in the app, and a short ``flush_interval`` does not wake the app's thread more
 #: often. With nothing to hand over the thread dozes for ``flush_interval`` (``_wait_time``).
 HAND_OVER_INTERVAL = 0.05
+#: Seconds after a hand-over during which the sender thread keeps its ``HAND_OVER_INTERVAL``
+#: rhythm (a burst's next items are batched); past it, it dozes and the next item wakes it.
+BURST_WINDOW = 4 * HAND_OVER_INTERVAL
 #: Seconds the exit path may wait for the pipe past its deadline (see ``_spill_all``).
 EXIT_GRACE = 0.2
 #: Queued items that wake the sender thread for a hand-over before ``HAND_OVER_INTERVAL`` is up
@@ -228,18 +231,20 @@ class ProcessWorker(Worker):
         of ours slows the app's own thread). While it dozes with nobody handing over, the next
         ``put`` wakes it (``_dozing``): an item never waits longer than it did, so the last
         words of an app that dies soon after are still handed over."""
-        self._dozing = False
+        self._dozing = not self._gone  # before the look at the queue: a put meanwhile wakes it
         if self._gone:
             return super()._wait_time()
         if self.queue or self._frames or self._writing is not None:
+            self._dozing = False
             return HAND_OVER_INTERVAL
         doze = max(HAND_OVER_INTERVAL, self.config.flush_interval)
         now = time.monotonic()
         if now - self._inline_at < doze:  # a caller hands over itself (``kick_soon``)
+            self._dozing = False
             return doze
-        if now - self._taken_at < doze:  # items came lately: more will, batch them
+        if now - self._taken_at < BURST_WINDOW:  # items came just now: more may, batch them
+            self._dozing = False
             return HAND_OVER_INTERVAL
-        self._dozing = True
         return doze
 
     def kick_soon(self) -> None:
@@ -249,7 +254,7 @@ class ProcessWorker(Worker):
         if self._gone or self._outlet is None or not self._pipe_lock.acquire(blocking=False):
             self.kick()
             return
-        blocked = _block_interrupts()  # Ctrl-C mid-hand-over would tear a frame
+        held = _hold_interrupts()  # Ctrl-C mid-hand-over would tear a frame: it waits
         try:
             done = not self._gone and self._outlet is not None  # the child may have gone since
             if done:
@@ -258,7 +263,7 @@ class ProcessWorker(Worker):
                 self._inline_at = time.monotonic()
         finally:
             self._pipe_lock.release()
-            _restore_interrupts(blocked)
+            _release_interrupts(held)
         if not done:  # the pipe is full, or no child: the thread goes on
             self.kick()
 
@@ -510,20 +515,31 @@ class ProcessWorker(Worker):
 _children: list[subprocess.Popen[bytes]] = []
 
 
-def _block_interrupts() -> Any:
-    """On the main thread, hold SIGINT back (Ctrl-C's ``KeyboardInterrupt`` would be raised
-    there, between two steps of a hand-over); the mask to restore, or None."""
-    if _SIGMASK and threading.current_thread() is threading.main_thread():
-        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    return None
+def _hold_interrupts() -> tuple[Any, list[int]] | None:
+    """On the main thread (where Python raises Ctrl-C's ``KeyboardInterrupt``, between any two
+    steps, whichever thread the signal reached), hold SIGINT back: a handler of ours notes it
+    until ``_release_interrupts``. None elsewhere, or when the handler is not Python's to swap."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is None:  # set from C: it could not be put back; leave it be
+        return None
+    noted: list[int] = []
+    try:
+        signal.signal(signal.SIGINT, lambda signum, frame: noted.append(signum))
+    except (ValueError, OSError):  # no SIGINT handler to swap here
+        return None
+    return previous, noted
 
 
-def _restore_interrupts(blocked: Any) -> None:
-    if blocked is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-
-
-_SIGMASK = hasattr(signal, "pthread_sigmask")
+def _release_interrupts(held: tuple[Any, list[int]] | None) -> None:
+    """Put the SIGINT handler back, then deliver a Ctrl-C that came meanwhile to it."""
+    if held is None:
+        return
+    previous, noted = held
+    signal.signal(signal.SIGINT, previous)
+    if noted:
+        signal.raise_signal(signal.SIGINT)
 
 
 def _left(deadline: float | None) -> float | None:

@@ -427,10 +427,22 @@ class Worker:
             batches = list(self._outbox)
             self._outbox.clear()
         for batch in batches:
+            batch = self._expanded(batch)
             if self.spool.write(batch):
                 self.stats["spooled"] += _weight(batch)
             else:
                 self._count_lost(batch)
+
+    def _expanded(self, batch: list[JSONDict]) -> list[JSONDict]:
+        """``batch`` with each ``rows`` operation as its events and timers: what is spooled is
+        replayed maybe to another server, and the spool's replay sends batches as they are."""
+        if not any(op.get("op") == ROWS for op in batch):
+            return batch
+        return [
+            each
+            for op in batch
+            for each in (self._batcher.expand(op) if op.get("op") == ROWS else [op])
+        ]
 
     def _bound_outbox(self) -> None:
         with self._outbox_lock:

@@ -394,6 +394,32 @@ def test_an_idle_process_sender_dozes_and_the_next_item_wakes_it(
     assert event_named(server_url, s.id, "last words", timeout=5)
 
 
+def test_one_item_keeps_the_sender_thread_awake_only_briefly(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    """After a hand-over the thread keeps its 0.05 s rhythm for ``BURST_WINDOW`` (a burst's
+    next items are batched), not for a whole ``flush_interval``, then dozes."""
+    s = make(server_url, product="offload-burst", flush_interval=10.0)
+    assert s.flush(10)
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker)
+    cycles: list[float] = []
+    real_cycle = worker._cycle_once
+
+    def cycle(force: bool) -> bool:
+        cycles.append(time.monotonic())
+        return real_cycle(force)
+
+    worker._cycle_once = cycle  # type: ignore[method-assign]
+    time.sleep(0.5)  # past the flush's burst
+    cycles.clear()
+    s.log_event("one")
+    time.sleep(1.0)
+    assert event_named(server_url, s.id, "one", timeout=5)
+    # about BURST_WINDOW / HAND_OVER_INTERVAL cycles (4), far from 20 a second for 10 s
+    assert len(cycles) <= 2 + offload.BURST_WINDOW / offload.HAND_OVER_INTERVAL, cycles
+
+
 def test_send_soon_wakes_the_thread_when_the_pipe_is_not_free(
     make: Callable[..., Session], server_url: str
 ) -> None:
@@ -408,20 +434,34 @@ def test_send_soon_wakes_the_thread_when_the_pipe_is_not_free(
     assert event_named(server_url, s.id, "later", timeout=5)
 
 
-def test_a_hand_over_on_the_main_thread_holds_ctrl_c_back_until_it_is_done() -> None:
-    """Ctrl-C raises ``KeyboardInterrupt`` on the main thread between any two steps: in a
-    hand-over it could leave a frame torn in the pipe, so SIGINT waits until it is done."""
-    blocked = offload._block_interrupts()
-    try:
-        assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    finally:
-        offload._restore_interrupts(blocked)
-    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
-    done: list[Any] = []
-    worker = threading.Thread(target=lambda: done.append(offload._block_interrupts()))
-    worker.start()
-    worker.join()
-    assert done == [None]  # other threads never get SIGINT's exception: nothing to hold back
+def test_ctrl_c_during_a_hand_over_on_the_main_thread_comes_once_it_is_done(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    """Python raises Ctrl-C's ``KeyboardInterrupt`` on the main thread between any two steps:
+    in a hand-over it could tear a frame in the pipe. It comes once the hand-over is done,
+    and the frame arrives whole."""
+    s = make(server_url, product="offload-ctrl-c")
+    assert s.flush(10)
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker)
+    s.send_soon()  # a caller that hands over itself: the thread dozes (after its 0.05 s wait)
+    time.sleep(0.2)
+    real_hand_over = worker._hand_over
+
+    def interrupted_hand_over() -> None:
+        real_hand_over()
+        if threading.current_thread() is threading.main_thread():
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, between the pickle and the write
+
+    s.log_event("whole")
+    worker._hand_over = interrupted_hand_over  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        s.send_soon()
+    worker._hand_over = real_hand_over  # type: ignore[method-assign]
+    assert not worker._frames and worker._writing is None and not worker.queue
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert event_named(server_url, s.id, "whole", timeout=10)
+    assert s.end(timeout=10)
 
 
 def test_send_soon_leaves_the_items_to_the_thread_when_the_child_goes_meanwhile(

@@ -291,3 +291,22 @@ def test_a_rows_operation_too_big_for_the_server_goes_as_events_and_timers_in_ha
     events = [op for op in peer.accepted if op["op"] == "event"]
     assert len(events) == 300 and session.undelivered == 0
     assert not any(op["op"] == "rows" for op in peer.accepted)
+
+
+def test_rows_spooled_while_the_server_is_down_are_replayed_as_events_and_timers(
+    make_session: Callable[..., datacat.Session],
+) -> None:
+    """The spool may be replayed to another server (an older one, say) and replays batches as
+    they are: a ``rows`` operation is spooled as its events and timers."""
+    with Peer("ok") as peer:
+        peer.lists = ROWS_LIKE_A_SERVER
+        session = make_session(peer.url)
+        assert session.flush(timeout=10)  # the answer lists rows
+        peer.mode, peer.status = "status", 503
+        session.log_rows(TEMPLATE, _many(5))
+        assert not session.flush(timeout=1)  # spooled
+        peer.mode, peer.lists, peer.refuse_rows = "ok", None, True
+        assert session.flush(timeout=10)  # the spool is replayed
+    kinds = [op["op"] for op in peer.accepted]
+    assert kinds == ["create"] + ["event", "metric"] * 5
+    assert session.undelivered == 0
