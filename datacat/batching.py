@@ -94,15 +94,11 @@ class Batcher:
             batch.last[sid] = wire_op
 
     def _rows(self, batch: _Batch, sid: str, spec: JSONDict, rows: list[Any]) -> None:
-        ops: list[JSONDict] = []
         if self.rows_on_wire:  # the rows as they are, but those the server would refuse
             ready, rows = rows_module.split_ready(spec, rows, _plain_tree)
             for start in range(0, len(ready), ROWS_PER_OPERATION):
                 chunk = ready[start : start + ROWS_PER_OPERATION]
-                ops.append(wire(ROWS, sid, rows_module.wire_form(spec, chunk)))
-        if ops:
-            batch.ops.extend(ops)
-            batch.last[sid] = ops[-1]
+                batch.append(sid, [wire(ROWS, sid, rows_module.wire_form(spec, chunk))])
         self._rows_expanded(batch, sid, spec, rows)
 
     def _rows_expanded(self, batch: _Batch, sid: str, spec: JSONDict, rows: list[Any]) -> None:
@@ -110,9 +106,7 @@ class Batcher:
             self._broken((ROWS, sid), "row of events", rows_module.events_in([row], spec))
 
         ops = rows_module.operations(sid, spec, rows, wire, _plain_tree, self._finite, broken)
-        if ops:
-            batch.ops.extend(ops)
-            batch.last[sid] = ops[-1]
+        batch.append(sid, ops)
 
     def expand(self, op: JSONDict) -> list[JSONDict]:
         """The event and timer operations of a ``rows`` operation (the server refused it, or it
@@ -218,6 +212,12 @@ class _Batch:
         self.updates: dict[str, JSONDict] = {}  # each session's state update waiting in ``ops``
         self.folded: set[int] = set()  # ids of updates folded into a later one
         self.aggregates = _Aggregates()
+
+    def append(self, sid: str, ops: list[JSONDict]) -> None:
+        """Ready operations of session ``sid``, in order, after those so far."""
+        if ops:
+            self.ops.extend(ops)
+            self.last[sid] = ops[-1]
 
 
 class _Aggregates:

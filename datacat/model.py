@@ -28,6 +28,7 @@ from datacat.limits import HUNG_EVENT as HUNG_EVENT
 from datacat.limits import LEVELS as LEVELS
 from datacat.limits import MAX_BATCH_OPERATIONS, MAX_DEPTH, MAX_NAME, MAX_TIMESTAMP
 from datacat.limits import RECOVERED_EVENT as RECOVERED_EVENT
+from datacat.rowbodies import row_width
 
 JSONDict = dict[str, Any]
 
@@ -282,7 +283,7 @@ def parse_rows(body: Any) -> tuple[JSONDict, list[list[Any]]]:
         raise ValidationError("invalid field", "rows must be a list of lists")
     if len(rows) > MAX_ROWS:
         raise ValidationError("invalid field", f"at most {MAX_ROWS} rows in one operation")
-    width = 1 + len(spec["columns"]) + (spec["timer"] is not None)
+    width = row_width(spec)
     for index, row in enumerate(rows):
         if len(row) != width:
             raise ValidationError(

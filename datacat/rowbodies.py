@@ -12,6 +12,12 @@ from typing import Any
 JSONDict = dict[str, Any]
 
 
+def row_width(spec: JSONDict) -> int:
+    """How many values a row of ``spec`` holds: its timestamp, a value per column, and its
+    timer's value when the template has a timer."""
+    return 1 + len(spec["columns"]) + (spec["timer"] is not None)
+
+
 def row_bodies(spec: JSONDict, row: Any) -> tuple[JSONDict, JSONDict | None]:
     """The event body of one row of a ``rows`` template (``datacat.rows``) and its timer's
     metric body (None without a timer), as ``log_event`` and ``observe`` would send them.

@@ -36,7 +36,7 @@ from typing import Any
 
 from datacat._internal import jsonable, name_field, text_field
 from datacat.limits import LEVELS, MAX_TIMESTAMP
-from datacat.rowbodies import row_bodies
+from datacat.rowbodies import row_bodies, row_width
 
 JSONDict = dict[str, Any]
 Row = tuple[Any, ...]
@@ -134,7 +134,7 @@ def bodies(spec: JSONDict, row: Row, plain: Callable[[Any], bool]) -> tuple[JSON
 
 
 def _check_width(spec: JSONDict, row: Row) -> None:
-    width = 1 + len(spec["columns"]) + (spec["timer"] is not None)
+    width = row_width(spec)
     if len(row) != width:
         raise ValueError(f"a row of {len(row)} values, not {width}")
 
@@ -147,7 +147,7 @@ def split_ready(
     ready when its values are strict JSON (``plain(row)``), its timestamp and timer a finite float,
     its message and timer tag columns clean text (or no message): then the server's expansion
     (``rowbodies.row_bodies``) makes exactly the bodies ``bodies`` makes here."""
-    width = 1 + len(spec["columns"])
+    width = row_width(spec)
     message = None if spec["message"] is None else 1 + spec["message"]
     timer = spec["timer"]
     texts = [index for _, index in timer["tag_columns"]] if timer is not None else []
@@ -156,10 +156,10 @@ def split_ready(
     for row in rows:
         ok = (
             type(row) is tuple
-            and len(row) == width + (timer is not None)
+            and len(row) == width
             and _finite(row[0])
             and 0.0 <= row[0] <= MAX_TIMESTAMP  # as the server reads a timestamp
-            and (timer is None or _finite(row[width]))
+            and (timer is None or _finite(row[-1]))
             and (message is None or row[message] is None or _clean(row[message]))
             and all(_clean(row[index]) for index in texts)
             and plain(row)
