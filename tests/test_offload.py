@@ -379,6 +379,23 @@ def test_send_soon_hands_over_on_the_callers_thread_and_the_thread_dozes(
     assert event_named(server_url, s.id, "soon", timeout=5)  # flush_interval is a minute
 
 
+def test_a_flush_hands_over_on_the_callers_thread_once_the_child_is_up(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    """With the child up, ``flush`` hands the queue over and asks the child on the caller's
+    thread: it neither wakes the sender thread nor waits for it (at the end of a pytest run,
+    that wait was ~2 ms of the run's)."""
+    s = make(server_url, product="offload-flush", flush_interval=60.0)
+    assert s.flush(10)  # the child is up
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker)
+    served = worker._done  # the flush tickets the sender thread has served
+    s.log_event("flushed")
+    assert s.flush(10)
+    assert worker._done == served and not worker.queue
+    assert event_named(server_url, s.id, "flushed", timeout=5)
+
+
 def test_an_idle_process_sender_dozes_and_the_next_item_wakes_it(
     make: Callable[..., Session], server_url: str
 ) -> None:
