@@ -5,12 +5,21 @@ environment twins (precedence ini < environment < command line), the ``datacat``
 ``datacat_session`` / ``record_datacat`` fixtures. Importing it imports nothing of DataCat, starts
 no thread and patches nothing; only when a URL is set (and ``--no-datacat`` is not) does
 ``pytest_configure`` import :mod:`pytest_datacat.recorder` and register its plugin objects.
+
+It imports them with the ordinary loader (``_plain_imports``), not pytest's assertion rewriter:
+pytest marks every module of a plugin's distribution for rewriting (``datacat`` too, once
+installed from a wheel), and its loader reads each cached module about three times slower
+(``marshal.load`` from the file, a hash of the source) for modules with no assertion to rewrite.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from importlib.machinery import ModuleSpec, PathFinder
+from types import ModuleType
 from typing import Any, NamedTuple
 
 import pytest
@@ -109,15 +118,48 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:
         if workerinput.get("datacat_session_id"):
-            from pytest_datacat import relay  # light: nothing of DataCat until the fixture
+            with _plain_imports():
+                from pytest_datacat import relay  # light: nothing of DataCat until the fixture
 
-            relay.register_worker(config, workerinput)
+                relay.register_worker(config, workerinput)
         return
     settings = resolve(config)
     if settings.enabled:
-        from pytest_datacat import recorder
+        with _plain_imports():  # the session's modules too, imported on its creation
+            from pytest_datacat import recorder
 
-        recorder.register(config, settings)
+            recorder.register(config, settings)
+
+
+#: The packages whose modules ``_plain_imports`` loads itself.
+_OURS = ("datacat", "pytest_datacat")
+
+
+class _PlainFinder:
+    """Finds DataCat's own modules with the ordinary path finder, ahead of pytest's assertion
+    rewriter (a meta path finder; the modules found are cached and loaded as any other)."""
+
+    @staticmethod
+    def find_spec(
+        name: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        if name.partition(".")[0] not in _OURS:
+            return None
+        return PathFinder.find_spec(name, path, target)  # None: left to the next finder
+
+
+@contextlib.contextmanager
+def _plain_imports() -> Iterator[None]:
+    """Our submodules imported meanwhile load without pytest's assertion rewriting (they
+    hold no assertion for it; see the module docstring). Only while our plugin imports them:
+    every other module, a test module first of all, is left to pytest."""
+    finder = _PlainFinder()
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(finder)
 
 
 @pytest.fixture(scope="session")
