@@ -13,7 +13,14 @@ than their CPU time does, and which depend little on the load.
 Target: the plugin costs at most 5 % (ratio <= 1.05). It also checks that every test's event
 arrived, so the figure is for a run that really recorded everything.
 
-    .venv/bin/python benchmarks/pytest_overhead.py [--tests 2000] [--rounds 3]
+``--instructions`` also counts the instructions of one run's pytest process on each side, with
+valgrind's callgrind (the sender's child and the server are not counted): a figure the
+machine's load does not move, so a change of the plugin's own cost shows in it (by about
+±0.5 %: what else is loaded moves CPython's type cache hits). Under valgrind Python runs ~50
+times slower, so the plugin's rounds and the sender's intervals are stretched as much
+(``SCALE_PLUGIN``): a round takes the same share of the tests as without it.
+
+    .venv/bin/python benchmarks/pytest_overhead.py [--tests 2000] [--rounds 3] [--instructions]
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import resource
+import shutil
 import socket
 import statistics
 import subprocess
@@ -35,6 +44,31 @@ from typing import NamedTuple
 import requests
 
 TESTS_PER_FILE = 100
+#: How much slower Python runs under callgrind (``--instructions``), by which the plugin's
+#: intervals are stretched there.
+VALGRIND_SLOWDOWN = 50
+#: The plugin (``-p datacat_bench_scale``, with plugin only) that stretches those intervals.
+SCALE_PLUGIN = """
+import pytest
+
+FACTOR = {factor}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    from pytest_datacat.plugin import _plain_imports
+
+    with _plain_imports():  # as the recorder imports them itself
+        from datacat import offload
+        from pytest_datacat import recorder
+    for module, names in (
+        (recorder, ("DRAIN_INTERVAL", "PROGRESS_INTERVAL", "WATCH_INTERVAL")),
+        (offload, ("HAND_OVER_INTERVAL", "BURST_WINDOW")),
+    ):
+        for name in names:
+            setattr(module, name, getattr(module, name) * FACTOR)
+    recorder.SENDER["flush_interval"] *= FACTOR
+"""
 #: Off on both sides: the cache (no state between rounds), and pytest-rerunfailures (installed
 #: for the tests), whose cost per test is not the plugin's and would only dilute the ratio.
 PLUGINS_OFF = ("-p", "no:cacheprovider", "-p", "no:rerunfailures")
@@ -148,13 +182,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tests", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions (valgrind)"
+    )
     opts = parser.parse_args()
+    if opts.instructions and shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     with tempfile.TemporaryDirectory(prefix="datacat-bench-") as tmp:
         directory = Path(tmp)
         os.environ["DATACAT_SPOOL_DIR"] = str(directory / "spool")
         proc, url = start_server(directory)
         try:
-            measure(write_suite(directory, opts.tests), url, opts.tests, opts.rounds)
+            suite = write_suite(directory, opts.tests)
+            measure(suite, url, opts.tests, opts.rounds)
+            if opts.instructions:
+                count_instructions(suite, url)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -225,6 +267,57 @@ def measure(suite: Path, url: str, tests: int, rounds: int) -> None:
         )
     print("  target: wall overhead <= 5 %. The CPU column counts what pytest reaped too: the")
     print("  sender's child process when it ended before pytest did.")
+
+
+def count_instructions(suite: Path, url: str) -> None:
+    """Instructions of one run's pytest process on each side (callgrind), and their ratio."""
+    plugins = suite.parent / "plugins"
+    plugins.mkdir(exist_ok=True)
+    (plugins / "datacat_bench_scale.py").write_text(SCALE_PLUGIN.format(factor=VALGRIND_SLOWDOWN))
+    scaled = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")])),
+        "DATACAT_HEARTBEAT_INTERVAL": str(10.0 * VALGRIND_SLOWDOWN),
+    }
+    product = f"bench-{uuid.uuid4()}"
+    plain = callgrind(suite, {}, "-p", "no:datacat")
+    recorded = callgrind(
+        suite,
+        scaled,
+        "-p",
+        "datacat_bench_scale",
+        f"--datacat-url={url}",
+        f"--datacat-product={product}",
+    )
+    ratio = recorded / plain
+    print(f"instructions of the pytest process (callgrind; {events_of(url, product)} events):")
+    print(f"  without plugin {plain / 1e6:12,.1f} M")
+    print(
+        f"  with plugin    {recorded / 1e6:12,.1f} M   ({(recorded - plain) / 1e6:+,.1f} M,"
+        f" {100 * (ratio - 1):+.2f} %)"
+    )
+
+
+def callgrind(suite: Path, extra: dict[str, str], *args: str) -> int:
+    """The instructions callgrind counts in one ``pytest -q`` run (its own process only)."""
+    out = suite.parent / "callgrind.out"
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        *PLUGINS_OFF,
+        *args,
+    ]
+    environ = {**suite_environ(suite.parent), **extra}
+    done = subprocess.run(command, cwd=suite, capture_output=True, text=True, env=environ)
+    found = re.search(r"^summary: (\d+)$", out.read_text(), re.MULTILINE) if out.exists() else None
+    if done.returncode != 0 or found is None:
+        raise SystemExit(f"callgrind run failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    out.unlink()
+    return int(found.group(1))
 
 
 def median_interval(values: list[float]) -> tuple[float, float] | None:
