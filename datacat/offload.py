@@ -340,17 +340,35 @@ class ProcessWorker(Worker):
     def _round_trip(self, deadline: float | None) -> bool:
         self._tickets += 1
         ticket = self._tickets
-        self._hand_over()  # what came in since the sender thread's hand-over goes first
-        left = _left(deadline)
-        # the child answers a little before our deadline, so its answer can still reach us
-        child_timeout = None if left is None else max(0.0, left * 0.9 - 0.01)
-        request = json.dumps({"ticket": ticket, "timeout": child_timeout}).encode()
-        self._frames.append((frame(FLUSH, request), 0))
-        if not self._write(_left(deadline)):
-            return False
+        held = _hold_interrupts()  # Ctrl-C mid-write would tear a frame: it waits for the writes
+        try:
+            if not self._hand_over_all(deadline):
+                return False
+            left = _left(deadline)
+            # the child answers a little before our deadline, so its answer can still reach us
+            child_timeout = None if left is None else max(0.0, left * 0.9 - 0.01)
+            request = json.dumps({"ticket": ticket, "timeout": child_timeout}).encode()
+            self._frames.append((frame(FLUSH, request), 0))
+            if not self._write(_left(deadline)):
+                return False
+        finally:
+            _release_interrupts(held)
         self._marks[ticket] = self._handed
         answer = self._await(ticket, deadline)
         return answer is not None and bool(answer.get("ok"))
+
+    def _hand_over_all(self, deadline: float | None) -> bool:
+        """Everything queued so far into the pipe, the drop reports too (``_hand_over`` queues
+        them last). At most ``queue_size`` items wait in frames at a time, so a full queue takes
+        several hand-overs, each once the pipe took the last; what other threads queue meanwhile
+        is not waited for. False when the pipe did not take it all by ``deadline``."""
+        for _ in range(len(self.queue) // max(1, self.maxsize) + 2):
+            self._hand_over()
+            if not self._write(_left(deadline)):
+                return False
+            if not self.queue:
+                break
+        return True
 
     def _await(self, ticket: int, deadline: float | None) -> JSONDict | None:
         """Read answers until the one to ``ticket`` (older ones only update the counters)."""

@@ -396,6 +396,59 @@ def test_a_flush_hands_over_on_the_callers_thread_once_the_child_is_up(
     assert event_named(server_url, s.id, "flushed", timeout=5)
 
 
+def test_a_flush_hands_over_a_full_queue_and_its_drop_report(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    """A queue at ``queue_size`` takes more than one hand-over (at most that many items wait in
+    frames): a flush hands over everything queued before it, the drop report of what the full
+    queue refused included, before it asks the child, so its True means all of it arrived."""
+    s = make(server_url, product="offload-full-flush", flush_interval=60.0, queue_size=50)
+    assert s.flush(10)
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker)
+    worker._taken_at = worker._inline_at = float("-inf")  # nothing handed over for long
+    assert wait_for(lambda: worker._dozing, 5)  # the sender thread dozes for a minute...
+    worker._dozing = False  # ...and no put wakes it: the flush alone hands the queue over
+    for index in range(60):
+        s.log_event(f"full-{index}")  # the last 10 are refused and counted
+    assert s.flush(10)
+    assert not worker.queue
+    [dropped] = metrics(server_url, s.id, "datacat.dropped_items")
+    assert dropped["value"] == 10
+    assert {e["name"] for e in events(server_url, s.id)} >= {f"full-{i}" for i in range(50)}
+
+
+def test_a_flush_waits_for_a_backed_up_pipe_to_take_the_whole_queue(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    """With the pipe full (a child that stopped reading) and a full queue behind it, a flush
+    hands the queue over as the pipe drains, within its deadline, and only then says True."""
+    s = make(server_url, product="offload-backed-up", flush_interval=60.0, queue_size=50)
+    assert s.flush(10)
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker)
+    child = child_of(s)
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        big = "x" * 100_000
+        for index in range(200):  # ~20 MB: more than the pipe and the frames waiting hold
+            s.log_event(f"big-{index}", message=big + str(index))  # (each its own: no pickle memo)
+            time.sleep(0.002)
+        assert wait_for(lambda: worker._waiting >= 50, 10)  # the frames wait for the pipe
+        for index in range(40):
+            s.log_event(f"small-{index}")
+        assert worker.queue
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
+    assert s.flush(30)
+    assert not worker.queue
+    arrived = [e["name"] for e in events(server_url, s.id)]
+    dropped = worker.stats["dropped"]  # refused by the full queue, and reported as such
+    assert len(set(arrived)) == len(arrived) and len(arrived) + dropped == 240
+    reports = metrics(server_url, s.id, "datacat.dropped_items")
+    assert sum(report["value"] for report in reports) == dropped
+
+
 def test_an_idle_process_sender_dozes_and_the_next_item_wakes_it(
     make: Callable[..., Session], server_url: str
 ) -> None:
