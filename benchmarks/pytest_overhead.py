@@ -56,9 +56,9 @@ FACTOR = {factor}
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    from pytest_datacat.plugin import _plain_imports
+    from pytest_datacat.plugin import plain_imports
 
-    with _plain_imports():  # as the recorder imports them itself
+    with plain_imports():  # as the recorder imports them itself
         from datacat import offload
         from pytest_datacat import recorder
     for module, names in (
@@ -131,14 +131,14 @@ class Run(NamedTuple):
     switches: int  # context switches of the whole machine meanwhile (-1: unknown)
 
 
-def run_suite(suite: Path, *args: str) -> Run:
+def run_suite(suite: Path, *args: str, extra: dict[str, str] | None = None) -> Run:
     """Wall time and CPU time (user + system) of one ``pytest -q`` run of the suite, in a fresh
     interpreter like a user's, and the machine's context switches meanwhile. CPU time is what the
     run itself spent, whatever the machine's load; the plugin's sender thread counts, the server's
     process does not. Context switches count the child's and the server's wake-ups too, which
     on a 2-core machine slow the run more than their CPU time does."""
     command = [sys.executable, "-m", "pytest", "-q", *PLUGINS_OFF, *args]
-    environ = suite_environ(suite.parent)
+    environ = {**suite_environ(suite.parent), **(extra or {})}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     switched = context_switches()
     started = time.perf_counter()
@@ -196,7 +196,7 @@ def main() -> None:
             suite = write_suite(directory, opts.tests)
             measure(suite, url, opts.tests, opts.rounds)
             if opts.instructions:
-                count_instructions(suite, url)
+                count_instructions(suite, url, opts.tests)
         finally:
             proc.terminate()
             proc.wait(timeout=10)
@@ -269,27 +269,30 @@ def measure(suite: Path, url: str, tests: int, rounds: int) -> None:
     print("  sender's child process when it ended before pytest did.")
 
 
-def count_instructions(suite: Path, url: str) -> None:
+def count_instructions(suite: Path, url: str, tests: int) -> None:
     """Instructions of one run's pytest process on each side (callgrind), and their ratio."""
     plugins = suite.parent / "plugins"
     plugins.mkdir(exist_ok=True)
     (plugins / "datacat_bench_scale.py").write_text(SCALE_PLUGIN.format(factor=VALGRIND_SLOWDOWN))
-    scaled = {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")])),
-        "DATACAT_HEARTBEAT_INTERVAL": str(10.0 * VALGRIND_SLOWDOWN),
+    # the same path on both sides; the heartbeats and the end's deadline stretched as well
+    path = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")]))
     }
+    scaled = {
+        **path,
+        "DATACAT_HEARTBEAT_INTERVAL": str(10.0 * VALGRIND_SLOWDOWN),
+        "DATACAT_EXIT_TIMEOUT": str(2.0 * VALGRIND_SLOWDOWN),
+    }
+    recording = ("-p", "datacat_bench_scale", f"--datacat-url={url}")
+    run_suite(suite, *recording, "--datacat-product=bench-warm-up", extra=scaled)  # compiles it
     product = f"bench-{uuid.uuid4()}"
-    plain = callgrind(suite, {}, "-p", "no:datacat")
-    recorded = callgrind(
-        suite,
-        scaled,
-        "-p",
-        "datacat_bench_scale",
-        f"--datacat-url={url}",
-        f"--datacat-product={product}",
-    )
+    plain = callgrind(suite, path, "-p", "no:datacat")
+    recorded = callgrind(suite, scaled, *recording, f"--datacat-product={product}")
     ratio = recorded / plain
-    print(f"instructions of the pytest process (callgrind; {events_of(url, product)} events):")
+    arrived = events_of(url, product)
+    if arrived != tests:
+        raise SystemExit(f"the run under callgrind delivered {arrived} of {tests} events")
+    print(f"instructions of the pytest process (callgrind; {arrived} events delivered):")
     print(f"  without plugin {plain / 1e6:12,.1f} M")
     print(
         f"  with plugin    {recorded / 1e6:12,.1f} M   ({(recorded - plain) / 1e6:+,.1f} M,"

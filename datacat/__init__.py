@@ -6,6 +6,10 @@ creates a session never pays for ``wrapt`` (``track``, ``LoggingHandler``) and t
 starts fast. ``session`` and ``track`` share their names with submodules; importing
 ``datacat.session`` or ``datacat.track`` must not replace the function on the package, so those
 two are properties of the package's module class.
+
+PYTEST_DONT_REWRITE: the pytest plugin loads DataCat's modules with Python's own loader
+(``pytest_datacat.plugin``); these words tell pytest so, when it later marks the package for
+assertion rewriting (a second run in the same process), instead of warning that it came too late.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ environment twins (precedence ini < environment < command line), the ``datacat``
 no thread and patches nothing; only when a URL is set (and ``--no-datacat`` is not) does
 ``pytest_configure`` import :mod:`pytest_datacat.recorder` and register its plugin objects.
 
-It imports them with the ordinary loader (``_plain_imports``), not pytest's assertion rewriter:
+It imports them with the ordinary loader (``plain_imports``), not pytest's assertion rewriter:
 pytest marks every module of a plugin's distribution for rewriting (``datacat`` too, once
 installed from a wheel), and its loader reads each cached module about three times slower
 (``marshal.load`` from the file, a hash of the source) for modules with no assertion to rewrite.
@@ -118,20 +118,20 @@ def pytest_configure(config: pytest.Config) -> None:
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None:
         if workerinput.get("datacat_session_id"):
-            with _plain_imports():
+            with plain_imports():
                 from pytest_datacat import relay  # light: nothing of DataCat until the fixture
 
                 relay.register_worker(config, workerinput)
         return
     settings = resolve(config)
     if settings.enabled:
-        with _plain_imports():  # the session's modules too, imported on its creation
+        with plain_imports():  # the session's modules too, imported on its creation
             from pytest_datacat import recorder
 
             recorder.register(config, settings)
 
 
-#: The packages whose modules ``_plain_imports`` loads itself.
+#: The packages whose modules ``plain_imports`` loads itself.
 _OURS = ("datacat", "pytest_datacat")
 
 
@@ -149,7 +149,7 @@ class _PlainFinder:
 
 
 @contextlib.contextmanager
-def _plain_imports() -> Iterator[None]:
+def plain_imports() -> Iterator[None]:
     """Our submodules imported meanwhile load without pytest's assertion rewriting (they
     hold no assertion for it; see the module docstring). Only while our plugin imports them:
     every other module, a test module first of all, is left to pytest."""

@@ -25,7 +25,7 @@ import pytest
 
 from datacat._internal import lazy_logger
 from pytest_datacat import reports
-from pytest_datacat.plugin import UNDELIVERED
+from pytest_datacat.plugin import UNDELIVERED, plain_imports
 
 logger = lazy_logger("datacat.pytest")
 
@@ -110,15 +110,16 @@ class WorkerSession:
 
     def get(self) -> Any:
         if self.session is None:
-            import datacat
+            with plain_imports():  # as the recorder's (see ``pytest_datacat.plugin``)
+                import datacat
 
-            given = self.workerinput
-            self.session = datacat.attach_session(
-                given["datacat_session_id"],
-                url=given["datacat_url"],
-                api_key=given.get("datacat_api_key"),
-                exit_timeout=given.get("datacat_flush_timeout", 2.0),
-            )
+                given = self.workerinput
+                self.session = datacat.attach_session(
+                    given["datacat_session_id"],
+                    url=given["datacat_url"],
+                    api_key=given.get("datacat_api_key"),
+                    exit_timeout=given.get("datacat_flush_timeout", 2.0),
+                )
         return self.session
 
     @pytest.hookimpl(trylast=True)

@@ -164,10 +164,15 @@ def test_our_modules_load_plainly_and_the_runs_tests_are_still_rewritten(
         def test_rewritten():
             value = 41
             assert value + 1 == 43
+
+        def test_a_later_run_marking_them_for_rewriting_is_not_warned(pytestconfig):
+            # as pytest does for a wheel install (every module of a plugin's distribution) at
+            # the start of a second run in the same process (pytester's in-process runs)
+            pytestconfig.pluginmanager.rewrite_hook.mark_rewrite("datacat", "pytest_datacat")
         """
     )
     result = pytester.runpytest_subprocess(f"--datacat-url={server_url}", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=2, failed=1, warnings=0)  # no "already imported" warning
     result.stdout.fnmatch_lines(["*assert (41 + 1) == 43*"])
 
 
