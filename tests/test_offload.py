@@ -449,6 +449,18 @@ def test_a_flush_waits_for_a_backed_up_pipe_to_take_the_whole_queue(
     assert sum(report["value"] for report in reports) == dropped
 
 
+def test_the_child_runs_below_the_apps_priority(
+    make: Callable[..., Session], server_url: str
+) -> None:
+    """The child yields to the app when both want the same core (``CHILD_NICENESS``)."""
+    s = make(server_url, product="offload-nice")
+    assert s.flush(10)
+    child = child_of(s)
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = min(19, ours + offload.CHILD_NICENESS)
+    assert wait_for(lambda: os.getpriority(os.PRIO_PROCESS, child.pid) == expected, 5)
+
+
 def test_an_idle_process_sender_dozes_and_the_next_item_wakes_it(
     make: Callable[..., Session], server_url: str
 ) -> None:
