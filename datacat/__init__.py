@@ -7,9 +7,9 @@ starts fast. ``session`` and ``track`` share their names with submodules; import
 ``datacat.session`` or ``datacat.track`` must not replace the function on the package, so those
 two are properties of the package's module class.
 
-PYTEST_DONT_REWRITE: the pytest plugin loads DataCat's modules with Python's own loader
-(``pytest_datacat.plugin``); these words tell pytest so, when it later marks the package for
-assertion rewriting (a second run in the same process), instead of warning that it came too late.
+PYTEST_DONT_REWRITE: the pytest plugin loads DataCat's modules with Python's own loader, not
+pytest's assertion rewriter (see ``pytest_datacat.plugin``). This marker keeps pytest from
+warning about it in a later run in the same process.
 """
 
 from __future__ import annotations

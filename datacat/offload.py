@@ -32,7 +32,6 @@ list of item tuples that holds only built-in types: ``encode_items``), ``F`` flu
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -89,11 +88,6 @@ FRAME_ITEMS = 1000
 PICKLE_PROTOCOL = 5
 #: Bytes asked for the pipe (Linux ``F_SETPIPE_SZ``): the child starting up does not stall it.
 PIPE_BYTES = 1 << 20
-#: How much the child lowers its priority (``os.nice``) below the app's: when both want the
-#: same core, the scheduler runs the app first, and a wake-up of the child preempts the app's
-#: thread less often. Its work is delivery, which can wait a few milliseconds; at an exit the
-#: app waits for it, idle, so it runs then.
-CHILD_NICENESS = 10
 
 
 def frame(kind: bytes, payload: bytes) -> bytes:
@@ -346,35 +340,56 @@ class ProcessWorker(Worker):
     def _round_trip(self, deadline: float | None) -> bool:
         self._tickets += 1
         ticket = self._tickets
-        held = _hold_interrupts()  # Ctrl-C mid-write would tear a frame: it waits for the writes
-        try:
-            if not self._hand_over_all(deadline):
-                return False
-            left = _left(deadline)
-            # the child answers a little before our deadline, so its answer can still reach us
-            child_timeout = None if left is None else max(0.0, left * 0.9 - 0.01)
-            request = json.dumps({"ticket": ticket, "timeout": child_timeout}).encode()
-            self._frames.append((frame(FLUSH, request), 0))
-            if not self._write(_left(deadline)):
-                return False
-        finally:
-            _release_interrupts(held)
+        if not self._hand_over_all(deadline):
+            return False
+        left = _left(deadline)
+        # the child answers a little before our deadline, so its answer can still reach us
+        child_timeout = None if left is None else max(0.0, left * 0.9 - 0.01)
+        request = json.dumps({"ticket": ticket, "timeout": child_timeout}).encode()
+        self._frames.append((frame(FLUSH, request), 0))
+        if not self._write_until(deadline):
+            return False
         self._marks[ticket] = self._handed
         answer = self._await(ticket, deadline)
         return answer is not None and bool(answer.get("ok"))
 
     def _hand_over_all(self, deadline: float | None) -> bool:
         """Everything queued so far into the pipe, the drop reports too (``_hand_over`` queues
-        them last). At most ``queue_size`` items wait in frames at a time, so a full queue takes
-        several hand-overs, each once the pipe took the last; what other threads queue meanwhile
-        is not waited for. False when the pipe did not take it all by ``deadline``."""
-        for _ in range(len(self.queue) // max(1, self.maxsize) + 2):
-            self._hand_over()
-            if not self._write(_left(deadline)):
+        them last, one per session). At most ``queue_size`` items wait in frames at a time, so
+        a full queue takes several hand-overs, each once the pipe took the last (the first may
+        take nothing: frames may wait already); what other threads queue meanwhile is not
+        waited for. False when the pipe did not take it all by ``deadline``."""
+        items = len(self.queue) + len(self._lost)
+        for _ in range(items // max(1, self.maxsize) + 2):
+            held = _hold_interrupts()  # Ctrl-C between taking items and framing them loses them
+            try:
+                self._hand_over()
+            finally:
+                _release_interrupts(held)
+            if not self._write_until(deadline):
                 return False
             if not self.queue:
                 break
         return True
+
+    def _write_until(self, deadline: float | None) -> bool:
+        """``_write`` until ``deadline``, holding a Ctrl-C back only while it writes (one between
+        a write and its bookkeeping would tear a frame), never while it waits for the pipe."""
+        from datacat.pipe import wait_writable  # loaded: the child was started with it
+
+        while True:
+            held = _hold_interrupts()
+            try:
+                if self._write(0.0):
+                    return True
+            finally:
+                _release_interrupts(held)
+            outlet, left = self._outlet, _left(deadline)
+            if outlet is None or outlet.fd is None or outlet.broken:
+                return False
+            if left is not None and left <= 0:
+                return False
+            wait_writable(outlet.fd, left)
 
     def _await(self, ticket: int, deadline: float | None) -> JSONDict | None:
         """Read answers until the one to ``ticket`` (older ones only update the counters)."""
@@ -714,7 +729,6 @@ def child_config(hello: JSONDict) -> Config:
 
 def main() -> int:
     """``python -m datacat.offload``: serve the app on stdin, then deliver the rest, exit."""
-    _yield_to_the_app()
     stream = os.fdopen(0, "rb", closefd=False)
     answers = os.fdopen(1, "wb", closefd=False)
     kind, payload = next(iter(read_frames(stream)), (b"", b""))
@@ -728,12 +742,6 @@ def main() -> int:
         logger.debug("datacat: sender process failed", exc_info=True)
         child.app_gone()
     return 0 if worker.close(time.monotonic() + config.exit_timeout) else 1
-
-
-def _yield_to_the_app() -> None:
-    """Run below the app's priority (``CHILD_NICENESS``), where the system allows it."""
-    with contextlib.suppress(OSError, AttributeError):  # not allowed, or no ``os.nice``
-        os.nice(CHILD_NICENESS)
 
 
 if __name__ == "__main__":
