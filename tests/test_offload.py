@@ -419,6 +419,17 @@ def test_a_flush_hands_over_a_full_queue_and_its_drop_report(
     assert {e["name"] for e in events(server_url, s.id)} >= {f"full-{i}" for i in range(50)}
 
 
+def _back_up(s: Session, worker: ProcessWorker, count: int) -> None:
+    """Fill the pipe of a stopped child (SIGSTOP) and the frames waiting for it (the queue holds
+    50): ``count`` events of ~100 kB, ~15-20 MB in all, each its own text (the pickle's memo
+    would write one text once per frame)."""
+    big = "x" * 100_000
+    for index in range(count):
+        s.log_event(f"big-{index}", message=big + str(index))
+        time.sleep(0.002)
+    assert wait_for(lambda: worker._waiting >= 50, 10)  # the frames wait for the pipe
+
+
 def test_a_flush_waits_for_a_backed_up_pipe_to_take_the_whole_queue(
     make: Callable[..., Session], server_url: str
 ) -> None:
@@ -431,11 +442,7 @@ def test_a_flush_waits_for_a_backed_up_pipe_to_take_the_whole_queue(
     child = child_of(s)
     os.kill(child.pid, signal.SIGSTOP)
     try:
-        big = "x" * 100_000
-        for index in range(200):  # ~20 MB: more than the pipe and the frames waiting hold
-            s.log_event(f"big-{index}", message=big + str(index))  # (each its own: no pickle memo)
-            time.sleep(0.002)
-        assert wait_for(lambda: worker._waiting >= 50, 10)  # the frames wait for the pipe
+        _back_up(s, worker, 200)
         for index in range(40):
             s.log_event(f"small-{index}")
         assert worker.queue
@@ -548,11 +555,7 @@ def test_ctrl_c_stops_a_flush_that_waits_for_a_stuck_child(
     child = child_of(s)
     os.kill(child.pid, signal.SIGSTOP)
     try:
-        big = "x" * 100_000
-        for index in range(150):  # ~15 MB: the pipe and the frames waiting are full
-            s.log_event(f"big-{index}", message=big + str(index))  # (each its own: no memo)
-            time.sleep(0.002)
-        assert wait_for(lambda: worker._waiting >= 50, 10)
+        _back_up(s, worker, 150)
         started = time.monotonic()
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
         with pytest.raises(KeyboardInterrupt):
