@@ -10,6 +10,7 @@ sender would send them, and a forked app does not share its parent's child.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -419,15 +420,28 @@ def test_a_flush_hands_over_a_full_queue_and_its_drop_report(
     assert {e["name"] for e in events(server_url, s.id)} >= {f"full-{i}" for i in range(50)}
 
 
-def _back_up(s: Session, worker: ProcessWorker, count: int) -> None:
-    """Fill the pipe of a stopped child (SIGSTOP) and the frames waiting for it (the queue holds
-    50): ``count`` events of ~100 kB, ~15-20 MB in all, each its own text (the pickle's memo
-    would write one text once per frame)."""
-    big = "x" * 100_000
-    for index in range(count):
-        s.log_event(f"big-{index}", message=big + str(index))
-        time.sleep(0.002)
-    assert wait_for(lambda: worker._waiting >= 50, 10)  # the frames wait for the pipe
+@contextlib.contextmanager
+def _backed_up(
+    make: Callable[..., Session], url: str, product: str, count: int
+) -> Iterator[tuple[Session, ProcessWorker]]:
+    """A session whose child is stopped (SIGSTOP, until the block ends) with its pipe and the
+    frames waiting for it full (the queue holds 50): ``count`` events of ~100 kB, each its own
+    text (the pickle's memo would write one text once per frame)."""
+    s = make(url, product=product, flush_interval=60.0, queue_size=50)
+    assert s.flush(10)
+    worker = s._worker
+    assert isinstance(worker, ProcessWorker)
+    child = child_of(s)
+    os.kill(child.pid, signal.SIGSTOP)
+    try:
+        big = "x" * 100_000
+        for index in range(count):
+            s.log_event(f"big-{index}", message=big + str(index))
+            time.sleep(0.002)
+        assert wait_for(lambda: worker._waiting >= 50, 10)  # the frames wait for the pipe
+        yield s, worker
+    finally:
+        os.kill(child.pid, signal.SIGCONT)
 
 
 def test_a_flush_waits_for_a_backed_up_pipe_to_take_the_whole_queue(
@@ -435,19 +449,10 @@ def test_a_flush_waits_for_a_backed_up_pipe_to_take_the_whole_queue(
 ) -> None:
     """With the pipe full (a child that stopped reading) and a full queue behind it, a flush
     hands the queue over as the pipe drains, within its deadline, and only then says True."""
-    s = make(server_url, product="offload-backed-up", flush_interval=60.0, queue_size=50)
-    assert s.flush(10)
-    worker = s._worker
-    assert isinstance(worker, ProcessWorker)
-    child = child_of(s)
-    os.kill(child.pid, signal.SIGSTOP)
-    try:
-        _back_up(s, worker, 200)
+    with _backed_up(make, server_url, "offload-backed-up", 200) as (s, worker):
         for index in range(40):
             s.log_event(f"small-{index}")
         assert worker.queue
-    finally:
-        os.kill(child.pid, signal.SIGCONT)
     assert s.flush(30)
     assert not worker.queue
     arrived = [e["name"] for e in events(server_url, s.id)]
@@ -548,21 +553,12 @@ def test_ctrl_c_stops_a_flush_that_waits_for_a_stuck_child(
     """A flush holds Ctrl-C back only while it writes, never while it waits for the pipe: with
     the child stopped and the pipe full, Ctrl-C still stops a flush that has no deadline, and
     what was queued is delivered afterwards."""
-    s = make(server_url, product="offload-ctrl-c-wait", flush_interval=60.0, queue_size=50)
-    assert s.flush(10)
-    worker = s._worker
-    assert isinstance(worker, ProcessWorker)
-    child = child_of(s)
-    os.kill(child.pid, signal.SIGSTOP)
-    try:
-        _back_up(s, worker, 150)
+    with _backed_up(make, server_url, "offload-ctrl-c-wait", 150) as (s, worker):
         started = time.monotonic()
         threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
         with pytest.raises(KeyboardInterrupt):
             s.flush(None)
         assert time.monotonic() - started < 5 and not worker._pipe_lock.locked()
-    finally:
-        os.kill(child.pid, signal.SIGCONT)
     assert s.end(timeout=30)
 
 
