@@ -744,5 +744,15 @@ def main() -> int:
     return 0 if worker.close(time.monotonic() + config.exit_timeout) else 1
 
 
+def quick_exit(code: int) -> None:
+    """Exit without the interpreter's teardown. Once ``main`` returns, everything is delivered
+    or spooled, its files closed, and nothing is left to flush but log handlers. The teardown
+    (~10 ms of CPU) would run just as the app's own exit does, which on a 2-core machine made
+    a pytest run's exit ~10-15 ms slower (its interpreter's teardown, on the other core)."""
+    if "logging" in sys.modules:  # only imported if something was logged
+        sys.modules["logging"].shutdown()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    quick_exit(main())

@@ -8,20 +8,21 @@ and alone ends the session (the side where tests run is :mod:`pytest_datacat.rel
 hook is guarded: an internal error is counted and shown in the terminal summary, never
 raised into the run.
 
-Per report the run pays for a deque append (``pytest_runtest_logreport``), and per test for a
-look at the clock: at the end of a test, once every ``DRAIN_INTERVAL``, pytest's thread takes a
-round: it records the reports kept in one loop (events, counters, the timer of each test) and
-hands them to the sender's child at once (``_round``); the recorder's own thread only steps in
-during a long test (``_watch``). The item of a report (its markers, its ``record_datacat``
-data) is the item at the running index of ``session.items`` (tests run in that order: no
-lookup), else found by node id; the type of what a failed report raised comes from
-``pytest_exception_interact``, which pytest calls only for failures, right after their report.
+Per report the run pays for a deque append (``pytest_runtest_logreport``), and per test for a look
+at the clock: at the end of a test, once every ``DRAIN_INTERVAL`` (and near the run's end by count,
+``END_SHARE``), pytest's thread takes a round: it records the reports kept in one loop (events,
+counters, the timer of each test) and hands them to the sender's child at once (``_round``); the
+recorder's own thread only steps in during a long test (``_watch``). The item of a report (its
+markers, its ``record_datacat`` data) is the item at the running index of ``session.items`` (tests
+run in that order: no lookup), else found by node id; the type of what a failed report raised comes
+from ``pytest_exception_interact``, which pytest calls only for failures, right after their report.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -46,7 +47,7 @@ PROGRESS_INTERVAL = 0.5
 #: test run's GIL (on 2,000 trivial tests an in-process sender cost the run ~40 ms of CPU and,
 #: sending at the end, ~0.2 s of waiting). The recorder's rounds hand the results over as they
 #: log them, and the child sends each hand-over at once: the server stores them as the run goes,
-#: and the end of the run waits only for the last ones (see ``SOON_ROUNDS``).
+#: and the end of the run waits only for the last ones (see ``END_SHARE``).
 #: ``flush_interval`` is only how long the idle sender threads (ours and the child's) doze.
 SENDER: dict[str, Any] = {"sender": "process", "flush_interval": 0.5, "batch_size": 5000}
 #: Seconds between two rounds, each of which records the reports kept meanwhile in one go (a
@@ -58,16 +59,23 @@ SENDER: dict[str, Any] = {"sender": "process", "flush_interval": 0.5, "batch_siz
 #: back, made ~1,250 context switches in a 2,000-test run (~100 now; the child and the server
 #: ~800 more, ~300 now). Every 0.5 s, as often as the live progress (``PROGRESS_INTERVAL``):
 #: against 0.2 s, the child and the server spend ~10 % less CPU per run (fewer, larger
-#: requests), and the end waits as long (``SOON_ROUNDS``).
+#: requests), and the end waits as long (``END_SHARE``).
 DRAIN_INTERVAL = 0.5
 #: Seconds between two looks of the recorder's thread at whether pytest's thread has taken
 #: its rounds (``Recorder._watch``): only a test longer than this delays them.
 WATCH_INTERVAL = 0.25
-#: Rounds that may come sooner than ``DRAIN_INTERVAL``, when the run's tests
-#: are due to end before the next round (``Recorder._next_wait``): the end of the run then
-#: waits for the results of its last few milliseconds only, not of up to ``DRAIN_INTERVAL``.
-#: Bounded, so a last test that takes longer than the others were does not keep it waking.
-SOON_ROUNDS = 3
+#: The end of a run waits for the child to deliver what the last round left, so rounds also
+#: come by count: after a round, the next comes at the latest when only ``1 / END_SHARE`` of the
+#: tests left then are still to run (``Recorder._reports_due``), until fewer than ``END_TESTS``
+#: are. A geometric series (2,000 tests: rounds with ~250, ~30, ~4 left), counted in tests,
+#: whatever their pace: a time estimate of the end missed it whenever the pace changed (tests
+#: running faster once the child had started), and the end then waited for the server to store
+#: up to a whole round (1,246 tests, 82 ms, against ~6 ms). Each round is handled long before
+#: the end: the child and the server take ~40 us a test, a trivial test ~500 us.
+END_SHARE = 8
+END_TESTS = 16
+#: "No round by count" (``Recorder._due_reports``).
+_NEVER = sys.maxsize
 #: The timer metric of each test's duration (setup + call + teardown).
 DURATION = "pytest.test.duration"
 #: The event of a test that passed with nothing but marker names to describe, as a row
@@ -182,10 +190,9 @@ class Recorder:
         self._outcomes: dict[Any, str] = {}
         self._next_progress = 0.0
         self._started = time.monotonic()
-        self._tests_started = 0.0  # when collection finished (the first test starts)
         self._interrupted = False
-        self._soon_rounds = SOON_ROUNDS
         self._due = 0.0  # when the next round is due (``_monotonic``)
+        self._due_reports = _NEVER  # or as soon as this many reports are kept
         self.session = _create_session(config, settings)
         self.session.start_heartbeat()  # a killed run turns "suspended" instead of staying active
         # A test's ``os.fork()`` whose child goes on with pytest: that child records nothing (the
@@ -230,7 +237,6 @@ class Recorder:
 
     @_guarded
     def pytest_collection_finish(self, session: pytest.Session) -> None:
-        self._tests_started = _monotonic()
         self._items = session.items
         self.counts["collected"] = len(session.items)
         self._progress(force=True)
@@ -238,8 +244,11 @@ class Recorder:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Three times per test, so it keeps the report, and at a test's end takes a round when
         # one is due (``_round``): a call of ours per report cost the run more than the loop.
-        self._reports.append(report)
-        if report.when == "teardown" and _monotonic() >= self._due:
+        reports = self._reports
+        reports.append(report)
+        if report.when == "teardown" and (
+            len(reports) >= self._due_reports or _monotonic() >= self._due
+        ):
             self._round()
 
     def pytest_exception_interact(
@@ -262,7 +271,8 @@ class Recorder:
             if self._forked:  # a test's fork that goes on with pytest: nothing of ours to send
                 return
             self._drain()
-            self._due = _monotonic() + self._next_wait()
+            self._due = _monotonic() + DRAIN_INTERVAL
+            self._due_reports = self._reports_due()
             self.session.send_soon()
         except Exception:  # never into the run
             self._internal_error("a round")
@@ -274,18 +284,16 @@ class Recorder:
             if self._reports and _monotonic() >= self._due + WATCH_INTERVAL:
                 self._round()
 
-    def _next_wait(self) -> float:
-        """``DRAIN_INTERVAL``, or less when the tests are due to end sooner (at the rate they
-        ran so far, and at most ``SOON_ROUNDS`` times): a round just before the end hands the
-        sender nearly all results while the last tests run."""
-        total, done = len(self._items), self._index
-        if not (0 < done < total and self._soon_rounds):
-            return DRAIN_INTERVAL
-        left = (total - done) * (_monotonic() - self._tests_started) / done
-        if left >= DRAIN_INTERVAL:
-            return DRAIN_INTERVAL
-        self._soon_rounds -= 1
-        return max(0.002, 0.8 * left)
+    def _reports_due(self) -> int:
+        """How many kept reports take the next round at a test's end, before ``_due``: those
+        of all but ``1 / END_SHARE`` of the tests left (three reports a test), so the end of
+        the run waits for a small last round whatever the tests' pace; ``_NEVER`` when fewer
+        than ``END_TESTS`` are left (xdist's controller runs no items: always). Tests run out
+        of the items' order leave ``_index`` behind: then only more rounds than needed."""
+        left = len(self._items) - self._index
+        if left < END_TESTS:
+            return _NEVER
+        return 3 * (left - left // END_SHARE)
 
     @property
     def _forked(self) -> bool:

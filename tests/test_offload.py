@@ -255,6 +255,23 @@ def test_a_normal_exit_ends_the_session_and_delivers_everything(
     wait_for(lambda: _gone(child), 15)
 
 
+def test_the_child_exits_without_teardown_once_its_log_is_written(tmp_path: Path) -> None:
+    """``quick_exit``: its exit status, and a log handler's last lines written, with no
+    ``atexit`` callback run (the interpreter's teardown is skipped)."""
+    log = tmp_path / "child.log"
+    code = f"""
+import atexit, logging
+from datacat import offload
+atexit.register(lambda: print("teardown ran"))
+logging.basicConfig(filename={str(log)!r})
+logging.getLogger("datacat").warning("last words")
+offload.quick_exit(3)
+"""
+    done = run_python(code, tmp_path)
+    assert done.returncode == 3 and "teardown ran" not in done.stdout
+    assert "last words" in log.read_text()
+
+
 def _gone(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -621,28 +621,22 @@ def test_b():
     assert interrupted["exception_type"] == "Exit" and "stop here" in interrupted["message"]
 
 
-def test_the_recorder_drains_sooner_only_just_before_the_tests_end(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    clock = [0.0]
-    monkeypatch.setattr(recorder, "_monotonic", lambda: clock[0])
-    rec = recorder.Recorder.__new__(recorder.Recorder)  # only the state _next_wait reads
-    rec._items, rec._tests_started, rec._soon_rounds = [object()] * 1000, 0.0, recorder.SOON_ROUNDS
+def test_near_the_end_rounds_come_by_count_whatever_the_pace() -> None:
+    rec = recorder.Recorder.__new__(recorder.Recorder)  # only the state _reports_due reads
+    rec._items = [object()] * 2000  # type: ignore[list-item]
 
-    def wait_after(done: int, seconds: float) -> float:
-        rec._index, clock[0] = done, seconds
-        return rec._next_wait()
+    def due_after(done: int) -> int:
+        rec._index = done
+        return rec._reports_due()
 
-    assert wait_after(0, 0.5) == recorder.DRAIN_INTERVAL  # no rate yet
-    assert wait_after(100, 1.0) == recorder.DRAIN_INTERVAL  # 9 s to go at 10 ms a test
-    assert wait_after(998, 9.98) == pytest.approx(0.8 * 0.02)  # 20 ms to go: a round at 16 ms
-    assert wait_after(999, 0.999) == 0.002  # 1 ms to go (1 ms a test): never under 2 ms
-    assert wait_after(999, 9.99) == pytest.approx(0.8 * 0.01)
-    # a last test slower than the rest: no more short rounds than SOON_ROUNDS (3)
-    assert wait_after(999, 10.0) == recorder.DRAIN_INTERVAL
-    assert wait_after(1000, 30.0) == recorder.DRAIN_INTERVAL  # all done: the end drains
-    rec._items, rec._soon_rounds = [], recorder.SOON_ROUNDS  # xdist's controller runs no items
-    assert wait_after(0, 1.0) == recorder.DRAIN_INTERVAL
+    # the next round at the latest when an eighth of the tests left is still to run
+    assert due_after(0) == 3 * (2000 - 250)
+    assert due_after(1750) == 3 * (250 - 31)
+    assert due_after(1969) == 3 * (31 - 3)
+    assert due_after(1997) == recorder._NEVER  # a handful left: the end takes them
+    assert due_after(2000) == recorder._NEVER
+    rec._items = []  # xdist's controller runs no items
+    assert due_after(0) == recorder._NEVER
 
 
 class _Report:
@@ -655,6 +649,7 @@ def _bare_recorder(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> recor
     monkeypatch.setattr(recorder, "_monotonic", lambda: clock[0])
     rec = recorder.Recorder.__new__(recorder.Recorder)
     rec._reports, rec._due, rec._stop = deque(), 0.0, threading.Event()
+    rec._due_reports = recorder._NEVER
     rec.rounds = []  # type: ignore[attr-defined]
     rec._round = lambda: rec.rounds.append(clock[0])  # type: ignore[attr-defined,method-assign]
     return rec
@@ -676,6 +671,19 @@ def test_pytests_thread_takes_a_round_at_a_tests_end_once_one_is_due(
     assert rec.rounds == [11.0] and len(rec._reports) == 6  # type: ignore[attr-defined]
 
 
+def test_a_tests_end_takes_a_round_early_once_enough_reports_are_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [10.0]
+    rec = _bare_recorder(monkeypatch, clock)
+    rec._due, rec._due_reports = 20.0, 6  # by time much later; by count after two tests
+    for when in ("setup", "call", "teardown", "setup", "call"):
+        rec.pytest_runtest_logreport(_Report(when))  # type: ignore[arg-type]
+    assert rec.rounds == []  # type: ignore[attr-defined]  # six reports, but not a test's end
+    rec.pytest_runtest_logreport(_Report("teardown"))  # type: ignore[arg-type]
+    assert rec.rounds == [10.0]  # type: ignore[attr-defined]
+
+
 def test_a_round_hands_over_at_once_and_never_raises_into_the_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -689,10 +697,11 @@ def test_a_round_hands_over_at_once_and_never_raises_into_the_run(
             sent.append(clock[0])
 
     rec.session, rec.internal_errors, rec._pid = Session(), 0, os.getpid()  # type: ignore[assignment]
+    rec._items, rec._index = [object()] * 100, 20  # type: ignore[list-item]
     rec._drain = lambda last=False: None  # type: ignore[method-assign]
-    rec._next_wait = lambda: 0.2  # type: ignore[method-assign]
     rec._round()
-    assert sent == [5.0] and rec._due == pytest.approx(5.2)
+    assert sent == [5.0] and rec._due == pytest.approx(5.0 + recorder.DRAIN_INTERVAL)
+    assert rec._due_reports == 3 * (80 - 10)
 
     def broken(last: bool = False) -> None:
         raise RuntimeError("a bug of ours")
