@@ -481,9 +481,11 @@ class Session:
     # -- lifecycle ------------------------------------------------------------------------------
 
     @_never_raises(default=False)
-    def end(self, timeout: float | None = None) -> bool:
-        """End the session and flush (at most ``timeout``, default ``exit_timeout``)."""
-        if self._finish("end", {"timestamp": time.time()}):
+    def end(self, timeout: float | None = None, *, flush: bool = True) -> bool:
+        """End the session and flush (at most ``timeout``, default ``exit_timeout``).
+        ``flush=False`` only queues the end, as ``crash`` does: for a caller that waits for it
+        later (``flush``), and meanwhile does its own work while the sender delivers."""
+        if self._finish("end", {"timestamp": time.time()}) and flush:
             return self.flush(self.config.exit_timeout if timeout is None else timeout)
         return True
 

@@ -165,6 +165,8 @@ class Recorder:
         self.counts = dict.fromkeys(["collected", *reports.COUNTERS.values()], 0)
         self._last: pytest.TestReport | None = None  # the latest report recorded
         self._ended = False
+        self._finished = False  # the end handed to the sender (``finish``)
+        self._deadline = 0.0  # of its delivery (``_await_delivery``)
         self.internal_errors = 0
         self.workers_undelivered = 0  # what xdist workers' own writes could not deliver
         self.delivered: bool | None = None
@@ -660,10 +662,12 @@ class Recorder:
         self.finish(int(exitstatus))
 
     def finish(self, exitstatus: int | None) -> None:
-        """Final state and totals, end the session, deliver within the flush deadline (once)."""
-        if self.delivered is not None or self._forked:
+        """Final state and totals and the session's end, handed to the sender at once (once);
+        their delivery is awaited as late as the summary allows (``_await_delivery``)."""
+        if self._finished or self._forked:
             return
-        self.delivered = False
+        self._finished = True
+        self._deadline = time.monotonic() + self.settings.flush_timeout
         self._stop.set()
         self._drain(last=True)
         self._log_all_subtests()
@@ -677,14 +681,29 @@ class Recorder:
         for name, count in self.counts.items():
             self.session.log_metric("pytest.tests", count, tags={"outcome": name})
         self.session.log_timer("pytest.run.duration", seconds)
-        self.delivered = bool(self.session.end(timeout=self.settings.flush_timeout))
+        self.session.end(flush=False)
+        self.session.send_soon()
+
+    def _await_delivery(self) -> None:
+        """Wait for the end to be delivered, until the flush deadline taken at ``finish``
+        (once). Called by the summary, the last thing it needs: what pytest does meanwhile
+        (other plugins' ``sessionfinish``, the summary's sections) overlaps the child and the
+        server storing it."""
+        if self.delivered is not None or not self._finished or self._forked:
+            return
+        self.delivered = False
+        left = max(0.0, self._deadline - time.monotonic())
+        self.delivered = bool(self.session.flush(timeout=left))
 
     @_guarded
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         self.finish(None)  # a run that never reached sessionfinish (usage error, crash)
+        self._await_delivery()  # and one without a terminal summary (``-p no:terminal``)
 
+    @pytest.hookimpl(trylast=True)
     @_guarded
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        self._await_delivery()
         write = terminalreporter.write_line
         write(f"datacat: session {self.session.id} -> {self.dashboard_url}")
         undelivered = self.session.undelivered + self.workers_undelivered

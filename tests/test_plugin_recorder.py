@@ -105,6 +105,27 @@ def _run(pytester: pytest.Pytester, url: str, *args: str) -> tuple[Any, dict[str
     return result, _get(f"{server_url}/api/sessions/{listed['id']}")
 
 
+def test_the_end_is_handed_over_at_sessionfinish_and_awaited_by_the_summary(
+    pytester: pytest.Pytester, server_url: str
+) -> None:
+    """pytest's own end (here a later ``sessionfinish``) overlaps the end's delivery; the
+    summary still says it was delivered, and the server has the session ended."""
+    pytester.makeconftest(
+        """
+import pytest
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    recorder = session.config.pluginmanager.get_plugin("datacat-recorder")
+    print("awaited at sessionfinish:", recorder.delivered is not None)
+"""
+    )
+    result, session = _run(pytester, server_url, "-s")
+    result.stdout.fnmatch_lines(["*awaited at sessionfinish: False*"])
+    assert "not delivered" not in result.stdout.str()
+    assert session["ended_at"] and session["state"]["status"] == "finished"
+
+
 class _Run(NamedTuple):
     """A recorded pytester run: pytest's result and the run's session as the server has it."""
 

@@ -163,6 +163,16 @@ def test_heartbeat_end_and_crash(make: Make, server_url: str) -> None:
     assert got["crashed"] is True and got["crash_reason"] == "segfault"
 
 
+@pytest.mark.parametrize("sender", ["thread", "process"])
+def test_end_without_flush_only_queues_and_a_later_flush_delivers_it(
+    make: Make, server_url: str, sender: str
+) -> None:
+    session = make(server_url, sender=sender)
+    assert session.end(flush=False) and session.ended
+    assert session.flush(10)
+    assert details(server_url, session.id)["ended_at"]
+
+
 def test_get_details_and_context_manager(make: Make, server_url: str) -> None:
     session = make(server_url)
     with session:
