@@ -43,6 +43,9 @@ __all__ = ["OBSERVE", "RAW", "Batcher", "Item", "Worker", "get_worker", "new_id"
 
 DROPPED_METRIC = "datacat.dropped_items"
 _MIN_REQUEST_TIMEOUT = 0.05
+#: Seconds past the exit's deadline that ``close`` waits for the sender thread to finish a cycle
+#: that failed (its spool writes), before spooling what is left itself.
+SPILL_GRACE = 0.2
 #: Backoff doubles per failure up to this many (2**1024 would overflow a float; the delay is
 #: capped by ``max_backoff`` long before).
 _MAX_BACKOFF_EXPONENT = 30
@@ -186,12 +189,21 @@ class Worker:
             session.end_for_exit()
         self._request_timeout = max(_MIN_REQUEST_TIMEOUT, (deadline - time.monotonic()) / 2)
         ok = self.flush(timeout=max(0.0, deadline - time.monotonic()))
-        if not ok:
-            self._spill_all()
-        self._closed = True
+        self._closed = True  # the sender thread's loop ends after the cycle it is in
         self._wake.set()
+        if not ok:
+            self._join_sender(deadline + SPILL_GRACE)
+            self._spill_all()
         self._close_transport(deadline)
         return ok
+
+    def _join_sender(self, deadline: float) -> None:
+        """Let the sender thread finish its cycle (until ``deadline``): one whose send failed
+        moves the outbox to the spool file by file, and ``_spill_all`` would find the outbox
+        empty meanwhile; the process's exit would then cut those writes short."""
+        thread = self.thread
+        if thread is not None and thread is not _current() and thread.is_alive():
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _close_transport(self, deadline: float) -> None:
         """Release the transport within what is left until ``deadline``: the pipe to the local
@@ -224,6 +236,8 @@ class Worker:
             try:
                 self._wake.wait(self._wait_time())
                 self._wake.clear()
+                if self._closed:  # woken by ``close``: it sends and spools what is left itself
+                    return
                 force, self._force = self._force, False
                 self._cycle(force)
                 if self._idle_long_enough() and self._retire():

@@ -66,7 +66,7 @@ DRAIN_INTERVAL = 0.5
 WATCH_INTERVAL = 0.25
 #: The end of a run waits for the child to deliver what the last round left, so rounds also
 #: come by count: after a round, the next comes at the latest when only ``1 / END_SHARE`` of the
-#: tests left then are still to run (``Recorder._reports_due``), until fewer than ``END_TESTS``
+#: tests left then are still to run (``Recorder._tests_due``), until fewer than ``END_TESTS``
 #: are. A geometric series (2,000 tests: rounds with ~250, ~30, ~4 left), counted in tests,
 #: whatever their pace: a time estimate of the end missed it whenever the pace changed (tests
 #: running faster once the child had started), and the end then waited for the server to store
@@ -74,7 +74,7 @@ WATCH_INTERVAL = 0.25
 #: the end: the child and the server take ~40 us a test, a trivial test ~500 us.
 END_SHARE = 8
 END_TESTS = 16
-#: "No round by count" (``Recorder._due_reports``).
+#: "No round by count" (``Recorder._due_tests``).
 _NEVER = sys.maxsize
 #: The timer metric of each test's duration (setup + call + teardown).
 DURATION = "pytest.test.duration"
@@ -166,7 +166,6 @@ class Recorder:
         self._last: pytest.TestReport | None = None  # the latest report recorded
         self._ended = False
         self._finished = False  # the end handed to the sender (``finish``)
-        self._deadline = 0.0  # of its delivery (``_await_delivery``)
         self.internal_errors = 0
         self.workers_undelivered = 0  # what xdist workers' own writes could not deliver
         self.delivered: bool | None = None
@@ -194,7 +193,8 @@ class Recorder:
         self._started = time.monotonic()
         self._interrupted = False
         self._due = 0.0  # when the next round is due (``_monotonic``)
-        self._due_reports = _NEVER  # or as soon as this many reports are kept
+        self._due_tests = _NEVER  # or as soon as this many tests ended since the last round
+        self._ended_tests = 0  # tests ended (teardown reports) since the last round
         self.session = _create_session(config, settings)
         self.session.start_heartbeat()  # a killed run turns "suspended" instead of staying active
         # A test's ``os.fork()`` whose child goes on with pytest: that child records nothing (the
@@ -246,12 +246,11 @@ class Recorder:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         # Three times per test, so it keeps the report, and at a test's end takes a round when
         # one is due (``_round``): a call of ours per report cost the run more than the loop.
-        reports = self._reports
-        reports.append(report)
-        if report.when == "teardown" and (
-            len(reports) >= self._due_reports or _monotonic() >= self._due
-        ):
-            self._round()
+        self._reports.append(report)
+        if report.when == "teardown":
+            self._ended_tests += 1
+            if self._ended_tests >= self._due_tests or _monotonic() >= self._due:
+                self._round()
 
     def pytest_exception_interact(
         self, node: Any, call: pytest.CallInfo[Any], report: pytest.TestReport
@@ -272,9 +271,10 @@ class Recorder:
         try:
             if self._forked:  # a test's fork that goes on with pytest: nothing of ours to send
                 return
+            self._ended_tests = 0
             self._drain()
             self._due = _monotonic() + DRAIN_INTERVAL
-            self._due_reports = self._reports_due()
+            self._due_tests = self._tests_due()
             self.session.send_soon()
         except Exception:  # never into the run
             self._internal_error("a round")
@@ -286,16 +286,17 @@ class Recorder:
             if self._reports and _monotonic() >= self._due + WATCH_INTERVAL:
                 self._round()
 
-    def _reports_due(self) -> int:
-        """How many kept reports take the next round at a test's end, before ``_due``: those
-        of all but ``1 / END_SHARE`` of the tests left (three reports a test), so the end of
-        the run waits for a small last round whatever the tests' pace; ``_NEVER`` when fewer
-        than ``END_TESTS`` are left (xdist's controller runs no items: always). Tests run out
-        of the items' order leave ``_index`` behind: then only more rounds than needed."""
+    def _tests_due(self) -> int:
+        """After how many more tests' ends the next round comes, before ``_due``: all but
+        ``1 / END_SHARE`` of the tests left (counted by their teardowns: a test's subtests and
+        reruns add reports, not tests), so the end of the run waits for a small last round
+        whatever the tests' pace; ``_NEVER`` when fewer than ``END_TESTS`` are left (xdist's
+        controller runs no items: always). Tests run out of the items' order leave ``_index``
+        behind: then only more rounds than needed."""
         left = len(self._items) - self._index
         if left < END_TESTS:
             return _NEVER
-        return 3 * (left - left // END_SHARE)
+        return left - left // END_SHARE
 
     @property
     def _forked(self) -> bool:
@@ -667,7 +668,6 @@ class Recorder:
         if self._finished or self._forked:
             return
         self._finished = True
-        self._deadline = time.monotonic() + self.settings.flush_timeout
         self._stop.set()
         self._drain(last=True)
         self._log_all_subtests()
@@ -685,15 +685,15 @@ class Recorder:
         self.session.send_soon()
 
     def _await_delivery(self) -> None:
-        """Wait for the end to be delivered, until the flush deadline taken at ``finish``
-        (once). Called by the summary, the last thing it needs: what pytest does meanwhile
+        """Wait for the end to be delivered, at most the flush timeout (once). Called by the
+        summary, the last thing it needs: what pytest does meanwhile
         (other plugins' ``sessionfinish``, the summary's sections) overlaps the child and the
         server storing it."""
         if self.delivered is not None or not self._finished or self._forked:
             return
         self.delivered = False
-        left = max(0.0, self._deadline - time.monotonic())
-        self.delivered = bool(self.session.flush(timeout=left))
+        # the whole flush timeout from here: the time since ``finish`` was pytest's, not a wait
+        self.delivered = bool(self.session.flush(timeout=self.settings.flush_timeout))
 
     @_guarded
     def pytest_unconfigure(self, config: pytest.Config) -> None:

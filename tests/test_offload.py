@@ -39,6 +39,7 @@ import datacat
 import datacat.transport
 import datacat.worker
 from datacat import offload
+from datacat.batching import RAW
 from datacat.config import CHILD_OPTIONS, resolve
 from datacat.errors import ConfigurationError
 from datacat.offload import CRASH_REASON, ProcessWorker
@@ -270,6 +271,46 @@ offload.quick_exit(3)
     done = run_python(code, tmp_path)
     assert done.returncode == 3 and "teardown ran" not in done.stdout
     assert "last words" in log.read_text()
+
+
+def test_the_childs_exit_waits_for_its_sender_thread_to_spool_a_failed_outbox(
+    tmp_path: Path,
+) -> None:
+    """The app goes (EOF) while the child's sender thread is in a request, which the server
+    fails just before the exit's deadline: the thread moves the outbox to the spool, file by
+    file. ``close`` waits for it, so the exit cuts none of it short (before, a third was lost)."""
+
+    class Failing(Peer):
+        def answer(self, path: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
+            self.bodies.append(None)
+            self.release.wait(30)
+            return 503, {}, b'{"error": "down", "details": "peer"}'
+
+    spool, count, exit_timeout = tmp_path / "spool", 300, 1.0
+    with Failing() as peer:
+        given = {"url": peer.url, "spool_dir": str(spool), "batch_size": 1, "timeout": 10.0,
+                 "exit_timeout": exit_timeout, "queue_size": 10_000}  # fmt: skip
+        options = {name: getattr(resolve(**given), name) for name in CHILD_OPTIONS}
+        child = subprocess.Popen(
+            [PYTHON, "-m", "datacat.offload"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        assert child.stdin is not None
+        event = {"op": "event", "session_id": "s1", "data": {"name": "e"}}
+        items = [(RAW, "s1", {**event, "op_id": f"op-{n}"}) for n in range(count)]
+        child.stdin.write(offload.frame(offload.HELLO, json.dumps({"options": options}).encode()))
+        child.stdin.write(offload.frame(offload.ITEMS, offload.encode_items(items)))
+        child.stdin.flush()
+        wait_for(lambda: peer.bodies, 10)  # the thread's first request is in flight
+        child.stdin.close()  # the app has gone: close(now + exit_timeout)
+        time.sleep(exit_timeout - 0.08)
+        peer.release.set()
+        assert child.wait(10) == 1  # not delivered: spooled
+    batches = [json.loads(path.read_text()) for path in spool.glob("*/*.batch.json")]
+    assert sum(len(batch["operations"]) for batch in batches) == count
+    assert not list(spool.glob("*/.tmp-*"))
 
 
 def _gone(pid: int) -> bool:

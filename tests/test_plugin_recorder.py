@@ -108,19 +108,22 @@ def _run(pytester: pytest.Pytester, url: str, *args: str) -> tuple[Any, dict[str
 def test_the_end_is_handed_over_at_sessionfinish_and_awaited_by_the_summary(
     pytester: pytest.Pytester, server_url: str
 ) -> None:
-    """pytest's own end (here a later ``sessionfinish``) overlaps the end's delivery; the
-    summary still says it was delivered, and the server has the session ended."""
+    """pytest's own end (here a later ``sessionfinish``, longer than the flush timeout)
+    overlaps the end's delivery: the summary still says it was delivered (the timeout counts
+    from the summary's wait), and the server has the session ended."""
     pytester.makeconftest(
         """
+import time
 import pytest
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session):
     recorder = session.config.pluginmanager.get_plugin("datacat-recorder")
     print("awaited at sessionfinish:", recorder.delivered is not None)
+    time.sleep(0.6)
 """
     )
-    result, session = _run(pytester, server_url, "-s")
+    result, session = _run(pytester, server_url, "-s", "--datacat-flush-timeout=0.5")
     result.stdout.fnmatch_lines(["*awaited at sessionfinish: False*"])
     assert "not delivered" not in result.stdout.str()
     assert session["ended_at"] and session["state"]["status"] == "finished"
@@ -643,17 +646,17 @@ def test_b():
 
 
 def test_near_the_end_rounds_come_by_count_whatever_the_pace() -> None:
-    rec = recorder.Recorder.__new__(recorder.Recorder)  # only the state _reports_due reads
+    rec = recorder.Recorder.__new__(recorder.Recorder)  # only the state _tests_due reads
     rec._items = [object()] * 2000  # type: ignore[list-item]
 
     def due_after(done: int) -> int:
         rec._index = done
-        return rec._reports_due()
+        return rec._tests_due()
 
     # the next round at the latest when an eighth of the tests left is still to run
-    assert due_after(0) == 3 * (2000 - 250)
-    assert due_after(1750) == 3 * (250 - 31)
-    assert due_after(1969) == 3 * (31 - 3)
+    assert due_after(0) == 2000 - 250
+    assert due_after(1750) == 250 - 31
+    assert due_after(1969) == 31 - 3
     assert due_after(1997) == recorder._NEVER  # a handful left: the end takes them
     assert due_after(2000) == recorder._NEVER
     rec._items = []  # xdist's controller runs no items
@@ -670,7 +673,7 @@ def _bare_recorder(monkeypatch: pytest.MonkeyPatch, clock: list[float]) -> recor
     monkeypatch.setattr(recorder, "_monotonic", lambda: clock[0])
     rec = recorder.Recorder.__new__(recorder.Recorder)
     rec._reports, rec._due, rec._stop = deque(), 0.0, threading.Event()
-    rec._due_reports = recorder._NEVER
+    rec._due_tests, rec._ended_tests = recorder._NEVER, 0
     rec.rounds = []  # type: ignore[attr-defined]
     rec._round = lambda: rec.rounds.append(clock[0])  # type: ignore[attr-defined,method-assign]
     return rec
@@ -692,15 +695,16 @@ def test_pytests_thread_takes_a_round_at_a_tests_end_once_one_is_due(
     assert rec.rounds == [11.0] and len(rec._reports) == 6  # type: ignore[attr-defined]
 
 
-def test_a_tests_end_takes_a_round_early_once_enough_reports_are_kept(
+def test_a_tests_end_takes_a_round_early_once_enough_tests_ended(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = [10.0]
     rec = _bare_recorder(monkeypatch, clock)
-    rec._due, rec._due_reports = 20.0, 6  # by time much later; by count after two tests
-    for when in ("setup", "call", "teardown", "setup", "call"):
+    rec._due, rec._due_tests = 20.0, 2  # by time much later; by count after two tests
+    # subtests add reports, not tests: only teardowns count
+    for when in ("setup", "call", "call", "call", "call", "teardown", "setup", "call", "call"):
         rec.pytest_runtest_logreport(_Report(when))  # type: ignore[arg-type]
-    assert rec.rounds == []  # type: ignore[attr-defined]  # six reports, but not a test's end
+    assert rec.rounds == []  # type: ignore[attr-defined]
     rec.pytest_runtest_logreport(_Report("teardown"))  # type: ignore[arg-type]
     assert rec.rounds == [10.0]  # type: ignore[attr-defined]
 
@@ -718,11 +722,12 @@ def test_a_round_hands_over_at_once_and_never_raises_into_the_run(
             sent.append(clock[0])
 
     rec.session, rec.internal_errors, rec._pid = Session(), 0, os.getpid()  # type: ignore[assignment]
-    rec._items, rec._index = [object()] * 100, 20  # type: ignore[list-item]
+    rec._items, rec._index, rec._ended_tests = [object()] * 100, 20, 5  # type: ignore[list-item]
     rec._drain = lambda last=False: None  # type: ignore[method-assign]
     rec._round()
+    assert rec._ended_tests == 0  # counted afresh from this round
     assert sent == [5.0] and rec._due == pytest.approx(5.0 + recorder.DRAIN_INTERVAL)
-    assert rec._due_reports == 3 * (80 - 10)
+    assert rec._due_tests == 80 - 10
 
     def broken(last: bool = False) -> None:
         raise RuntimeError("a bug of ours")

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from client_helpers import details, session_factory, wait_for
+from client_helpers import Peer, details, session_factory, wait_for
 from opentelemetry.sdk.trace import TracerProvider
 
 import datacat
@@ -165,12 +165,16 @@ def test_heartbeat_end_and_crash(make: Make, server_url: str) -> None:
 
 @pytest.mark.parametrize("sender", ["thread", "process"])
 def test_end_without_flush_only_queues_and_a_later_flush_delivers_it(
-    make: Make, server_url: str, sender: str
+    make: Make, sender: str
 ) -> None:
-    session = make(server_url, sender=sender)
-    assert session.end(flush=False) and session.ended
-    assert session.flush(10)
-    assert details(server_url, session.id)["ended_at"]
+    with Peer("stall") as peer:  # no answer until released: a flush would wait exit_timeout
+        session = make(peer.url, sender=sender, exit_timeout=5.0)
+        started = time.monotonic()
+        assert session.end(flush=False) and session.ended
+        assert time.monotonic() - started < 1.0
+        peer.release.set()
+        assert session.flush(10)
+        assert [op["op"] for op in peer.operations] == ["create", "end"]
 
 
 def test_get_details_and_context_manager(make: Make, server_url: str) -> None:
