@@ -94,6 +94,7 @@ class Worker:
         self._done = 0
         self._dozing = False  # the sender sleeps long: the next ``put`` wakes it
         self._last_ok = True
+        self._stopped = False  # the thread stopped for a ``close`` whose flush failed
         self._force = False
         self._busy_at = time.monotonic()
 
@@ -140,9 +141,13 @@ class Worker:
         if thread is None or self._closed or not thread.is_alive() or thread is _current():
             return self._flush_inline(timeout)  # no sender thread (shutdown, closed)
         with self._flushed:
-            self._requested += 1
-            ticket = self._requested
-            retired = self.thread is not thread
+            stopped = self._stopped
+            if not stopped:
+                self._requested += 1
+                ticket = self._requested
+                retired = self.thread is not thread
+        if stopped:  # the thread has stopped for ``close`` meanwhile: it serves no ticket
+            return self._flush_inline(timeout)
         if retired:  # the sender ended in between: a new one serves the ticket
             self.kick()
         self._force = True
@@ -192,7 +197,8 @@ class Worker:
         self._closed = True  # the sender thread's loop ends after the cycle it is in
         self._wake.set()
         if not ok:
-            self._join_sender(deadline + SPILL_GRACE)
+            if self.spool is not None:  # without one, the thread has no writes to finish
+                self._join_sender(deadline + SPILL_GRACE)
             self._spill_all()
         self._close_transport(deadline)
         return ok
@@ -236,8 +242,8 @@ class Worker:
             try:
                 self._wake.wait(self._wait_time())
                 self._wake.clear()
-                if self._closed:  # woken by ``close``: it sends and spools what is left itself
-                    return
+                if self._closed and not self._last_ok:
+                    break  # woken by a ``close`` whose flush failed: it spools what is left
                 force, self._force = self._force, False
                 self._cycle(force)
                 if self._idle_long_enough() and self._retire():
@@ -246,6 +252,16 @@ class Worker:
                 log_once("run", "datacat: internal error in the sender", level=ERROR)
                 logger.debug("datacat: sender loop failed", exc_info=True)
                 time.sleep(min(1.0, self.config.max_backoff))
+        self._answer_waiting()  # closed: flushes that took a ticket meanwhile are not left waiting
+
+    def _answer_waiting(self) -> None:
+        """Flushes waiting for this thread get their answer (not delivered), and later ones are
+        sent inline (``_stopped``): it sends no more."""
+        with self._flushed:
+            self._stopped = True
+            self._done = max(self._done, self._requested)
+            self._last_ok = False
+            self._flushed.notify_all()
 
     def _idle_long_enough(self) -> bool:
         if self.sessions or self._busy() or self._lost or self._failures:

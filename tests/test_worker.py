@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -511,3 +512,25 @@ def test_drops_of_an_attached_session_are_reported(make: Make, server_url: str) 
     assert dropped["value"] == attached.dropped
     attached.end()
     worker.close(time.monotonic() + 1)
+
+
+def test_a_flush_waiting_on_the_sender_when_a_failed_close_stops_it_gets_its_answer(
+    make: Make,
+) -> None:
+    """The sender thread is in a request that stalls; another thread's flush waits on it; the
+    exit's ``close`` gives up and stops the thread: that flush is answered (not delivered)
+    instead of waiting forever for a thread that sends no more."""
+    with Peer("stall") as peer:
+        session = make(peer.url, timeout=0.5)
+        session.log_event("stuck")
+        worker = session._worker
+        assert worker is not None
+        wait_for(lambda: peer.bodies, 10)  # the thread's request is in flight
+        answers: list[bool] = []
+        flush = lambda: answers.append(worker.flush(None))  # noqa: E731
+        waiting = threading.Thread(target=flush, daemon=True)  # before the fix: forever
+        waiting.start()
+        wait_for(lambda: worker._requested > worker._done, 10)  # it took a ticket
+        assert not worker.close(time.monotonic() + 0.2)
+        waiting.join(5)
+        assert answers == [False]
