@@ -94,7 +94,7 @@ class Worker:
         self._done = 0
         self._dozing = False  # the sender sleeps long: the next ``put`` wakes it
         self._last_ok = True
-        self._stopped = False  # the thread stopped for a ``close`` whose flush failed
+        self._stopped = False  # the thread has left its loop for ``close``: no more tickets
         self._force = False
         self._busy_at = time.monotonic()
 
